@@ -1,0 +1,32 @@
+# Two entry points: `make demo` runs the whole factory on the demo, `make test` runs every test.
+# Both create .venv and install what they need, so they work on a fresh clone.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint bench clean
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check uv
+	$(BIN)/uv pip install --quiet --python $(BIN)/python -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/factory demo $(DEMO_ARGS)
+
+test: $(STAMP)
+	LITELLM_LOCAL_MODEL_COST_MAP=True $(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check agents console tests
+	$(BIN)/ruff format --check agents console tests
+
+bench: $(STAMP)
+	$(BIN)/python tests/bench/bench_store.py
+	$(BIN)/python tests/bench/bench_swarm.py
+	$(BIN)/python tests/bench/bench_sandbox.py
+
+clean:
+	rm -rf $(VENV) .factory demo-run

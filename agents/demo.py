@@ -1,0 +1,452 @@
+"""`factory demo`: a small real project, three specs and a recorded trajectory, run for real.
+
+The project is a tiny text-utilities package with its own unittest suite. The trajectory is
+written so that the run shows what a factory meets in practice: several agents at once, two
+branches that conflict, one that imports a package the project never declared, one that
+breaks an existing test, and work that lands.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from agents.errors import FactoryError
+
+MARKER = ".factory-demo"
+TEST_COMMAND = f"{sys.executable} -m unittest discover -s tests -q"
+
+FILES: dict[str, str] = {
+    "pyproject.toml": """\
+[project]
+name = "textkit"
+version = "0.1.0"
+description = "Small text utilities (the Factory demo project)"
+requires-python = ">=3.11"
+dependencies = []
+""",
+    "textkit/__init__.py": '"""Small text utilities."""\n',
+    "textkit/slug.py": '''\
+"""URL slugs."""
+
+import re
+
+
+def slugify(text: str) -> str:
+    """Lower-case words joined by hyphens."""
+    words = re.findall(r"[a-z0-9]+", text.lower())
+    return "-".join(words)
+''',
+    "textkit/stats.py": '''\
+"""Counting things in text."""
+
+
+def word_count(text: str) -> int:
+    """Words are runs of characters between whitespace."""
+    return len(text.split())
+
+
+def char_count(text: str, ignore_spaces: bool = False) -> int:
+    return len(text.replace(" ", "")) if ignore_spaces else len(text)
+''',
+    "tests/__init__.py": "",
+    "tests/test_slug.py": '''\
+import unittest
+
+from textkit.slug import slugify
+
+
+class SlugTest(unittest.TestCase):
+    def test_words_joined(self) -> None:
+        self.assertEqual(slugify("Hello, World!"), "hello-world")
+
+    def test_empty(self) -> None:
+        self.assertEqual(slugify("  "), "")
+''',
+    "tests/test_stats.py": '''\
+import unittest
+
+from textkit.stats import char_count, word_count
+
+
+class StatsTest(unittest.TestCase):
+    def test_word_count(self) -> None:
+        self.assertEqual(word_count("one two  three"), 3)
+
+    def test_hyphenated_is_one_word(self) -> None:
+        self.assertEqual(word_count("well-known fact"), 2)
+
+    def test_char_count(self) -> None:
+        self.assertEqual(char_count("a b"), 3)
+        self.assertEqual(char_count("a b", ignore_spaces=True), 2)
+''',
+    ".gitignore": ".factory/\n__pycache__/\n",
+    "specs/stats.md": """\
++++
+id = "stats"
+title = "Sentence and word statistics"
+priority = 2
++++
+
+## Goal
+Add sentence counting to `textkit.stats` and make word counting Unicode-aware.
+
+## Architecture
+All counting lives in `textkit/stats.py`; tests in `tests/test_stats.py`.
+
+## Boundaries
+- textkit/stats.py
+- tests/test_stats.py
+- tests/test_sentences.py
+
+## Edge cases
+- Empty text has zero sentences.
+- Text without a final full stop still counts its last sentence.
+
+## Invariants
+- `word_count` keeps counting a hyphenated word as one word.
+- No new third-party dependency.
+
+## Acceptance
+- `python -m unittest discover -s tests -q`
+""",
+    "specs/slug.md": """\
++++
+id = "slug"
+title = "Slug options"
+priority = 1
++++
+
+## Goal
+Let callers limit a slug's length and choose its separator.
+
+## Architecture
+`textkit.slug.slugify` gains keyword arguments; tests in `tests/test_slug.py`.
+
+## Boundaries
+- textkit/slug.py
+- tests/test_slug.py
+- tests/test_slug_length.py
+- tests/test_slug_separator.py
+
+## Edge cases
+- A limit shorter than the first word cuts the word.
+- A slug never ends with a separator.
+
+## Invariants
+- `slugify(text)` with no options returns exactly what it returns today.
+
+## Acceptance
+- `python -m unittest discover -s tests -q`
+""",
+    "specs/cli.md": """\
++++
+id = "cli"
+title = "Command line"
+priority = 0
++++
+
+## Goal
+`python -m textkit slug TEXT` and `python -m textkit count TEXT` print their results.
+
+## Architecture
+A `textkit/__main__.py` using argparse; tests in `tests/test_cli.py`.
+
+## Boundaries
+- textkit/__main__.py
+- tests/test_cli.py
+
+## Edge cases
+- An unknown command exits with status 2 and a usage message.
+
+## Invariants
+- Importing `textkit` has no side effects.
+
+## Acceptance
+- `python -m unittest discover -s tests -q`
+""",
+}
+
+CONFIG = """\
+# The demo's factory configuration (see `factory init` for every key, commented).
+[models]
+planner = "replay/demo"
+implementer = "replay/demo"
+reviewer = "replay/demo"
+
+[run]
+concurrency = 6
+max_steps = 20
+
+[budgets.run]
+usd = 5.0
+
+[budgets.agent]
+tokens = 200000
+
+[sandbox]
+backend = "{backend}"
+
+[repo]
+test_command = "{test_command}"
+"""
+
+
+def _turn(tin: int, tout: int, *calls: tuple[str, dict[str, Any]], content: str | None = None,
+          latency_ms: int | None = None) -> dict[str, Any]:
+    turn: dict[str, Any] = {
+        "content": content,
+        "tool_calls": [{"name": n, "arguments": a} for n, a in calls],
+        "usage": {"prompt_tokens": tin, "completion_tokens": tout},
+    }
+    if latency_ms is not None:
+        turn["latency_ms"] = latency_ms
+    return turn
+
+
+def _plan(*tasks: dict[str, Any]) -> list[dict[str, Any]]:
+    return [
+        _turn(2100, 120, ("list_files", {"path": "."}), content="Looking at the project."),
+        _turn(2600, 420, ("submit_plan", {"tasks": list(tasks)})),
+    ]
+
+
+def _task(id_: str, title: str, paths: list[str], instructions: str,
+          depends_on: list[str] | None = None) -> dict[str, Any]:
+    return {"id": id_, "title": title, "paths": paths, "instructions": instructions,
+            "depends_on": depends_on or [],
+            "acceptance": ["python -m unittest discover -s tests -q"]}
+
+
+def _work(read: str, *edits: tuple[str, dict[str, Any]], summary: str,
+          pad: int = 0) -> list[dict[str, Any]]:
+    turns = [
+        _turn(1800, 90, ("list_files", {"path": "."})),
+        _turn(2300, 110, ("read_file", {"path": read})),
+    ]
+    turns += [_turn(2300, 120, ("search_code", {"pattern": "def ", "path": "textkit"}))] * pad
+    turns += [_turn(3100, 520, edit) for edit in edits]
+    turns.append(_turn(3600, 60, ("run_tests", {})))
+    turns.append(_turn(3900, 80, ("finish", {"summary": summary})))
+    return turns
+
+
+SLUG_MAX = '''\
+def slugify(text: str, max_length: int | None = None) -> str:
+    """Lower-case words joined by hyphens, cut to max_length without a trailing hyphen."""
+    words = re.findall(r"[a-z0-9]+", text.lower())
+    slug = "-".join(words)
+    if max_length is not None:
+        slug = slug[:max_length].rstrip("-")
+    return slug
+'''
+SLUG_SEP = '''\
+def slugify(text: str, separator: str = "-") -> str:
+    """Lower-case words joined by the separator."""
+    words = re.findall(r"[a-z0-9]+", text.lower())
+    return separator.join(words)
+'''
+SLUG_OLD = '''\
+def slugify(text: str) -> str:
+    """Lower-case words joined by hyphens."""
+    words = re.findall(r"[a-z0-9]+", text.lower())
+    return "-".join(words)
+'''
+TEST_SLUG_LENGTH = '''\
+import unittest
+
+from textkit.slug import slugify
+
+
+class SlugLengthTest(unittest.TestCase):
+    def test_cut_without_trailing_hyphen(self) -> None:
+        self.assertEqual(slugify("Hello big world", max_length=10), "hello-big")
+'''
+TEST_SLUG_SEP = '''\
+import unittest
+
+from textkit.slug import slugify
+
+
+class SlugSeparatorTest(unittest.TestCase):
+    def test_underscore(self) -> None:
+        self.assertEqual(slugify("Hello World", separator="_"), "hello_world")
+'''
+SENTENCES = '''
+
+def sentence_count(text: str) -> int:
+    """Sentences end with '.', '!' or '?'; a last sentence without one still counts."""
+    import re
+
+    parts = [p for p in re.split(r"[.!?]+", text) if p.strip()]
+    return len(parts)
+'''
+TEST_SENTENCES = '''\
+import unittest
+
+from textkit.stats import sentence_count
+
+
+class SentenceTest(unittest.TestCase):
+    def test_counts(self) -> None:
+        self.assertEqual(sentence_count("One. Two! Three"), 3)
+
+    def test_empty(self) -> None:
+        self.assertEqual(sentence_count(""), 0)
+'''
+UNICODE_WORDS = '''\
+"""Counting things in text."""
+
+import regex
+
+
+def word_count(text: str) -> int:
+    """Words are runs of Unicode letters, digits and joining hyphens."""
+    return len(regex.findall(r"[\\p{L}\\p{N}]+(?:-[\\p{L}\\p{N}]+)*", text))
+'''
+FAST_COUNT_OLD = '''    return len(text.split())'''
+FAST_COUNT_NEW = '''    # Faster: count separators instead of building a list.
+    return sum(1 for ch in text.replace("-", " ").split(" ") if ch)'''
+CLI_MAIN = '''\
+"""python -m textkit slug TEXT | count TEXT"""
+
+import argparse
+
+from textkit.slug import slugify
+from textkit.stats import word_count
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="textkit")
+    parser.add_argument("command", choices=["slug", "count"])
+    parser.add_argument("text")
+    args = parser.parse_args(argv)
+    print(slugify(args.text) if args.command == "slug" else word_count(args.text))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
+'''
+TEST_CLI = '''\
+import contextlib
+import io
+import unittest
+
+from textkit.__main__ import main
+
+
+class CliTest(unittest.TestCase):
+    def test_slug(self) -> None:
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            self.assertEqual(main(["slug", "Hi There"]), 0)
+        self.assertEqual(out.getvalue().strip(), "hi-there")
+
+    def test_unknown_command(self) -> None:
+        with self.assertRaises(SystemExit) as caught, contextlib.redirect_stderr(io.StringIO()):
+            main(["shout", "x"])
+        self.assertEqual(caught.exception.code, 2)
+'''
+
+
+def trajectory() -> dict[str, Any]:
+    agents: dict[str, list[dict[str, Any]]] = {
+        "plan:stats": _plan(
+            _task("sentences", "Add sentence_count", ["textkit/stats.py",
+                  "tests/test_sentences.py"], "Add sentence_count(text) with tests."),
+            _task("unicode-words", "Unicode-aware word_count", ["textkit/stats.py"],
+                  "Count words made of any Unicode letters."),
+            _task("fast-count", "Faster word_count", ["textkit/stats.py"],
+                  "Make word_count faster without changing results."),
+        ),
+        "plan:slug": _plan(
+            _task("max-length", "slugify(max_length=...)", ["textkit/slug.py",
+                  "tests/test_slug_length.py"], "Add an optional max_length."),
+            _task("separator", "slugify(separator=...)", ["textkit/slug.py",
+                  "tests/test_slug_separator.py"], "Add an optional separator."),
+        ),
+        "plan:cli": _plan(
+            _task("main", "python -m textkit", ["textkit/__main__.py", "tests/test_cli.py"],
+                  "Add the argparse entry point and its tests."),
+        ),
+        "stats/sentences": _work(
+            "textkit/stats.py",
+            ("edit_file", {"path": "textkit/stats.py",
+                           "search": "    return len(text.replace(\" \", \"\")) if ignore_spaces "
+                           "else len(text)\n",
+                           "replace": "    return len(text.replace(\" \", \"\")) if ignore_spaces "
+                           "else len(text)\n" + SENTENCES}),
+            ("write_file", {"path": "tests/test_sentences.py", "content": TEST_SENTENCES}),
+            summary="Added sentence_count with tests for empty text and a missing final stop.",
+        ),
+        "stats/unicode-words": _work(
+            "textkit/stats.py",
+            ("write_file", {"path": "textkit/stats.py",
+                            "content": UNICODE_WORDS + FILES["textkit/stats.py"].split(
+                                "return len(text.split())\n", 1)[1]}),
+            summary="word_count now uses the regex module's Unicode classes.",
+        ),
+        "stats/fast-count": _work(
+            "textkit/stats.py",
+            ("edit_file", {"path": "textkit/stats.py", "search": FAST_COUNT_OLD,
+                           "replace": FAST_COUNT_NEW}),
+            summary="word_count avoids building a list.", pad=1,
+        ),
+        "slug/max-length": _work(
+            "textkit/slug.py",
+            ("edit_file", {"path": "textkit/slug.py", "search": SLUG_OLD, "replace": SLUG_MAX}),
+            ("write_file", {"path": "tests/test_slug_length.py", "content": TEST_SLUG_LENGTH}),
+            summary="slugify takes max_length and never ends with a hyphen.",
+        ),
+        "slug/separator": _work(
+            "textkit/slug.py",
+            ("edit_file", {"path": "textkit/slug.py", "search": SLUG_OLD, "replace": SLUG_SEP}),
+            ("write_file", {"path": "tests/test_slug_separator.py", "content": TEST_SLUG_SEP}),
+            summary="slugify takes a separator.", pad=2,
+        ),
+        "cli/main": _work(
+            "textkit/stats.py",
+            ("write_file", {"path": "textkit/__main__.py", "content": CLI_MAIN}),
+            ("write_file", {"path": "tests/test_cli.py", "content": TEST_CLI}),
+            summary="Added python -m textkit with slug and count commands.", pad=1,
+        ),
+    }
+    return {"format": "factory-replay/1", "priced_as": "gpt-4o-mini", "latency_ms": 350,
+            "agents": agents}
+
+
+def _git(root: Path, *args: str) -> None:
+    subprocess.run(
+        ["git", "-c", "user.name=Factory demo", "-c", "user.email=demo@localhost", *args],
+        cwd=root, check=True, capture_output=True,
+    )
+
+
+def build(path: Path, backend: str) -> Path:
+    """Create (or recreate) the demo repository at path."""
+    path = path.resolve()
+    if path.exists() and any(path.iterdir()):
+        if not (path / MARKER).exists():
+            raise FactoryError(f"{path}: exists and is not a Factory demo; choose another PATH")
+        shutil.rmtree(path)
+    path.mkdir(parents=True, exist_ok=True)
+    for rel, text in FILES.items():
+        target = path / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text)
+    (path / ".factory.toml").write_text(
+        CONFIG.format(backend=backend, test_command=TEST_COMMAND.replace("\\", "\\\\"))
+    )
+    replay_dir = path / ".factory" / "replay"
+    replay_dir.mkdir(parents=True)
+    (replay_dir / "demo.json").write_text(json.dumps(trajectory(), indent=1))
+    (path / MARKER).write_text("created by `factory demo`; safe to delete\n")
+    _git(path, "init", "-q", "-b", "main")
+    _git(path, "add", "-A")
+    _git(path, "commit", "-q", "-m", "textkit: initial project")
+    return path

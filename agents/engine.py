@@ -1,0 +1,217 @@
+"""The Factory facade: open a repository's factory, run specs, answer commands.
+
+This is what the CLI, the console's in-process client and the daemon hold. It owns the
+store (the only writer), the workspace, the model router and the sandbox backend.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import os
+import uuid
+from pathlib import Path
+from typing import IO
+
+from agents import events as ev
+from agents.config import FactoryConfig, load_config
+from agents.errors import FactoryError
+from agents.gitcmd import git
+from agents.landing import LandingStep, TestedLanding
+from agents.models import ModelRouter, api_key_from_env, replay_path
+from agents.orchestrator import Orchestrator, RunSummary
+from agents.sandbox.base import Limits, SandboxBackend
+from agents.sandbox.none import NoneBackend
+from agents.specs import Spec, load_specs, order_specs
+from agents.store import Store
+from agents.workspace import Workspace
+
+CONFIG_NAME = ".factory.toml"
+
+
+def sandbox_limits(config: FactoryConfig) -> Limits:
+    sb = config.sandbox
+    return Limits(sb.wall_seconds, sb.memory_mb, sb.max_processes, sb.output_bytes)
+
+
+def make_sandbox_backend(config: FactoryConfig) -> SandboxBackend:
+    """The configured backend; `none` only when the configuration names it."""
+    limits = sandbox_limits(config)
+    if config.sandbox.backend == "none":
+        return NoneBackend(limits)
+    from agents.sandbox.select import make_backend
+
+    return make_backend(config.sandbox.backend, limits=limits,
+                        image=config.sandbox.image or None,
+                        env_allow=list(config.sandbox.env_allow))
+
+
+def make_router(config: FactoryConfig) -> ModelRouter:
+    m = config.models
+    return ModelRouter(
+        roles={"planner": m.planner, "implementer": m.implementer, "reviewer": m.reviewer},
+        fallbacks=dict(m.fallbacks),
+        api_base=m.api_base or None,
+        api_key=api_key_from_env(m.api_key_env or None),
+        max_retries=m.max_retries,
+        timeout=float(m.timeout_seconds),
+    )
+
+
+class RunLock:
+    """One running factory per store; `factory status` and consoles only read."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._file: IO[str] | None = None
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        handle = self.path.open("a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise FactoryError(f"{self.path}: the factory is already running ({holder})") \
+                from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()}")
+        handle.flush()
+        self._file = handle
+
+    def release(self) -> None:
+        if self._file is not None:
+            fcntl.flock(self._file, fcntl.LOCK_UN)
+            self._file.close()
+            self._file = None
+
+
+class Factory:
+    def __init__(self, root: Path, config: FactoryConfig, store: Store, workspace: Workspace,
+                 router: ModelRouter, backend: SandboxBackend) -> None:
+        self.root = root
+        self.config = config
+        self.store = store
+        self.ws = workspace
+        self.router = router
+        self.backend = backend
+        self.orchestrator: Orchestrator | None = None
+        self._lock = RunLock(root / ".factory" / "run.lock")
+
+    @classmethod
+    async def open(
+        cls,
+        root: Path,
+        config: FactoryConfig | None = None,
+        *,
+        backend: SandboxBackend | None = None,
+        router: ModelRouter | None = None,
+    ) -> Factory:
+        root = root.resolve()
+        config = config or load_config(root / CONFIG_NAME)
+        workspace = Workspace(root, root / ".factory" / "worktrees", config.repo.main_branch)
+        router = router or make_router(config)
+        _load_replays(root, router)
+        backend = backend or make_sandbox_backend(config)
+        store = await Store.open(config.store_path)
+        return cls(root, config, store, workspace, router, backend)
+
+    async def close(self) -> None:
+        await self.store.close()
+        self.ws.close()
+        self._lock.release()
+
+    def specs(self, only: list[str] | None = None) -> tuple[list[Spec], dict[str, str]]:
+        """The specs to run (with what they depend on), in dependency order."""
+        specs = load_specs(self.config.specs_path)
+        by_id = {s.id: s for s in specs}
+        if only:
+            unknown = [s for s in only if s not in by_id]
+            if unknown:
+                raise FactoryError(f"unknown spec(s): {', '.join(unknown)}; "
+                                   f"known: {', '.join(sorted(by_id)) or 'none'}")
+            wanted: set[str] = set()
+            stack = list(only)
+            while stack:
+                sid = stack.pop()
+                if sid not in wanted:
+                    wanted.add(sid)
+                    stack.extend(by_id[sid].depends_on)
+            specs = [s for s in specs if s.id in wanted]
+        ordered = order_specs(specs)
+        texts = {s.id: Path(s.path).read_text() if s.path else "" for s in ordered}
+        return ordered, texts
+
+    async def _clean_orphans(self) -> None:
+        active = {Path(t["worktree"]).resolve() for t in self.store.rows("tasks")
+                  if t["status"] == "running" and t["worktree"]}
+        for path in self.ws.orphans(active):
+            await self.store.append(ev.Notice(
+                level="warning",
+                message=f"orphan worktree {path.relative_to(self.root)} (no running task owns "
+                "it): removed"))
+            self.ws.remove(path)
+        scratch = self.root / ".factory" / "landing"
+        if scratch.is_dir():
+            for path in scratch.iterdir():
+                self.ws.remove(path)
+        await git("worktree", "prune", cwd=self.root)
+
+    async def run(self, spec_ids: list[str] | None = None) -> RunSummary:
+        self._lock.acquire()
+        specs, texts = self.specs(spec_ids)
+        if not specs:
+            raise FactoryError(f"no specs in {self.config.specs_path}")
+        run_id = uuid.uuid4().hex[:12]
+        budgets = self.config.budgets.run
+        await self.store.append(ev.RunStarted(
+            run_id=run_id, specs=[s.id for s in specs], concurrency=self.config.run.concurrency,
+            sandbox=self.backend.name, budget_tokens=budgets.tokens, budget_usd=budgets.usd,
+        ))
+        if self.backend.name == "none":
+            await self.store.append(ev.Notice(
+                level="warning", message="sandbox backend is 'none': agents run UNSANDBOXED "
+                "commands on this machine"))
+        await self._clean_orphans()
+        lander: LandingStep = TestedLanding(
+            self.ws, self.backend, self.config.repo.test_command, sandbox_limits(self.config),
+            self.root / ".factory" / "landing", self.store.append,
+        )
+        self.orchestrator = Orchestrator(
+            config=self.config, store=self.store, workspace=self.ws, router=self.router,
+            backend=self.backend, lander=lander, run_id=run_id,
+        )
+        status = "failed"
+        try:
+            summary = await self.orchestrator.run(specs, texts)
+            status = summary.status
+            return summary
+        except asyncio.CancelledError:
+            status = "cancelled"
+            raise
+        finally:
+            await asyncio.shield(self.store.append(ev.RunFinished(run_id=run_id,
+                                                                  status=status)))  # type: ignore[arg-type]
+            self._lock.release()
+
+    def cancel_task(self, key: str) -> bool:
+        return self.orchestrator is not None and self.orchestrator.cancel(key)
+
+
+def _load_replays(root: Path, router: ModelRouter) -> None:
+    models = {m for m in router.roles.values() if m.startswith("replay/")}
+    for fallbacks in router.fallbacks.values():
+        models.update(m for m in fallbacks if m.startswith("replay/"))
+    if not models:
+        return
+    from agents import replay
+
+    for model in models:
+        path = replay_path(root, model)
+        try:
+            replay.load(model.split("/", 1)[1], path)
+        except ValueError as exc:
+            raise FactoryError(str(exc)) from None

@@ -1,0 +1,290 @@
+"""Every change of state in Factory is one of these events.
+
+Events are the source of truth: the store appends them to a hash-chained log and derives the
+projection tables from them in the same transaction. One discriminated union (`kind`) means
+one schema for the store, the daemon's wire format and the console.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+
+class _Event(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    spec_id: str | None = None
+    task_id: str | None = None
+    agent_id: str | None = None
+
+
+# -- run -------------------------------------------------------------------------------------
+
+
+class RunStarted(_Event):
+    kind: Literal["run_started"] = "run_started"
+    run_id: str
+    specs: list[str]
+    concurrency: int
+    sandbox: str
+    budget_tokens: int | None = None
+    budget_usd: float | None = None
+
+
+class RunFinished(_Event):
+    kind: Literal["run_finished"] = "run_finished"
+    run_id: str
+    status: Literal["done", "cancelled", "failed", "budget"]
+    detail: str = ""
+
+
+class Notice(_Event):
+    """Something a person should see that changes no state (sandbox warnings, orphans...)."""
+
+    kind: Literal["notice"] = "notice"
+    level: Literal["info", "warning", "error"] = "info"
+    message: str
+
+
+# -- specs and plans -------------------------------------------------------------------------
+
+
+class SpecRegistered(_Event):
+    kind: Literal["spec_registered"] = "spec_registered"
+    title: str
+    path: str
+    priority: int = 0
+    depends_on: list[str] = []
+    digest: str
+
+
+class SpecSaved(_Event):
+    kind: Literal["spec_saved"] = "spec_saved"
+    path: str
+    digest: str
+    lint_score: int | None = None
+
+
+class PlannedTask(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str
+    title: str
+    role: str = "implementer"
+    instructions: str = ""
+    paths: list[str]
+    depends_on: list[str] = []
+    acceptance: list[str]
+
+
+class PlanAccepted(_Event):
+    kind: Literal["plan_accepted"] = "plan_accepted"
+    tasks: list[PlannedTask]
+    digest: str
+
+
+class PlanRejected(_Event):
+    kind: Literal["plan_rejected"] = "plan_rejected"
+    reason: str
+
+
+class SpecFinished(_Event):
+    kind: Literal["spec_finished"] = "spec_finished"
+    status: Literal["done", "failed", "blocked", "cancelled"]
+    detail: str = ""
+
+
+# -- tasks -----------------------------------------------------------------------------------
+
+
+class TaskStarted(_Event):
+    kind: Literal["task_started"] = "task_started"
+    attempt: int
+    branch: str
+    worktree: str
+    base_commit: str
+
+
+class TaskFailed(_Event):
+    kind: Literal["task_failed"] = "task_failed"
+    reason: str
+    will_retry: bool = False
+
+
+class TaskBlocked(_Event):
+    kind: Literal["task_blocked"] = "task_blocked"
+    reason: str
+
+
+class TaskCancelled(_Event):
+    kind: Literal["task_cancelled"] = "task_cancelled"
+    reason: str = ""
+
+
+class BranchCommitted(_Event):
+    kind: Literal["branch_committed"] = "branch_committed"
+    branch: str
+    commit: str
+    base_commit: str
+    files: list[str]
+    insertions: int = 0
+    deletions: int = 0
+
+
+class LandingStarted(_Event):
+    kind: Literal["landing_started"] = "landing_started"
+    branch: str
+    commit: str
+
+
+class GateResult(_Event):
+    kind: Literal["gate_result"] = "gate_result"
+    gate: str
+    passed: bool
+    detail: str = ""
+    duration: float = 0.0
+
+
+class BranchLanded(_Event):
+    kind: Literal["branch_landed"] = "branch_landed"
+    branch: str
+    commit: str
+    main_before: str
+    main_after: str
+
+
+class BranchRejected(_Event):
+    kind: Literal["branch_rejected"] = "branch_rejected"
+    branch: str
+    gate: str
+    reason: str
+    output: str = ""
+
+
+class WorktreeRemoved(_Event):
+    kind: Literal["worktree_removed"] = "worktree_removed"
+    path: str
+
+
+# -- agents ----------------------------------------------------------------------------------
+
+
+class AgentStarted(_Event):
+    kind: Literal["agent_started"] = "agent_started"
+    role: str
+    model: str
+    resumed_at_step: int = 0
+    # The opening messages (system prompt, task) of a fresh agent; empty on resume.
+    messages: list[dict[str, Any]] = []
+
+
+class AgentTurn(_Event):
+    """One model call: the assistant message is kept whole so the agent can resume."""
+
+    kind: Literal["agent_turn"] = "agent_turn"
+    step: int
+    model: str
+    message: dict[str, Any]
+    tokens_in: int = 0
+    tokens_out: int = 0
+    cost_usd: float = 0.0
+    latency: float = 0.0
+
+
+class AgentNote(_Event):
+    """A message the engine adds to an agent's conversation (a nudge, a correction)."""
+
+    kind: Literal["agent_note"] = "agent_note"
+    step: int
+    message: dict[str, Any]
+
+
+class ToolExecuted(_Event):
+    kind: Literal["tool_executed"] = "tool_executed"
+    step: int
+    call_id: str
+    name: str
+    arguments: dict[str, Any] | str
+    result: str
+    is_error: bool = False
+    changed: bool = False
+    duration: float = 0.0
+
+
+class SandboxLimited(_Event):
+    """A command the sandbox denied or cut short (timeout, memory, output, denied)."""
+
+    kind: Literal["sandbox_limited"] = "sandbox_limited"
+    step: int
+    command: str
+    stop: str
+    detail: str = ""
+
+
+class ModelRetry(_Event):
+    kind: Literal["model_retry"] = "model_retry"
+    step: int
+    model: str
+    attempt: int
+    status: int | None = None
+    wait: float
+    error: str
+
+
+class BudgetStop(_Event):
+    kind: Literal["budget_stop"] = "budget_stop"
+    scope: Literal["run", "spec", "agent"]
+    measure: Literal["tokens", "usd"]
+    limit: float
+    used: float
+
+
+class AgentStuck(_Event):
+    kind: Literal["agent_stuck"] = "agent_stuck"
+    reason: str
+
+
+class AgentFinished(_Event):
+    kind: Literal["agent_finished"] = "agent_finished"
+    status: Literal["finished", "failed", "stuck", "budget", "step_limit", "cancelled"]
+    summary: str = ""
+
+
+Event = Annotated[
+    RunStarted
+    | RunFinished
+    | Notice
+    | SpecRegistered
+    | SpecSaved
+    | PlanAccepted
+    | PlanRejected
+    | SpecFinished
+    | TaskStarted
+    | TaskFailed
+    | TaskBlocked
+    | TaskCancelled
+    | BranchCommitted
+    | LandingStarted
+    | GateResult
+    | BranchLanded
+    | BranchRejected
+    | WorktreeRemoved
+    | AgentStarted
+    | AgentTurn
+    | AgentNote
+    | ToolExecuted
+    | SandboxLimited
+    | ModelRetry
+    | BudgetStop
+    | AgentStuck
+    | AgentFinished,
+    Field(discriminator="kind"),
+]
+
+EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
+
+
+def parse_event(data: str | bytes) -> Event:
+    return EVENT_ADAPTER.validate_json(data)

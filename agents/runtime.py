@@ -1,0 +1,236 @@
+"""One agent's loop: think (model), act (tools), observe, until `finish` or a limit.
+
+Every step is recorded before the next begins, and the conversation is rebuilt from those
+records on resume, so an interrupted agent continues from its last step. The loop guards the
+budget (it stops before a call that would exceed it) and itself (a repeated identical call,
+or many steps that change nothing, end the agent as stuck instead of burning money).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from agents import events as ev
+from agents.models import Completion, ModelError, ModelRouter
+from agents.store import Store
+from agents.tools import ToolContext, ToolOutcome, call_tool, tool_specs
+
+AgentStatus = Literal["finished", "failed", "stuck", "budget", "step_limit", "cancelled"]
+
+NUDGE = (
+    "Reply with a tool call. When the task is complete and its acceptance checks pass, "
+    "call finish(summary)."
+)
+
+
+@dataclass(frozen=True)
+class AgentLimits:
+    max_steps: int = 40
+    stuck_repeats: int = 3
+    stuck_idle_steps: int = 12
+
+
+@dataclass
+class BudgetCheck:
+    """Returns the first scope that the next call would exceed, or None."""
+
+    check: Callable[[int, float], ev.BudgetStop | None]
+
+
+@dataclass(frozen=True)
+class AgentResult:
+    status: AgentStatus
+    summary: str = ""
+    steps: int = 0
+
+
+class AgentRunner:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        router: ModelRouter,
+        tools: ToolContext,
+        agent_id: str,
+        spec_id: str,
+        task_id: str | None,
+        role: str,
+        key: str,
+        opening: list[dict[str, Any]],
+        limits: AgentLimits,
+        budget: Callable[[int, float], ev.BudgetStop | None] | None = None,
+        tool_names: list[str] | None = None,
+        custom_tools: dict[str, Callable[[dict[str, Any]], ToolOutcome]] | None = None,
+        extra_specs: list[dict[str, Any]] | None = None,
+    ) -> None:
+        self.store = store
+        self.router = router
+        self.tools = tools
+        self.agent_id = agent_id
+        self.spec_id = spec_id
+        self.task_id = task_id
+        self.role = role
+        self.key = key
+        self.opening = opening
+        self.limits = limits
+        self.budget = budget
+        self.specs = tool_specs(tool_names) + (extra_specs or [])
+        self.custom_tools = custom_tools or {}
+        self._ids = {"spec_id": spec_id, "task_id": task_id, "agent_id": agent_id}
+
+    def _emit(self, *events: ev.Event) -> asyncio.Future[int]:
+        return self.store.append_many(events)
+
+    async def run(self) -> AgentResult:
+        messages = await self.store.messages(self.agent_id)
+        step = sum(1 for m in messages if m.get("role") == "assistant")
+        model = self.router.model_for(self.role)
+        if not messages:
+            messages = list(self.opening)
+            await self._emit(ev.AgentStarted(**self._ids, role=self.role, model=model,
+                                             messages=messages))
+        else:
+            await self._emit(ev.AgentStarted(**self._ids, role=self.role, model=model,
+                                             resumed_at_step=step))
+        try:
+            return await self._loop(messages, step)
+        except asyncio.CancelledError:
+            await asyncio.shield(self._finish("cancelled", "cancelled by request", step))
+            raise
+
+    async def _finish(self, status: AgentStatus, summary: str, step: int) -> AgentResult:
+        await self._emit(ev.AgentFinished(**self._ids, status=status, summary=summary))
+        return AgentResult(status, summary, step)
+
+    async def _loop(self, messages: list[dict[str, Any]], step: int) -> AgentResult:
+        last_call_tokens, last_call_cost = 0, 0.0
+        recent: list[str] = []
+        idle = 0
+        # A turn recorded before a crash whose tool calls have no results yet: run them now.
+        pending = self._unanswered(messages)
+        while True:
+            if pending is None:
+                if step >= self.limits.max_steps:
+                    return await self._finish("step_limit", f"reached {step} steps", step)
+                if self.budget is not None:
+                    stop = self.budget(last_call_tokens, last_call_cost)
+                    if stop is not None:
+                        await self._emit(stop.model_copy(update=self._ids))
+                        return await self._finish(
+                            "budget", f"{stop.scope} {stop.measure} budget: "
+                            f"{stop.used:g} used of {stop.limit:g}", step)
+                try:
+                    completion = await self._call(messages, step + 1)
+                except ModelError as exc:
+                    await self._emit(ev.Notice(**self._ids, level="error",
+                                               message=f"model error: {exc}"))
+                    return await self._finish("failed", f"model error: {exc}", step)
+                step += 1
+                last_call_tokens = completion.tokens_in + completion.tokens_out
+                last_call_cost = completion.cost_usd
+                messages.append(completion.message)
+                self._emit(ev.AgentTurn(
+                    **self._ids, step=step, model=completion.model, message=completion.message,
+                    tokens_in=completion.tokens_in, tokens_out=completion.tokens_out,
+                    cost_usd=completion.cost_usd, latency=completion.latency,
+                ))
+                calls = [(c.id, c.name, c.arguments) for c in completion.tool_calls]
+            else:
+                calls = pending
+                pending = None
+            if not calls:
+                note = {"role": "user", "content": NUDGE}
+                messages.append(note)
+                await self._emit(ev.AgentNote(**self._ids, step=step, message=note))
+                idle += 1
+                if idle >= self.limits.stuck_idle_steps:
+                    return await self._stuck(f"{idle} steps without a change", step)
+                continue
+            changed = False
+            last: asyncio.Future[int] | None = None
+            for call_id, name, arguments in calls:
+                started = time.perf_counter()
+                outcome = await self._call_tool(name, arguments)
+                duration = time.perf_counter() - started
+                messages.append({"role": "tool", "tool_call_id": call_id,
+                                 "content": outcome.content})
+                batch: list[ev.Event] = [ev.ToolExecuted(
+                    **self._ids, step=step, call_id=call_id, name=name,
+                    arguments=_args_for_record(arguments), result=outcome.content,
+                    is_error=outcome.is_error, changed=outcome.changed, duration=duration,
+                )]
+                if outcome.sandbox is not None:
+                    batch.append(ev.SandboxLimited(
+                        **self._ids, step=step, command=outcome.command,
+                        stop=outcome.sandbox.stop, detail=outcome.sandbox.detail,
+                    ))
+                last = self._emit(*batch)
+                changed = changed or outcome.changed
+                if outcome.finished:
+                    await last
+                    return await self._finish("finished", outcome.summary, step)
+                recent.append(f"{name}\0{arguments}")
+            if last is not None:
+                await last  # the step is durable before the next one starts
+            idle = 0 if changed else idle + 1
+            repeats = self.limits.stuck_repeats
+            if len(recent) >= repeats and len(set(recent[-repeats:])) == 1:
+                return await self._stuck(
+                    f"the same call ({calls[-1][1]}) repeated {repeats} times", step)
+            if idle >= self.limits.stuck_idle_steps:
+                return await self._stuck(f"{idle} steps without a change to the worktree", step)
+
+    async def _stuck(self, reason: str, step: int) -> AgentResult:
+        await self._emit(ev.AgentStuck(**self._ids, reason=reason))
+        return await self._finish("stuck", reason, step)
+
+    async def _call(self, messages: list[dict[str, Any]], step: int) -> Completion:
+        async def on_retry(model: str, attempt: int, status: int | None, wait: float,
+                           error: str) -> None:
+            self._emit(ev.ModelRetry(**self._ids, step=step, model=model, attempt=attempt,
+                                     status=status, wait=wait, error=error))
+
+        return await self.router.complete(
+            self.role, messages, tools=self.specs,
+            metadata={"factory_key": self.key, "factory_agent": self.agent_id},
+            on_retry=on_retry,
+        )
+
+    async def _call_tool(self, name: str, arguments: str) -> ToolOutcome:
+        custom = self.custom_tools.get(name)
+        if custom is None:
+            return await call_tool(self.tools, name, arguments)
+        try:
+            parsed = json.loads(arguments) if arguments.strip() else {}
+        except json.JSONDecodeError as exc:
+            return ToolOutcome(f"arguments for {name} are not valid JSON: {exc}", is_error=True)
+        if not isinstance(parsed, dict):
+            return ToolOutcome(f"arguments for {name} must be a JSON object", is_error=True)
+        return custom(parsed)
+
+    @staticmethod
+    def _unanswered(messages: list[dict[str, Any]]) -> list[tuple[str, str, str]] | None:
+        """Tool calls of the last model turn that have no recorded result (a crash mid-step)."""
+        for index in range(len(messages) - 1, -1, -1):
+            message = messages[index]
+            if message.get("role") == "assistant":
+                answered = {m.get("tool_call_id") for m in messages[index + 1:]}
+                calls = [(c["id"], c["function"]["name"], c["function"]["arguments"])
+                         for c in message.get("tool_calls") or [] if c["id"] not in answered]
+                return calls or None
+            if message.get("role") != "tool":
+                return None
+        return None
+
+
+def _args_for_record(arguments: str) -> dict[str, Any] | str:
+    try:
+        parsed = json.loads(arguments)
+    except (json.JSONDecodeError, TypeError):
+        return arguments
+    return parsed if isinstance(parsed, dict) else arguments

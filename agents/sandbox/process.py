@@ -1,0 +1,108 @@
+"""Running a child process with a wall-clock limit and capped output.
+
+Every backend ends up starting a host process (bwrap, `docker exec`, or the command itself),
+so the waiting, capping and killing live here once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from agents.sandbox.base import Limits, RunResult, StopReason
+
+
+async def _drain(stream: asyncio.StreamReader, sink: bytearray, budget: list[int]) -> bool:
+    """Read until EOF; return False as soon as the shared output budget is spent."""
+    while True:
+        chunk = await stream.read(65536)
+        if not chunk:
+            return True
+        room = budget[0]
+        if room > 0:
+            sink += chunk[:room]
+        budget[0] = room - len(chunk)
+        if budget[0] < 0:
+            return False
+
+
+def _kill_group(proc: asyncio.subprocess.Process) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        try:
+            proc.kill()
+        except ProcessLookupError:
+            pass
+
+
+async def run_process(
+    argv: Sequence[str],
+    cwd: Path,
+    env: Mapping[str, str] | None,
+    limits: Limits,
+    timeout: float | None = None,
+    pass_fds: Sequence[int] = (),
+) -> RunResult:
+    """Run argv in its own process group; kill the whole group on timeout or output flood."""
+    wall = min(timeout, limits.wall_seconds) if timeout else limits.wall_seconds
+    started = time.perf_counter()
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *argv,
+            cwd=str(cwd),
+            env=dict(env) if env is not None else None,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            start_new_session=True,
+            pass_fds=tuple(pass_fds),
+        )
+    except (FileNotFoundError, PermissionError, NotADirectoryError) as exc:
+        return RunResult(
+            exit_code=None,
+            stdout="",
+            stderr=str(exc),
+            duration=time.perf_counter() - started,
+            stop="denied",
+            detail=f"could not start {argv[0]!r}: {exc}",
+        )
+    out, err = bytearray(), bytearray()
+    budget = [limits.output_bytes]
+    assert proc.stdout is not None and proc.stderr is not None
+    readers = asyncio.gather(_drain(proc.stdout, out, budget), _drain(proc.stderr, err, budget))
+    stop: StopReason = "exit"
+    detail = ""
+    try:
+        done, _ = await asyncio.wait({asyncio.ensure_future(readers)}, timeout=wall)
+        if not done:
+            stop, detail = "timeout", f"killed after {wall:g} s"
+        elif not all(readers.result()):
+            stop, detail = "output_cap", f"output exceeded {limits.output_bytes} bytes"
+    finally:
+        if stop != "exit":
+            _kill_group(proc)
+            readers.cancel()
+        try:
+            code = await asyncio.wait_for(proc.wait(), timeout=10)
+        except TimeoutError:
+            _kill_group(proc)
+            code = await proc.wait()
+        # Descendants that outlived the leader would keep pipes or CPU busy.
+        if stop == "exit":
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+    return RunResult(
+        exit_code=code if stop == "exit" else None,
+        stdout=out.decode("utf-8", "replace"),
+        stderr=err.decode("utf-8", "replace"),
+        duration=time.perf_counter() - started,
+        stop=stop,
+        detail=detail,
+    )

@@ -1,0 +1,364 @@
+"""Current state, derived from events.
+
+The writer keeps the projection rows in memory (they are small next to the log), applies each
+event to them, and writes back only the rows a batch touched, in the same transaction as the
+events. `rebuild` runs the very same handlers over the whole log, which is how a test proves
+the live projections and the log agree.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from agents import events as ev
+
+# table -> (primary key column, every column in order)
+TABLES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "runs": ("id", ("id", "status", "started", "finished", "specs", "concurrency", "sandbox",
+                    "detail")),
+    "specs": ("id", ("id", "title", "path", "priority", "depends_on", "digest", "status",
+                     "tasks_total", "tasks_landed", "tasks_rejected", "tasks_failed", "tokens",
+                     "cost", "detail", "updated")),
+    "tasks": ("key", ("key", "spec_id", "task_id", "title", "role", "status", "depends_on",
+                      "paths", "acceptance", "instructions", "attempt", "agent_id", "branch",
+                      "worktree", "base_commit", "commit_sha", "landed_commit", "tokens",
+                      "cost", "reason", "updated")),
+    "agents": ("id", ("id", "spec_id", "task_id", "role", "model", "status", "step",
+                      "tokens_in", "tokens_out", "cost", "started", "finished", "summary",
+                      "last_tool", "messages", "updated")),
+    "branches": ("name", ("name", "spec_id", "task_id", "head", "base", "status", "files",
+                          "insertions", "deletions", "gate", "reason", "landed_commit",
+                          "updated")),
+    "gates": ("key", ("key", "task_key", "gate", "passed", "detail", "duration", "updated")),
+    "budgets": ("key", ("key", "scope", "owner", "tokens", "cost")),
+}
+
+JSON_COLUMNS = {"specs", "depends_on", "paths", "acceptance", "files"}
+
+Row = dict[str, Any]
+
+
+def task_key(spec_id: str | None, task_id: str | None) -> str:
+    return f"{spec_id}/{task_id}"
+
+
+@dataclass
+class State:
+    """Projection rows by table and key, plus the rows touched since the last flush."""
+
+    tables: dict[str, dict[str, Row]] = field(
+        default_factory=lambda: {name: {} for name in TABLES}
+    )
+    dirty: dict[str, set[str]] = field(default_factory=lambda: {name: set() for name in TABLES})
+    current_run: str | None = None
+    # Model usage not yet spread to tasks, specs and budgets: (spec, task) -> [tokens, usd].
+    # Spreading once per batch instead of once per model call keeps appends cheap.
+    usage: dict[tuple[str | None, str | None], list[float]] = field(default_factory=dict)
+
+    def row(self, table: str, key: str, **defaults: Any) -> Row:
+        """The row for key, created with defaults (and every other column None) if absent."""
+        rows = self.tables[table]
+        found = rows.get(key)
+        if found is None:
+            pk, columns = TABLES[table]
+            found = dict.fromkeys(columns)
+            found[pk] = key
+            found.update(defaults)
+            rows[key] = found
+        self.dirty[table].add(key)
+        return found
+
+    def get(self, table: str, key: str) -> Row | None:
+        return self.tables[table].get(key)
+
+    def spread_usage(self) -> None:
+        for (spec_id, task_id), (tokens, cost) in self.usage.items():
+            itokens = int(tokens)
+            if task_id is not None:
+                t = self.row("tasks", task_key(spec_id, task_id))
+                t["tokens"] = (t["tokens"] or 0) + itokens
+                t["cost"] = (t["cost"] or 0.0) + cost
+            if spec_id is not None:
+                spec = self.tables["specs"].get(spec_id)
+                if spec is not None:
+                    self.dirty["specs"].add(spec_id)
+                    spec["tokens"] += itokens
+                    spec["cost"] += cost
+                _spend(self, "spec", spec_id, itokens, cost)
+            if self.current_run is not None:
+                _spend(self, "run", self.current_run, itokens, cost)
+        self.usage.clear()
+
+    def take_dirty(self) -> dict[str, list[Row]]:
+        self.spread_usage()
+        out = {t: [self.tables[t][k] for k in keys] for t, keys in self.dirty.items() if keys}
+        for keys in self.dirty.values():
+            keys.clear()
+        return out
+
+    def comparable(self) -> dict[str, dict[str, Row]]:
+        self.spread_usage()
+        return {t: {k: dict(r) for k, r in rows.items()} for t, rows in self.tables.items()}
+
+
+def _spend(state: State, scope: str, owner: str, tokens: int, cost: float) -> None:
+    key = f"{scope}:{owner}"
+    b = state.tables["budgets"].get(key)
+    if b is None:
+        b = state.row("budgets", key, scope=scope, owner=owner, tokens=0, cost=0.0)
+    else:
+        state.dirty["budgets"].add(key)
+    b["tokens"] += tokens
+    b["cost"] += cost
+
+
+def _count_message(state: State, agent_id: str, ts: float, n: int = 1) -> None:
+    """The conversation itself is the agent's events; the projection keeps its length."""
+    a = state.row("agents", agent_id)
+    a["messages"] = (a["messages"] or 0) + n
+    a["updated"] = ts
+
+
+def _spec_counts(state: State, spec_id: str | None, ts: float) -> None:
+    if spec_id is None or spec_id not in state.tables["specs"]:
+        return
+    spec = state.row("specs", spec_id)
+    tasks = [t for t in state.tables["tasks"].values() if t["spec_id"] == spec_id]
+    spec["tasks_total"] = len(tasks)
+    spec["tasks_landed"] = sum(t["status"] == "landed" for t in tasks)
+    spec["tasks_rejected"] = sum(t["status"] == "rejected" for t in tasks)
+    spec["tasks_failed"] = sum(t["status"] in ("failed", "blocked", "cancelled") for t in tasks)
+    spec["updated"] = ts
+
+
+def _set_task(state: State, e: ev._Event, ts: float, **values: Any) -> Row:
+    return _set_task_ids(state, e.spec_id, e.task_id, ts, **values)
+
+
+def _set_task_ids(
+    state: State, spec_id: str | None, task_id: str | None, ts: float, **values: Any
+) -> Row:
+    t = state.row("tasks", task_key(spec_id, task_id), spec_id=spec_id, task_id=task_id)
+    t.update(values)
+    t["updated"] = ts
+    return t
+
+
+Handler = Callable[[State, Any, float], None]
+HANDLERS: dict[str, Handler] = {}
+
+
+def on(kind: str) -> Callable[[Handler], Handler]:
+    def register(fn: Handler) -> Handler:
+        HANDLERS[kind] = fn
+        return fn
+
+    return register
+
+
+@on("run_started")
+def _run_started(s: State, e: ev.RunStarted, ts: float) -> None:
+    s.spread_usage()
+    s.current_run = e.run_id
+    s.row("runs", e.run_id).update(
+        status="running", started=ts, specs=e.specs, concurrency=e.concurrency,
+        sandbox=e.sandbox, detail="",
+    )
+
+
+@on("run_finished")
+def _run_finished(s: State, e: ev.RunFinished, ts: float) -> None:
+    s.spread_usage()
+    s.row("runs", e.run_id).update(status=e.status, finished=ts, detail=e.detail)
+
+
+@on("spec_registered")
+def _spec_registered(s: State, e: ev.SpecRegistered, ts: float) -> None:
+    spec = s.row("specs", e.spec_id or "", status="registered", tasks_total=0, tasks_landed=0,
+                 tasks_rejected=0, tasks_failed=0, tokens=0, cost=0.0, detail="")
+    spec.update(title=e.title, path=e.path, priority=e.priority, depends_on=e.depends_on,
+                digest=e.digest, updated=ts)
+
+
+@on("spec_saved")
+def _spec_saved(s: State, e: ev.SpecSaved, ts: float) -> None:
+    if e.spec_id in s.tables["specs"]:
+        s.row("specs", e.spec_id or "").update(digest=e.digest, path=e.path, updated=ts)
+
+
+@on("plan_accepted")
+def _plan_accepted(s: State, e: ev.PlanAccepted, ts: float) -> None:
+    for task in e.tasks:
+        key = task_key(e.spec_id, task.id)
+        existing = s.get("tasks", key)
+        if existing is not None and existing["status"] in ("landed", "committed", "landing"):
+            continue  # a re-plan keeps work whose inputs did not change
+        _set_task_ids(
+            s, e.spec_id, task.id, ts,
+            title=task.title, role=task.role, status="pending", depends_on=task.depends_on,
+            paths=task.paths, acceptance=task.acceptance, instructions=task.instructions,
+            attempt=0, tokens=0, cost=0.0, reason="",
+        )
+    s.row("specs", e.spec_id or "").update(status="planned")
+    _spec_counts(s, e.spec_id, ts)
+
+
+@on("plan_rejected")
+def _plan_rejected(s: State, e: ev.PlanRejected, ts: float) -> None:
+    s.row("specs", e.spec_id or "").update(status="failed", detail=e.reason, updated=ts)
+
+
+@on("spec_finished")
+def _spec_finished(s: State, e: ev.SpecFinished, ts: float) -> None:
+    s.row("specs", e.spec_id or "").update(status=e.status, detail=e.detail, updated=ts)
+
+
+@on("task_started")
+def _task_started(s: State, e: ev.TaskStarted, ts: float) -> None:
+    _set_task(s, e, ts, status="running", attempt=e.attempt, agent_id=e.agent_id,
+              branch=e.branch, worktree=e.worktree, base_commit=e.base_commit, reason="")
+    if e.spec_id in s.tables["specs"]:
+        s.row("specs", e.spec_id or "")["status"] = "running"
+
+
+@on("task_failed")
+def _task_failed(s: State, e: ev.TaskFailed, ts: float) -> None:
+    _set_task(s, e, ts, status="pending" if e.will_retry else "failed", reason=e.reason)
+    _spec_counts(s, e.spec_id, ts)
+
+
+@on("task_blocked")
+def _task_blocked(s: State, e: ev.TaskBlocked, ts: float) -> None:
+    _set_task(s, e, ts, status="blocked", reason=e.reason)
+    _spec_counts(s, e.spec_id, ts)
+
+
+@on("task_cancelled")
+def _task_cancelled(s: State, e: ev.TaskCancelled, ts: float) -> None:
+    _set_task(s, e, ts, status="cancelled", reason=e.reason)
+    _spec_counts(s, e.spec_id, ts)
+
+
+@on("branch_committed")
+def _branch_committed(s: State, e: ev.BranchCommitted, ts: float) -> None:
+    _set_task(s, e, ts, status="committed", commit_sha=e.commit)
+    s.row("branches", e.branch).update(
+        spec_id=e.spec_id, task_id=e.task_id, head=e.commit, base=e.base_commit, status="open",
+        files=e.files, insertions=e.insertions, deletions=e.deletions, gate=None, reason="",
+        updated=ts,
+    )
+
+
+@on("landing_started")
+def _landing_started(s: State, e: ev.LandingStarted, ts: float) -> None:
+    _set_task(s, e, ts, status="landing")
+    s.row("branches", e.branch).update(status="landing", updated=ts)
+
+
+@on("gate_result")
+def _gate_result(s: State, e: ev.GateResult, ts: float) -> None:
+    tk = task_key(e.spec_id, e.task_id)
+    s.row("gates", f"{tk}:{e.gate}").update(
+        task_key=tk, gate=e.gate, passed=int(e.passed), detail=e.detail, duration=e.duration,
+        updated=ts,
+    )
+
+
+@on("branch_landed")
+def _branch_landed(s: State, e: ev.BranchLanded, ts: float) -> None:
+    _set_task(s, e, ts, status="landed", landed_commit=e.main_after, reason="")
+    s.row("branches", e.branch).update(status="landed", landed_commit=e.main_after, updated=ts)
+    _spec_counts(s, e.spec_id, ts)
+
+
+@on("branch_rejected")
+def _branch_rejected(s: State, e: ev.BranchRejected, ts: float) -> None:
+    _set_task(s, e, ts, status="rejected", reason=f"{e.gate}: {e.reason}")
+    s.row("branches", e.branch).update(status="rejected", gate=e.gate, reason=e.reason,
+                                        updated=ts)
+    _spec_counts(s, e.spec_id, ts)
+
+
+@on("worktree_removed")
+def _worktree_removed(s: State, e: ev.WorktreeRemoved, ts: float) -> None:
+    if e.task_id is not None:
+        _set_task(s, e, ts, worktree=None)
+
+
+@on("agent_started")
+def _agent_started(s: State, e: ev.AgentStarted, ts: float) -> None:
+    a = s.row("agents", e.agent_id or "", step=0, tokens_in=0, tokens_out=0, cost=0.0,
+              messages=0, started=ts)
+    a.update(spec_id=e.spec_id, task_id=e.task_id, role=e.role, model=e.model,
+             status="running", finished=None, updated=ts)
+    _count_message(s, e.agent_id or "", ts, len(e.messages))
+
+
+@on("agent_turn")
+def _agent_turn(s: State, e: ev.AgentTurn, ts: float) -> None:
+    # The hottest handler (one per model call): plain dict work, no helper layers.
+    aid = e.agent_id or ""
+    a = s.tables["agents"].get(aid) or s.row("agents", aid, step=0, tokens_in=0, tokens_out=0,
+                                             cost=0.0, messages=0)
+    s.dirty["agents"].add(aid)
+    a["step"] = e.step
+    a["tokens_in"] += e.tokens_in
+    a["tokens_out"] += e.tokens_out
+    a["cost"] += e.cost_usd
+    a["model"] = e.model
+    a["messages"] += 1
+    a["updated"] = ts
+    pending = s.usage.get((e.spec_id, e.task_id))
+    if pending is None:
+        s.usage[(e.spec_id, e.task_id)] = [e.tokens_in + e.tokens_out, e.cost_usd]
+    else:
+        pending[0] += e.tokens_in + e.tokens_out
+        pending[1] += e.cost_usd
+
+
+@on("agent_note")
+def _agent_note(s: State, e: ev.AgentNote, ts: float) -> None:
+    _count_message(s, e.agent_id or "", ts)
+
+
+@on("tool_executed")
+def _tool_executed(s: State, e: ev.ToolExecuted, ts: float) -> None:
+    aid = e.agent_id or ""
+    s.row("agents", aid)["last_tool"] = e.name
+    _count_message(s, aid, ts)
+
+
+@on("agent_finished")
+def _agent_finished(s: State, e: ev.AgentFinished, ts: float) -> None:
+    s.row("agents", e.agent_id or "").update(status=e.status, summary=e.summary, finished=ts,
+                                             updated=ts)
+
+
+def apply(state: State, event: Any, ts: float) -> None:
+    handler = HANDLERS.get(event.kind)
+    if handler is not None:
+        handler(state, event, ts)
+
+
+def apply_all(state: State, stream: Iterable[tuple[float, Any]]) -> State:
+    for ts, event in stream:
+        apply(state, event, ts)
+    return state
+
+
+def encode_row(table: str, row: Row) -> tuple[Any, ...]:
+    return tuple(
+        json.dumps(row[c]) if c in JSON_COLUMNS and row[c] is not None else row[c]
+        for c in TABLES[table][1]
+    )
+
+
+def decode_row(table: str, values: Iterable[Any]) -> Row:
+    row = dict(zip(TABLES[table][1], values, strict=True))
+    for c in JSON_COLUMNS.intersection(row):
+        if row[c] is not None:
+            row[c] = json.loads(row[c])
+    return row

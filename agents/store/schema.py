@@ -1,0 +1,62 @@
+"""Numbered schema migrations. A store records its version in PRAGMA user_version.
+
+Never edit a released migration: append a new one. Each entry runs in one transaction.
+"""
+
+from __future__ import annotations
+
+MIGRATIONS: list[str] = [
+    # 1: the event log, its chain head, and the projections of the spine.
+    """
+    CREATE TABLE events (
+        id INTEGER PRIMARY KEY,
+        ts REAL NOT NULL,
+        kind TEXT NOT NULL,
+        spec_id TEXT,
+        task_id TEXT,
+        agent_id TEXT,
+        data TEXT NOT NULL,
+        prev_hash BLOB NOT NULL,
+        hash BLOB NOT NULL
+    );
+    CREATE INDEX events_agent ON events(agent_id, id) WHERE agent_id IS NOT NULL;
+    CREATE TABLE chain_head (
+        one INTEGER PRIMARY KEY CHECK (one = 1),
+        last_id INTEGER NOT NULL,
+        last_hash BLOB NOT NULL
+    );
+    CREATE TABLE runs (
+        id TEXT PRIMARY KEY, status TEXT, started REAL, finished REAL, specs TEXT,
+        concurrency INTEGER, sandbox TEXT, detail TEXT
+    );
+    CREATE TABLE specs (
+        id TEXT PRIMARY KEY, title TEXT, path TEXT, priority INTEGER, depends_on TEXT,
+        digest TEXT, status TEXT, tasks_total INTEGER, tasks_landed INTEGER,
+        tasks_rejected INTEGER, tasks_failed INTEGER, tokens INTEGER, cost REAL,
+        detail TEXT, updated REAL
+    );
+    CREATE TABLE tasks (
+        key TEXT PRIMARY KEY, spec_id TEXT, task_id TEXT, title TEXT, role TEXT, status TEXT,
+        depends_on TEXT, paths TEXT, acceptance TEXT, instructions TEXT, attempt INTEGER,
+        agent_id TEXT, branch TEXT, worktree TEXT, base_commit TEXT, commit_sha TEXT,
+        landed_commit TEXT, tokens INTEGER, cost REAL, reason TEXT, updated REAL
+    );
+    CREATE TABLE agents (
+        id TEXT PRIMARY KEY, spec_id TEXT, task_id TEXT, role TEXT, model TEXT, status TEXT,
+        step INTEGER, tokens_in INTEGER, tokens_out INTEGER, cost REAL, started REAL,
+        finished REAL, summary TEXT, last_tool TEXT, messages INTEGER, updated REAL
+    );
+    CREATE TABLE branches (
+        name TEXT PRIMARY KEY, spec_id TEXT, task_id TEXT, head TEXT, base TEXT, status TEXT,
+        files TEXT, insertions INTEGER, deletions INTEGER, gate TEXT, reason TEXT,
+        landed_commit TEXT, updated REAL
+    );
+    CREATE TABLE gates (
+        key TEXT PRIMARY KEY, task_key TEXT, gate TEXT, passed INTEGER, detail TEXT,
+        duration REAL, updated REAL
+    );
+    CREATE TABLE budgets (
+        key TEXT PRIMARY KEY, scope TEXT, owner TEXT, tokens INTEGER, cost REAL
+    );
+    """,
+]

@@ -1,0 +1,372 @@
+"""The one writer of Factory's SQLite store.
+
+Appends are queued and committed in batches by a single writer task: each batch inserts its
+events (hash-chained), the projection rows it changed, the conversation messages it added and
+the new chain head, all in one transaction. Opening a store reads the projection tables and
+the chain head; it never replays the log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import sqlite3
+import struct
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from agents.errors import FactoryError
+from agents.events import Event, parse_event
+from agents.store import projections
+from agents.store.schema import MIGRATIONS
+
+GENESIS = bytes(32)
+MAX_BATCH = 50000
+_PACK = struct.Struct("<qd")
+
+_INSERT_EVENT = (
+    "INSERT INTO events (id, ts, kind, spec_id, task_id, agent_id, data, prev_hash, hash) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_UPSERT = {
+    table: f"INSERT OR REPLACE INTO {table} ({', '.join(cols)}) "
+    f"VALUES ({', '.join('?' for _ in cols)})"
+    for table, (_, cols) in projections.TABLES.items()
+}
+
+
+class StoreError(FactoryError):
+    pass
+
+
+def chain_hash(prev: bytes, event_id: int, ts: float, data: bytes) -> bytes:
+    """The hash of one row: what makes an edited or removed row detectable."""
+    return hashlib.sha256(prev + _PACK.pack(event_id, ts) + data).digest()
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    id: int
+    ts: float
+    event: Event
+
+
+Listener = Callable[[list[StoredEvent]], None]
+
+
+@dataclass
+class _Prepared:
+    batch: list[tuple[list[Event], asyncio.Future[int]]]
+    rows: list[tuple[Any, ...]]
+    stored: list[StoredEvent]
+    dirty: dict[str, list[projections.Row]]
+    last_id: int
+    last_hash: bytes
+    write: asyncio.Future[None] | None = None
+
+
+def _migrate(conn: sqlite3.Connection, path: Path) -> None:
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version > len(MIGRATIONS):
+        raise StoreError(
+            f"{path}: store schema version {version} is newer than this Factory understands "
+            f"({len(MIGRATIONS)}); upgrade Factory"
+        )
+    for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+        conn.executescript(f"BEGIN;\n{script}\nPRAGMA user_version = {number};\nCOMMIT;")
+
+
+def _load_state(conn: sqlite3.Connection) -> tuple[projections.State, int, bytes]:
+    state = projections.State()
+    for table, (pk, cols) in projections.TABLES.items():
+        rows = state.tables[table]
+        for values in conn.execute(f"SELECT {', '.join(cols)} FROM {table}"):
+            row = projections.decode_row(table, values)
+            rows[row[pk]] = row
+    running = [r for r in state.tables["runs"].values() if r["status"] == "running"]
+    if running:
+        state.current_run = max(running, key=lambda r: r["started"] or 0)["id"]
+    head = conn.execute("SELECT last_id, last_hash FROM chain_head WHERE one = 1").fetchone()
+    last_id, last_hash = (head[0], bytes(head[1])) if head else (0, GENESIS)
+    return state, last_id, last_hash
+
+
+class Store:
+    """Append events, read them back, and hold the current projections in memory."""
+
+    def __init__(
+        self,
+        path: Path,
+        conn: aiosqlite.Connection,
+        state: projections.State,
+        last_id: int,
+        last_hash: bytes,
+        readonly: bool,
+    ) -> None:
+        self.path = path
+        self._conn = conn
+        self.state = state
+        self.last_id = last_id
+        self._last_hash = last_hash
+        # Where the next prepared batch continues the chain (ahead of last_id while writing).
+        self._prepared_id, self._prepared_hash = last_id, last_hash
+        self.readonly = readonly
+        self._pending: list[tuple[list[Event], asyncio.Future[int]]] = []
+        self._wake = asyncio.Event()
+        self._listeners: list[Listener] = []
+        self._closed = False
+        self._writer: asyncio.Task[None] | None = None
+        if not readonly:
+            self._writer = asyncio.get_running_loop().create_task(
+                self._write_loop(), name="factory-store-writer"
+            )
+
+    @classmethod
+    async def open(cls, path: Path | str, *, readonly: bool = False) -> Store:
+        path = Path(path)
+        if readonly:
+            if not path.exists():
+                raise StoreError(f"{path}: no store here yet (run `factory run` first)")
+            conn = await aiosqlite.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            conn = await aiosqlite.connect(path, isolation_level=None)
+        try:
+            await conn.execute("PRAGMA busy_timeout = 10000")
+            if not readonly:
+                await conn.execute("PRAGMA journal_mode = WAL")
+                await conn.execute("PRAGMA synchronous = NORMAL")
+                await conn._execute(_migrate, conn._conn, path)  # type: ignore[attr-defined]
+            state, last_id, last_hash = await conn._execute(  # type: ignore[attr-defined]
+                _load_state, conn._conn  # type: ignore[attr-defined]
+            )
+        except sqlite3.DatabaseError as exc:
+            await conn.close()
+            raise StoreError(f"{path}: not a Factory store or damaged: {exc}") from exc
+        return cls(path, conn, state, last_id, last_hash, readonly)
+
+    # -- writing ---------------------------------------------------------------------------
+
+    async def append(self, *events: Event) -> int:
+        """Queue events and wait until they are committed; returns the last event's id."""
+        return await self.append_many(events)
+
+    def append_many(self, events: Iterable[Event]) -> asyncio.Future[int]:
+        """Queue events; the future resolves with the last id once they are committed."""
+        if self.readonly:
+            raise StoreError(f"{self.path}: opened read-only")
+        if self._closed:
+            raise StoreError(f"{self.path}: store is closed")
+        loop = asyncio.get_running_loop()
+        items = list(events)
+        # Large appends go in batch-sized chunks so that preparing one chunk overlaps with
+        # writing the previous one.
+        futures: list[asyncio.Future[int]] = []
+        for start in range(0, max(len(items), 1), MAX_BATCH):
+            fut: asyncio.Future[int] = loop.create_future()
+            self._pending.append((items[start:start + MAX_BATCH], fut))
+            futures.append(fut)
+        self._wake.set()
+        if len(futures) == 1:
+            return futures[0]
+        combined: asyncio.Future[int] = loop.create_future()
+
+        def _done(_: object) -> None:
+            if combined.done() or not all(f.done() for f in futures):
+                return
+            errors = [f.exception() for f in futures if f.exception() is not None]
+            if errors:
+                combined.set_exception(errors[0])  # type: ignore[arg-type]
+            else:
+                combined.set_result(futures[-1].result())
+
+        for f in futures:
+            f.add_done_callback(_done)
+        return combined
+
+    def _take_batch(self) -> list[tuple[list[Event], asyncio.Future[int]]]:
+        batch, size = [], 0
+        while self._pending and size < MAX_BATCH:
+            item = self._pending.pop(0)
+            batch.append(item)
+            size += len(item[0])
+        return batch
+
+    async def _write_loop(self) -> None:
+        """Prepare batch N+1 on the loop while batch N is written on the database thread."""
+        inflight: _Prepared | None = None
+        while True:
+            if not self._pending:
+                if inflight is not None:
+                    await self._settle(inflight)
+                    inflight = None
+                    continue
+                if self._closed:
+                    return
+                await self._wake.wait()
+                self._wake.clear()
+                continue
+            batch = self._take_batch()
+            prepared = self._prepare(batch)
+            if inflight is not None and not await self._settle(inflight):
+                # The previous write failed and the state was re-read: prepare again.
+                prepared = self._prepare(batch)
+            prepared.write = asyncio.ensure_future(
+                self._conn._execute(  # type: ignore[attr-defined]
+                    self._write_batch, prepared.rows, prepared.dirty, prepared.last_id,
+                    prepared.last_hash,
+                )
+            )
+            inflight = prepared
+
+    def _prepare(self, batch: list[tuple[list[Event], asyncio.Future[int]]]) -> _Prepared:
+        ts = time.time()
+        state = self.state
+        last_id, last_hash = self._prepared_id, self._prepared_hash
+        rows: list[tuple[Any, ...]] = []
+        apply = projections.apply
+        sha256, pack = hashlib.sha256, _PACK.pack
+        for events, _ in batch:
+            for event in events:
+                last_id += 1
+                data = event.__pydantic_serializer__.to_json(event)
+                digest = sha256(last_hash + pack(last_id, ts) + data).digest()
+                rows.append((last_id, ts, event.kind, event.spec_id, event.task_id,
+                             event.agent_id, data.decode(), last_hash, digest))
+                last_hash = digest
+                apply(state, event, ts)
+        stored: list[StoredEvent] = []
+        if self._listeners:
+            first = last_id - len(rows) + 1
+            stored = [StoredEvent(first + i, ts, e)
+                      for i, e in enumerate(e for events, _ in batch for e in events)]
+        self._prepared_id, self._prepared_hash = last_id, last_hash
+        return _Prepared(batch, rows, stored, state.take_dirty(), last_id, last_hash)
+
+    async def _settle(self, prepared: _Prepared) -> bool:
+        """Wait for a write; resolve its appenders. False when it failed."""
+        assert prepared.write is not None
+        try:
+            await prepared.write
+        except Exception as exc:
+            for _, fut in prepared.batch:
+                if not fut.done():
+                    fut.set_exception(exc)
+            await self._reload()
+            return False
+        self.last_id, self._last_hash = prepared.last_id, prepared.last_hash
+        done = prepared.last_id - len(prepared.rows)
+        for events, fut in prepared.batch:
+            done += len(events)
+            if not fut.done():
+                fut.set_result(done)
+        if prepared.stored:
+            for listener in list(self._listeners):
+                listener(prepared.stored)
+        return True
+
+    def _write_batch(
+        self,
+        rows: list[tuple[Any, ...]],
+        dirty: dict[str, list[projections.Row]],
+        last_id: int,
+        last_hash: bytes,
+    ) -> None:
+        """Runs on the connection's thread: one transaction, one thread hop per batch."""
+        conn: sqlite3.Connection = self._conn._conn  # type: ignore[attr-defined]
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.executemany(_INSERT_EVENT, rows)
+            for table, changed in dirty.items():
+                conn.executemany(
+                    _UPSERT[table], [projections.encode_row(table, r) for r in changed]
+                )
+            conn.execute(
+                "INSERT OR REPLACE INTO chain_head (one, last_id, last_hash) VALUES (1, ?, ?)",
+                (last_id, last_hash),
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    async def _reload(self) -> None:
+        """After a failed write the in-memory projections are ahead of the disk: re-read."""
+        state, self.last_id, self._last_hash = await self._conn._execute(  # type: ignore[attr-defined]
+            _load_state, self._conn._conn  # type: ignore[attr-defined]
+        )
+        self._prepared_id, self._prepared_hash = self.last_id, self._last_hash
+        self.state = state
+
+    async def refresh(self) -> None:
+        """Re-read projections; how a read-only observer follows another process's writes."""
+        await self._reload()
+
+    async def flush(self) -> None:
+        """Wait until everything queued so far is committed."""
+        if self._pending:
+            await asyncio.gather(*(f for _, f in list(self._pending)), return_exceptions=True)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._wake.set()
+        if self._writer is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._writer
+        await self._conn.close()
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def subscribe(self, listener: Listener) -> Callable[[], None]:
+        """Call listener with each committed batch; returns the unsubscribe function."""
+        self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener) if listener in self._listeners else None
+
+    async def read_events(
+        self, after: int = 0, limit: int = 1000, agent_id: str | None = None
+    ) -> list[StoredEvent]:
+        if agent_id is None:
+            sql = "SELECT id, ts, data FROM events WHERE id > ? ORDER BY id LIMIT ?"
+            args: tuple[Any, ...] = (after, limit)
+        else:
+            sql = ("SELECT id, ts, data FROM events WHERE agent_id = ? AND id > ? "
+                   "ORDER BY id LIMIT ?")
+            args = (agent_id, after, limit)
+        async with self._conn.execute(sql, args) as cur:
+            return [StoredEvent(i, ts, parse_event(d)) for i, ts, d in await cur.fetchall()]
+
+    async def messages(self, agent_id: str) -> list[dict[str, Any]]:
+        """An agent's whole conversation, rebuilt from its events (how a resume starts)."""
+        async with self._conn.execute(
+            "SELECT data FROM events WHERE agent_id = ? AND kind IN "
+            "('agent_started', 'agent_turn', 'agent_note', 'tool_executed') ORDER BY id",
+            (agent_id,),
+        ) as cur:
+            rows = await cur.fetchall()
+        out: list[dict[str, Any]] = []
+        for (data,) in rows:
+            doc = json.loads(data)
+            kind = doc["kind"]
+            if kind == "agent_started":
+                out.extend(doc["messages"])
+            elif kind in ("agent_turn", "agent_note"):
+                out.append(doc["message"])
+            else:
+                out.append({"role": "tool", "tool_call_id": doc["call_id"],
+                            "content": doc["result"]})
+        return out
+
+    def rows(self, table: str) -> list[projections.Row]:
+        return list(self.state.tables[table].values())
+
+    def get(self, table: str, key: str) -> projections.Row | None:
+        return self.state.tables[table].get(key)

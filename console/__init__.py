@@ -1,0 +1,1 @@
+"""Factory's human side: the `factory` command and (later) the Textual console."""

@@ -1,0 +1,263 @@
+"""The `factory` command.
+
+Every command that could open a screen also works headless (`--headless`, or automatically
+when stdout is not a terminal). Errors a person can act on are printed plainly, without a
+traceback, and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from agents.errors import FactoryError
+
+CONFIG_NAME = ".factory.toml"
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+
+def _root(explicit: str | None) -> Path:
+    if explicit:
+        return Path(explicit).resolve()
+    from agents.config import find_config
+
+    found = find_config(Path.cwd())
+    if found is None:
+        raise FactoryError(f"no {CONFIG_NAME} here or in any parent folder "
+                           "(run `factory init` first)")
+    return found.parent
+
+
+def _headless(args: argparse.Namespace) -> bool:
+    return bool(getattr(args, "headless", False)) or not sys.stdout.isatty()
+
+
+# -- commands --------------------------------------------------------------------------------
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from agents.config import init_project
+
+    root = Path(args.path).resolve()
+    written = init_project(root)
+    for path in written:
+        out.print(f"wrote {path.relative_to(root) if path.is_relative_to(root) else path}")
+    out.print("next: edit specs/, then `factory spec lint specs/*.md` and `factory run`")
+    return 0
+
+
+def cmd_spec_lint(args: argparse.Namespace) -> int:
+    from agents.specs import lint_score, lint_spec
+
+    worst = 0
+    for name in args.paths:
+        path = Path(name)
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            raise FactoryError(f"{path}: cannot read: {exc.strerror}") from None
+        findings = lint_spec(text, path)
+        score = lint_score(findings)
+        out.print(f"[bold]{path}[/]: precision {score}/100")
+        for f in findings:
+            style = {"error": "red", "warning": "yellow"}.get(f.severity, "dim")
+            out.print(f"  {path}:{f.line}: [{style}]{f.severity}[/] {f.code}: {f.message}")
+            if f.severity == "error":
+                worst = max(worst, 1)
+    return worst
+
+
+async def _run(root: Path, specs: list[str] | None, headless: bool) -> int:
+    from agents.engine import Factory
+    from console.progress import Progress
+
+    factory = await Factory.open(root)
+    try:
+        if factory.backend.name == "none":
+            err.print("[bold red]WARNING: sandbox backend is 'none': agents run commands "
+                      "UNSANDBOXED on this machine[/]")
+        budget = factory.config.budgets.run
+        console = out if not headless else Console(highlight=False, force_terminal=False)
+        with Progress(factory.store, console, budget.usd, budget.tokens) as progress:
+            summary = await factory.run(specs or None)
+        out.print()
+        out.print(f"[bold]Run {summary.run_id}[/]: {summary.status}; peak "
+                  f"{progress.peak_active} agents at once")
+        for key in summary.landed:
+            out.print(f"  [green]landed[/]   {key}")
+        for key, reason in summary.rejected:
+            out.print(f"  [red]rejected[/] {key}: {reason}")
+        for key, reason in summary.failed:
+            out.print(f"  [yellow]failed[/]   {key}: {reason}")
+        return 0 if summary.status == "done" else 1
+    finally:
+        await factory.close()
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    return asyncio.run(_run(_root(args.root), args.specs, _headless(args)))
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from agents import demo
+
+    backend = args.sandbox or _demo_backend()
+    path = demo.build(Path(args.path), backend)
+    out.print(f"demo project at {path} (sandbox: {backend})")
+    asyncio.run(_run(path, None, _headless(args)))
+    return 0
+
+
+def _demo_backend() -> str:
+    """bwrap where it works; otherwise say loudly that the demo runs unsandboxed."""
+    if shutil.which("bwrap"):
+        try:
+            from agents.sandbox.doctor import diagnose
+
+            if any(s.name == "bwrap" and s.works for s in diagnose(only=["bwrap"])):
+                return "bwrap"
+        except ImportError:
+            pass
+    err.print("[yellow]bubblewrap is not available: the demo runs with sandbox 'none'[/]")
+    return "none"
+
+
+async def _status(root: Path, as_json: bool) -> int:
+    from agents.config import load_config
+    from agents.store import Store
+
+    config = load_config(root / CONFIG_NAME)
+    store = await Store.open(config.store_path, readonly=True)
+    try:
+        runs = sorted(store.rows("runs"), key=lambda r: r["started"] or 0)
+        tasks = sorted(store.rows("tasks"), key=lambda r: r["key"])
+        agents = store.rows("agents")
+        if as_json:
+            print(json.dumps({"runs": runs, "specs": store.rows("specs"), "tasks": tasks,
+                              "agents": agents, "events": store.last_id}, default=str))
+            return 0
+        last = runs[-1] if runs else None
+        if last:
+            out.print(f"[bold]run {last['id']}[/]: {last['status']} "
+                      f"(specs {', '.join(last['specs'] or [])}); {store.last_id} events")
+        table = Table("spec", "status", "tasks", "landed", "rejected", "tokens", "USD")
+        for s in sorted(store.rows("specs"), key=lambda r: r["id"]):
+            table.add_row(s["id"], s["status"] or "", str(s["tasks_total"] or 0),
+                          str(s["tasks_landed"] or 0), str(s["tasks_rejected"] or 0),
+                          f"{s['tokens'] or 0:,}", f"{s['cost'] or 0.0:.4f}")
+        out.print(table)
+        table = Table("task", "status", "agent", "tokens", "USD", "reason")
+        for t in tasks:
+            table.add_row(t["key"], t["status"] or "", t["agent_id"] or "",
+                          f"{t['tokens'] or 0:,}", f"{t['cost'] or 0.0:.4f}",
+                          (t["reason"] or "")[:80])
+        out.print(table)
+        return 0
+    finally:
+        await store.close()
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    return asyncio.run(_status(_root(args.root), args.json))
+
+
+def cmd_audit_verify(args: argparse.Namespace) -> int:
+    from agents.config import load_config
+    from agents.store.audit import verify_chain
+
+    root = _root(args.root)
+    config = load_config(root / CONFIG_NAME)
+    report = verify_chain(config.store_path)
+    if report.ok:
+        out.print(f"[green]ok[/]: {report.events} events, hash chain intact ({config.store_path})")
+        return 0
+    for problem in report.problems:
+        out.print(f"[red]{problem}[/]")
+    out.print(f"[red]TAMPERED[/]: {len(report.problems)} problem(s) in {report.events} events")
+    return 1
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from agents.sandbox.doctor import diagnose
+
+    table = Table("backend", "works", "why")
+    ok = False
+    for status in diagnose():
+        ok = ok or (status.works and status.name != "none")
+        table.add_row(status.name, "[green]yes[/]" if status.works else "[red]no[/]",
+                      status.reason)
+    out.print(table)
+    return 0 if ok else 1
+
+
+# -- parser ----------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="factory", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("init", help="write a commented .factory.toml and an example spec")
+    p.add_argument("path", nargs="?", default=".")
+    p.set_defaults(fn=cmd_init)
+
+    p = sub.add_parser("run", help="run specs: plan, work, test and land")
+    p.add_argument("specs", nargs="*", metavar="SPEC", help="spec ids (default: all)")
+    p.add_argument("--root", help="repository root (default: found from here)")
+    p.add_argument("--headless", action="store_true", help="never open a screen")
+    p.set_defaults(fn=cmd_run)
+
+    p = sub.add_parser("status", help="what the store says now (safe while a run goes on)")
+    p.add_argument("--root")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_status)
+
+    p = sub.add_parser("demo", help="build the demo project and run the factory on it")
+    p.add_argument("path", nargs="?", default="factory-demo")
+    p.add_argument("--headless", action="store_true")
+    p.add_argument("--sandbox", choices=["bwrap", "docker", "none"],
+                   help="sandbox backend for the demo (default: bwrap if it works)")
+    p.set_defaults(fn=cmd_demo)
+
+    spec = sub.add_parser("spec", help="spec tools").add_subparsers(dest="spec_command",
+                                                                    required=True)
+    p = spec.add_parser("lint", help="report how precise specs are")
+    p.add_argument("paths", nargs="+", metavar="PATH")
+    p.set_defaults(fn=cmd_spec_lint)
+
+    audit = sub.add_parser("audit", help="audit the store").add_subparsers(
+        dest="audit_command", required=True)
+    p = audit.add_parser("verify", help="check the event log's hash chain")
+    p.add_argument("--root")
+    p.set_defaults(fn=cmd_audit_verify)
+
+    p = sub.add_parser("doctor", help="which sandbox backends work on this machine")
+    p.set_defaults(fn=cmd_doctor)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.fn(args) or 0)
+    except FactoryError as exc:
+        err.print(f"[red]error:[/] {exc}", markup=True, highlight=False)
+        return 2
+    except KeyboardInterrupt:
+        err.print("interrupted: the store keeps every committed step; `factory run` resumes")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

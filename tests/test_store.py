@@ -1,0 +1,177 @@
+"""The store: append, projections, hash chain, tamper detection, reopen without replay."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from agents import events as ev
+from agents.store import Store, StoreError
+from agents.store.audit import compare_projections, verify_chain
+
+
+def _plan() -> list[ev.Event]:
+    return [
+        ev.RunStarted(run_id="r1", specs=["s"], concurrency=2, sandbox="none"),
+        ev.SpecRegistered(spec_id="s", title="S", path="specs/s.md", digest="d1"),
+        ev.PlanAccepted(spec_id="s", digest="p", tasks=[
+            ev.PlannedTask(id="a", title="A", paths=["x/"], acceptance=["true"]),
+            ev.PlannedTask(id="b", title="B", paths=["y/"], acceptance=["true"],
+                           depends_on=["a"]),
+        ]),
+        ev.TaskStarted(spec_id="s", task_id="a", agent_id="s.a.1", attempt=1,
+                       branch="factory/s/a", worktree="/w/a", base_commit="c0"),
+        ev.AgentStarted(spec_id="s", task_id="a", agent_id="s.a.1", role="implementer",
+                        model="m", messages=[{"role": "system", "content": "go"}]),
+        ev.AgentTurn(spec_id="s", task_id="a", agent_id="s.a.1", step=1, model="m",
+                     message={"role": "assistant", "content": "hi"}, tokens_in=100,
+                     tokens_out=20, cost_usd=0.5),
+        ev.AgentTurn(spec_id="s", task_id="a", agent_id="s.a.1", step=2, model="m",
+                     message={"role": "assistant", "content": "again"}, tokens_in=50,
+                     tokens_out=10, cost_usd=0.25),
+    ]
+
+
+async def test_append_updates_projections(store: Store) -> None:
+    last = await store.append(*_plan())
+    assert last == 7
+    task = store.get("tasks", "s/a")
+    assert task is not None and task["status"] == "running" and task["tokens"] == 180
+    assert task["cost"] == pytest.approx(0.75)
+    assert store.get("tasks", "s/b")["status"] == "pending"  # type: ignore[index]
+    agent = store.get("agents", "s.a.1")
+    assert agent is not None and agent["step"] == 2 and agent["tokens_in"] == 150
+    assert store.get("budgets", "run:r1")["tokens"] == 180  # type: ignore[index]
+    assert store.get("specs", "s")["tokens"] == 180  # type: ignore[index]
+    assert store.get("specs", "s")["tasks_total"] == 2  # type: ignore[index]
+
+
+async def test_reopen_reads_projections_not_the_log(tmp_path: Path) -> None:
+    path = tmp_path / "f.db"
+    store = await Store.open(path)
+    await store.append(*_plan())
+    await store.close()
+    # Wipe the log: a store that replays it would lose its state; ours must not.
+    conn = sqlite3.connect(path)
+    conn.execute("DELETE FROM events")
+    conn.commit()
+    conn.close()
+    again = await Store.open(path)
+    try:
+        assert again.get("tasks", "s/a")["status"] == "running"  # type: ignore[index]
+        assert again.last_id == 7
+    finally:
+        await again.close()
+
+
+async def test_events_read_back_in_order_and_by_agent(store: Store) -> None:
+    await store.append(*_plan())
+    everything = await store.read_events(after=0)
+    assert [e.id for e in everything] == list(range(1, 8))
+    assert everything[2].event.kind == "plan_accepted"
+    mine = await store.read_events(agent_id="s.a.1")
+    assert {e.event.kind for e in mine} == {"task_started", "agent_started", "agent_turn"}
+    messages = await store.messages("s.a.1")
+    assert [m["content"] for m in messages] == ["go", "hi", "again"]
+
+
+async def test_listeners_get_committed_batches(store: Store) -> None:
+    seen: list[int] = []
+    unsubscribe = store.subscribe(lambda batch: seen.extend(e.id for e in batch))
+    await store.append(*_plan())
+    unsubscribe()
+    await store.append(ev.Notice(message="after"))
+    assert seen == list(range(1, 8))
+
+
+async def test_concurrent_appends_keep_one_chain(tmp_path: Path) -> None:
+    import asyncio
+
+    path = tmp_path / "f.db"
+    store = await Store.open(path)
+    await asyncio.gather(*(store.append(ev.Notice(message=f"n{i}")) for i in range(500)))
+    await store.close()
+    report = verify_chain(path)
+    assert report.ok and report.events == 500
+
+
+async def _filled(tmp_path: Path) -> Path:
+    path = tmp_path / "f.db"
+    store = await Store.open(path)
+    await store.append(*_plan())
+    await store.close()
+    return path
+
+
+async def test_chain_verifies_and_projections_agree(tmp_path: Path) -> None:
+    path = await _filled(tmp_path)
+    assert verify_chain(path).ok
+    assert compare_projections(path) == []
+
+
+async def test_edited_row_is_detected(tmp_path: Path) -> None:
+    path = await _filled(tmp_path)
+    conn = sqlite3.connect(path)
+    conn.execute("UPDATE events SET data = replace(data, '0.5', '0.0') WHERE id = 6")
+    conn.commit()
+    conn.close()
+    report = verify_chain(path)
+    assert not report.ok
+    assert "event 6: content does not match its hash" in report.problems
+
+
+async def test_deleted_row_is_detected(tmp_path: Path) -> None:
+    path = await _filled(tmp_path)
+    conn = sqlite3.connect(path)
+    conn.execute("DELETE FROM events WHERE id = 3")
+    conn.commit()
+    conn.close()
+    report = verify_chain(path)
+    assert any("missing" in p for p in report.problems)
+    assert any("event 4: previous hash" in p for p in report.problems)
+
+
+async def test_truncated_tail_is_detected(tmp_path: Path) -> None:
+    path = await _filled(tmp_path)
+    conn = sqlite3.connect(path)
+    conn.execute("DELETE FROM events WHERE id = 7")
+    conn.commit()
+    conn.close()
+    report = verify_chain(path)
+    assert any("chain head" in p for p in report.problems)
+
+
+async def test_edited_projection_is_found(tmp_path: Path) -> None:
+    path = await _filled(tmp_path)
+    conn = sqlite3.connect(path)
+    conn.execute("UPDATE tasks SET status = 'landed' WHERE key = 's/a'")
+    conn.commit()
+    conn.close()
+    assert compare_projections(path) == [
+        "tasks[s/a].status: stored 'landed', log says 'running'"
+    ]
+
+
+async def test_readonly_store_refuses_writes(tmp_path: Path) -> None:
+    path = await _filled(tmp_path)
+    reader = await Store.open(path, readonly=True)
+    try:
+        with pytest.raises(StoreError, match="read-only"):
+            reader.append_many([ev.Notice(message="x")])
+        assert reader.get("tasks", "s/a")["status"] == "running"  # type: ignore[index]
+    finally:
+        await reader.close()
+
+
+async def test_missing_store_for_reading_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match="no store here yet"):
+        await Store.open(tmp_path / "nope.db", readonly=True)
+
+
+async def test_not_a_store_is_a_clear_error(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.db"
+    bad.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(StoreError, match="not a Factory store"):
+        await Store.open(bad)
