@@ -202,14 +202,29 @@ class ModelRouter:
         from agents import replay
 
         priced_as = replay.priced_as(model) if model.startswith("replay/") else None
+        if priced_as is None:
+            # litellm priced the call already while logging it; reuse that.
+            hidden = getattr(response, "_hidden_params", None) or {}
+            cost = hidden.get("response_cost")
+            if isinstance(cost, int | float):
+                return float(cost)
+        prices = _prices(litellm, priced_as or model)
+        return tin * prices[0] + tout * prices[1] if prices else 0.0
+
+
+_price_cache: dict[str, tuple[float, float] | None] = {}
+
+
+def _prices(litellm: Any, model: str) -> tuple[float, float] | None:
+    """(USD per input token, per output token) from litellm's cost map, looked up once."""
+    if model not in _price_cache:
         try:
-            if priced_as:
-                a, b = litellm.cost_per_token(model=priced_as, prompt_tokens=tin,
-                                              completion_tokens=tout)
-                return float(a + b)
-            return float(litellm.completion_cost(completion_response=response, model=model))
+            info = litellm.get_model_info(model)
+            _price_cache[model] = (float(info.get("input_cost_per_token") or 0.0),
+                                   float(info.get("output_cost_per_token") or 0.0))
         except Exception:
-            return 0.0
+            _price_cache[model] = None
+    return _price_cache[model]
 
 
 def api_key_from_env(name: str | None) -> str | None:

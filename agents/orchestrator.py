@@ -19,7 +19,7 @@ from agents.config import FactoryConfig
 from agents.landing import LandingRequest, LandingStep
 from agents.models import ModelRouter
 from agents.planner import SUBMIT_PLAN_SPEC, PlanCollector, plan_digest, planner_messages
-from agents.runtime import AgentLimits, AgentResult, AgentRunner
+from agents.runtime import AgentLimits, AgentResult, AgentRunner, Budget
 from agents.sandbox.base import Limits, SandboxBackend, SandboxContext
 from agents.specs import Spec
 from agents.store import Store
@@ -95,11 +95,11 @@ class Orchestrator:
 
     # -- budgets ---------------------------------------------------------------------------
 
-    def budget_for(self, spec_id: str, agent_id: str) -> Callable[[int, float],
-                                                                   ev.BudgetStop | None]:
+    def budget_for(self, spec_id: str, agent_id: str) -> Budget:
         budgets = self.config.budgets
 
-        def check(next_tokens: int, next_cost: float) -> ev.BudgetStop | None:
+        def check(pending_tokens: int, pending_cost: float, next_tokens: int,
+                  next_cost: float) -> ev.BudgetStop | None:
             agent = self.store.get("agents", agent_id) or {}
             spec = self.store.get("budgets", f"spec:{spec_id}") or {}
             run = self.store.get("budgets", f"run:{self.run_id}") or {}
@@ -110,6 +110,7 @@ class Orchestrator:
                 ("run", budgets.run, run.get("tokens") or 0, run.get("cost") or 0.0),
             )
             for scope, limit, tokens, cost in scopes:
+                tokens, cost = tokens + pending_tokens, cost + pending_cost
                 if limit.tokens is not None and tokens + next_tokens > limit.tokens:
                     return ev.BudgetStop(scope=scope, measure="tokens", limit=limit.tokens,
                                          used=tokens)
@@ -290,7 +291,7 @@ class Orchestrator:
                 await self.emit(ev.TaskFailed(**ids, reason=f"agent {result.status}: "
                                               f"{result.summary}", will_retry=retry))
             if result.status == "budget":
-                stop = self.budget_for(spec.id, agent_id)(0, 0.0)
+                stop = self.budget_for(spec.id, agent_id)(0, 0.0, 0, 0.0)
                 if stop is not None and stop.scope == "run":
                     self.budget_exhausted = stop
             self.ws.remove(wt.path)

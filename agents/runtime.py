@@ -35,11 +35,9 @@ class AgentLimits:
     stuck_idle_steps: int = 12
 
 
-@dataclass
-class BudgetCheck:
-    """Returns the first scope that the next call would exceed, or None."""
-
-    check: Callable[[int, float], ev.BudgetStop | None]
+# (tokens, usd) used but maybe not yet in the projections, (tokens, usd) the next call is
+# expected to use) -> the first budget scope that call would exceed, or None.
+Budget = Callable[[int, float, int, float], ev.BudgetStop | None]
 
 
 @dataclass(frozen=True)
@@ -63,7 +61,7 @@ class AgentRunner:
         key: str,
         opening: list[dict[str, Any]],
         limits: AgentLimits,
-        budget: Callable[[int, float], ev.BudgetStop | None] | None = None,
+        budget: Budget | None = None,
         tool_names: list[str] | None = None,
         custom_tools: dict[str, Callable[[dict[str, Any]], ToolOutcome]] | None = None,
         extra_specs: list[dict[str, Any]] | None = None,
@@ -82,6 +80,7 @@ class AgentRunner:
         self.specs = tool_specs(tool_names) + (extra_specs or [])
         self.custom_tools = custom_tools or {}
         self._ids = {"spec_id": spec_id, "task_id": task_id, "agent_id": agent_id}
+        self._turns: list[tuple[int, int, float]] = []  # (step, tokens, usd) recorded turns
 
     def _emit(self, *events: ev.Event) -> asyncio.Future[int]:
         return self.store.append_many(events)
@@ -113,12 +112,19 @@ class AgentRunner:
         idle = 0
         # A turn recorded before a crash whose tool calls have no results yet: run them now.
         pending = self._unanswered(messages)
+        previous: asyncio.Future[int] | None = None
         while True:
             if pending is None:
                 if step >= self.limits.max_steps:
                     return await self._finish("step_limit", f"reached {step} steps", step)
                 if self.budget is not None:
-                    stop = self.budget(last_call_tokens, last_call_cost)
+                    # Turns still on their way to the store count too: the check stays exact
+                    # without waiting for the writer.
+                    applied = (self.store.get("agents", self.agent_id) or {}).get("step") or 0
+                    self._turns = [t for t in self._turns if t[0] > applied]
+                    stop = self.budget(sum(t[1] for t in self._turns),
+                                       sum(t[2] for t in self._turns),
+                                       last_call_tokens, last_call_cost)
                     if stop is not None:
                         await self._emit(stop.model_copy(update=self._ids))
                         return await self._finish(
@@ -133,6 +139,7 @@ class AgentRunner:
                 step += 1
                 last_call_tokens = completion.tokens_in + completion.tokens_out
                 last_call_cost = completion.cost_usd
+                self._turns.append((step, last_call_tokens, last_call_cost))
                 messages.append(completion.message)
                 self._emit(ev.AgentTurn(
                     **self._ids, step=step, model=completion.model, message=completion.message,
@@ -151,6 +158,10 @@ class AgentRunner:
                 if idle >= self.limits.stuck_idle_steps:
                     return await self._stuck(f"{idle} steps without a change", step)
                 continue
+            # The previous step must be on disk before this step's tools touch anything; the
+            # wait overlaps with the model call that just happened.
+            if previous is not None:
+                await previous
             changed = False
             last: asyncio.Future[int] | None = None
             for call_id, name, arguments in calls:
@@ -175,8 +186,7 @@ class AgentRunner:
                     await last
                     return await self._finish("finished", outcome.summary, step)
                 recent.append(f"{name}\0{arguments}")
-            if last is not None:
-                await last  # the step is durable before the next one starts
+            previous = last
             idle = 0 if changed else idle + 1
             repeats = self.limits.stuck_repeats
             if len(recent) >= repeats and len(set(recent[-repeats:])) == 1:

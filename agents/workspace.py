@@ -18,8 +18,10 @@ from io import BytesIO
 from pathlib import Path
 
 import git
+from git.index import IndexFile
 from git.objects.fun import tree_entries_from_data, tree_to_stream
 from gitdb import IStream
+from gitdb.db import LooseObjectDB
 
 from agents.errors import FactoryError
 from agents.gitcmd import GitError
@@ -56,6 +58,12 @@ def trailer_block(trailers: dict[str, str]) -> str:
     return "\n".join(f"{key}: {value}" for key, value in trailers.items())
 
 
+def _mode_of(st_mode: int) -> int:
+    if stat.S_ISLNK(st_mode):
+        return 0o120000
+    return 0o100755 if st_mode & stat.S_IXUSR else 0o100644
+
+
 def _tree_sort_key(entry: tuple[bytes, int, str]) -> bytes:
     name = entry[2].encode()
     return name + b"/" if entry[1] == TREE_MODE else name
@@ -73,6 +81,11 @@ class Workspace:
         except (git.InvalidGitRepositoryError, git.NoSuchPathError) as exc:
             raise FactoryError(f"{root}: not a git repository (run `git init` first)") from exc
         self.common_dir = Path(self.repo.common_dir).resolve()
+        # Written in-process (gitpython's own odb shells out to `git hash-object` per object).
+        self._loose = LooseObjectDB(str(self.common_dir / "objects"))
+        # Git objects never change, so what was read once can be kept.
+        self._object_cache: dict[bytes, bytes] = {}
+        self._ignores: dict[Path, list[str]] = {}
 
     def close(self) -> None:
         self.repo.close()
@@ -164,25 +177,83 @@ class Workspace:
 
     # -- commits ---------------------------------------------------------------------------
 
-    async def changed_paths(self, path: Path) -> tuple[list[str], list[str]]:
-        """(written, deleted) paths of a worktree relative to its HEAD, untracked included."""
-        out = await run_git(
-            "status", "--porcelain", "-z", "--untracked-files=all", "--no-renames",
-            "--ignore-submodules", cwd=path,
-        )
-        written, deleted = [], []
-        for entry in out.split("\0"):
-            if len(entry) < 4:
-                continue
-            code, name = entry[:2], entry[3:]
-            (deleted if "D" in code else written).append(name)
+    def changed_paths(self, path: Path) -> tuple[dict[str, tuple[bytes, int]], list[str]]:
+        """What changed in a worktree since checkout: ({path: (blob, mode)}, deleted).
+
+        This is `git status` done in-process: the worktree's index holds each checked-out
+        file's size and mtime; files whose stat differs (or that the index does not know)
+        are hashed and compared with the index's blob. It saves a git process per commit.
+        """
+        admin = self._admin_dir(path)
+        if admin is None:
+            raise WorkspaceError(f"{path}: not a worktree of {self.root}")
+        index = IndexFile(self.repo, str(admin / "index")).entries
+        known = {key[0]: entry for key, entry in index.items() if key[1] == 0}
+        seen: set[str] = set()
+        written: dict[str, tuple[bytes, int]] = {}
+        for dirpath, dirnames, filenames in os.walk(path):
+            rel_dir = os.path.relpath(dirpath, path)
+            dirnames[:] = [d for d in dirnames if not (rel_dir == "." and d == ".git")
+                           and not self._ignored(path, rel_dir, d, True)]
+            for name in filenames:
+                rel = name if rel_dir == "." else f"{rel_dir}/{name}"
+                if rel_dir == "." and name == ".git":
+                    continue
+                entry = known.get(rel)
+                st = os.lstat(os.path.join(dirpath, name))
+                if entry is not None:
+                    seen.add(rel)
+                    mtime = entry.mtime[0] * 1_000_000_000 + entry.mtime[1]
+                    if entry.size == st.st_size and mtime == st.st_mtime_ns and \
+                            entry.mode == _mode_of(st.st_mode):
+                        continue
+                elif self._ignored(path, rel_dir, name, False):
+                    continue
+                blob = self._blob_for(Path(dirpath) / name, st)
+                if entry is None or blob != (entry.binsha, entry.mode):
+                    written[rel] = blob
+        deleted = sorted(set(known) - seen)
         return written, deleted
 
+    def _ignored(self, root: Path, rel_dir: str, name: str, is_dir: bool) -> bool:
+        """Untracked files that .gitignore covers are not part of the agent's work."""
+        if name in ("__pycache__", ".pytest_cache") or name.endswith(".pyc"):
+            return True
+        patterns = self._ignore_patterns(root)
+        rel = name if rel_dir == "." else f"{rel_dir}/{name}"
+        from fnmatch import fnmatch
+
+        for pattern in patterns:
+            dir_only = pattern.endswith("/")
+            pat = pattern.rstrip("/")
+            if dir_only and not is_dir:
+                continue
+            if fnmatch(rel, pat.lstrip("/")) or ("/" not in pat and fnmatch(name, pat)):
+                return True
+        return False
+
+    def _ignore_patterns(self, root: Path) -> list[str]:
+        cache = self._ignores.get(root)
+        if cache is None:
+            cache = []
+            file = root / ".gitignore"
+            if file.is_file():
+                cache = [line.strip() for line in file.read_text().splitlines()
+                         if line.strip() and not line.startswith(("#", "!"))]
+            self._ignores[root] = cache
+        return cache
+
     def _store(self, kind: bytes, data: bytes) -> bytes:
-        return self.repo.odb.store(IStream(kind, len(data), BytesIO(data))).binsha
+        return self._loose.store(IStream(kind, len(data), BytesIO(data))).binsha
 
     def _read(self, binsha: bytes) -> bytes:
-        return self.repo.odb.stream(binsha).read()
+        found = self._object_cache.get(binsha)
+        if found is None:
+            found = self.repo.odb.stream(binsha).read()
+            if len(self._object_cache) > 20_000:
+                self._object_cache.clear()
+            self._object_cache[binsha] = found
+        return found
 
     def _rewrite_tree(self, tree: bytes | None, changes: dict[str, tuple[bytes, int] | None]) \
             -> bytes | None:
@@ -213,12 +284,10 @@ class Workspace:
         tree_to_stream(items, buf.write)
         return self._store(b"tree", buf.getvalue())
 
-    def _blob_for(self, file: Path) -> tuple[bytes, int]:
-        st = file.lstat()
+    def _blob_for(self, file: Path, st: os.stat_result) -> tuple[bytes, int]:
         if stat.S_ISLNK(st.st_mode):
             return self._store(b"blob", os.readlink(file).encode()), 0o120000
-        mode = 0o100755 if st.st_mode & stat.S_IXUSR else 0o100644
-        return self._store(b"blob", file.read_bytes()), mode
+        return self._store(b"blob", file.read_bytes()), _mode_of(st.st_mode)
 
     def _old_text(self, tree: bytes, rel: str) -> list[str]:
         current: bytes | None = tree
@@ -246,19 +315,14 @@ class Workspace:
             files = (await run_git("diff", "--name-only", wt.base_commit, head,
                                    cwd=self.root)).split()
             return CommitInfo(head, files, 0, 0)
-        written, deleted = await self.changed_paths(wt.path)
+        written, deleted = self.changed_paths(wt.path)
         if not written and not deleted:
             return None
-        base_commit = self.repo.odb.stream(bytes.fromhex(wt.base_commit)).read()
+        base_commit = self._read(bytes.fromhex(wt.base_commit))
         base_tree = bytes.fromhex(base_commit.split(b"\n", 1)[0].split(b" ")[1].decode())
         changes: dict[str, tuple[bytes, int] | None] = dict.fromkeys(deleted)
+        changes.update(written)
         insertions = deletions = 0
-        for rel in written:
-            file = wt.path / rel
-            if not file.exists() and not file.is_symlink():
-                changes[rel] = None
-                continue
-            changes[rel] = self._blob_for(file)
         for rel, change in changes.items():
             old = self._old_text(base_tree, rel)
             new = (wt.path / rel).read_text("utf-8", "replace").splitlines() \
@@ -278,8 +342,25 @@ class Workspace:
         if not body.endswith("\n"):
             body += "\n"
         sha = self._store(b"commit", body.encode()).hex()
-        await run_git(
-            "update-ref", "-m", "factory: commit task", f"refs/heads/{wt.branch}", sha,
-            wt.base_commit, cwd=self.root,
-        )
+        self._set_ref(f"refs/heads/{wt.branch}", sha, wt.base_commit)
         return CommitInfo(sha, sorted(changes), insertions, deletions)
+
+    def _set_ref(self, ref: str, new: str, old: str) -> None:
+        """Move a loose ref from old to new under git's own lock-file protocol."""
+        path = self.common_dir / ref
+        lock = path.with_name(path.name + ".lock")
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            raise WorkspaceError(f"{ref} is locked by another git process ({lock})") from None
+        try:
+            current = self.ref_sha(ref)
+            if current != old:
+                raise WorkspaceError(f"{ref} moved to {current} while the agent worked")
+            os.write(fd, f"{new}\n".encode())
+        except BaseException:
+            os.close(fd)
+            os.unlink(lock)
+            raise
+        os.close(fd)
+        os.replace(lock, path)

@@ -11,8 +11,8 @@ import pytest
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-from agents.store import Store  # noqa: E402
-from tests.openai_server import ScriptedServer, scripted_server  # noqa: E402
+from agents.store import Store
+from tests.openai_server import ScriptedServer, scripted_server
 
 GIT = ["git", "-c", "user.name=Test", "-c", "user.email=test@localhost"]
 

@@ -9,8 +9,8 @@ import pytest
 from agents import events as ev
 from agents.models import ModelRouter
 from agents.runtime import AgentLimits, AgentRunner
-from agents.sandbox.none import NoneBackend
 from agents.sandbox.base import SandboxContext
+from agents.sandbox.none import NoneBackend
 from agents.store import Store
 from agents.tools import ToolContext
 from tests.openai_server import Reply, ScriptedServer, call, error
@@ -111,9 +111,10 @@ async def test_budget_stop_before_exceeding(store: Store, server: ScriptedServer
     server.script(*[Reply(tool_calls=[("list_files", {})], prompt_tokens=400,
                           completion_tokens=100) for _ in range(10)])
 
-    def budget(next_tokens: int, next_cost: float) -> ev.BudgetStop | None:
+    def budget(pending: int, pending_cost: float, next_tokens: int,
+               next_cost: float) -> ev.BudgetStop | None:
         agent = store.get("agents", "s.t.1") or {}
-        used = (agent.get("tokens_in") or 0) + (agent.get("tokens_out") or 0)
+        used = (agent.get("tokens_in") or 0) + (agent.get("tokens_out") or 0) + pending
         if used + next_tokens > 1600:
             return ev.BudgetStop(scope="agent", measure="tokens", limit=1600, used=used)
         return None

@@ -9,7 +9,6 @@ the chain head; it never replays the log.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import json
 import sqlite3
@@ -119,14 +118,16 @@ class Store:
         self._prepared_id, self._prepared_hash = last_id, last_hash
         self.readonly = readonly
         self._pending: list[tuple[list[Event], asyncio.Future[int]]] = []
-        self._wake = asyncio.Event()
         self._listeners: list[Listener] = []
         self._closed = False
-        self._writer: asyncio.Task[None] | None = None
-        if not readonly:
-            self._writer = asyncio.get_running_loop().create_task(
-                self._write_loop(), name="factory-store-writer"
-            )
+        # At most one batch is being written on the database thread and one more is
+        # prepared behind it, so preparing overlaps with writing.
+        self._inflight: _Prepared | None = None
+        self._staged: _Prepared | None = None
+        self._reloading = False
+        self._recovery: asyncio.Future[None] | None = None
+        self._idle = asyncio.Event()
+        self._idle.set()
 
     @classmethod
     async def open(cls, path: Path | str, *, readonly: bool = False) -> Store:
@@ -134,10 +135,16 @@ class Store:
         if readonly:
             if not path.exists():
                 raise StoreError(f"{path}: no store here yet (run `factory run` first)")
-            conn = await aiosqlite.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
+            pending = aiosqlite.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
         else:
             path.parent.mkdir(parents=True, exist_ok=True)
-            conn = await aiosqlite.connect(path, isolation_level=None)
+            pending = aiosqlite.connect(path, isolation_level=None)
+        # A store left open by an error must not keep the process alive at exit; every
+        # committed batch is already durable, so nothing is lost by not joining the thread.
+        thread = getattr(pending, "_thread", None)
+        if thread is not None:
+            thread.daemon = True
+        conn = await pending
         try:
             await conn.execute("PRAGMA busy_timeout = 10000")
             if not readonly:
@@ -173,7 +180,8 @@ class Store:
             fut: asyncio.Future[int] = loop.create_future()
             self._pending.append((items[start:start + MAX_BATCH], fut))
             futures.append(fut)
-        self._wake.set()
+        self._idle.clear()
+        self._kick()
         if len(futures) == 1:
             return futures[0]
         combined: asyncio.Future[int] = loop.create_future()
@@ -199,32 +207,68 @@ class Store:
             size += len(item[0])
         return batch
 
-    async def _write_loop(self) -> None:
-        """Prepare batch N+1 on the loop while batch N is written on the database thread."""
-        inflight: _Prepared | None = None
-        while True:
-            if not self._pending:
-                if inflight is not None:
-                    await self._settle(inflight)
-                    inflight = None
-                    continue
-                if self._closed:
-                    return
-                await self._wake.wait()
-                self._wake.clear()
-                continue
-            batch = self._take_batch()
-            prepared = self._prepare(batch)
-            if inflight is not None and not await self._settle(inflight):
-                # The previous write failed and the state was re-read: prepare again.
-                prepared = self._prepare(batch)
-            prepared.write = asyncio.ensure_future(
-                self._conn._execute(  # type: ignore[attr-defined]
-                    self._write_batch, prepared.rows, prepared.dirty, prepared.last_id,
-                    prepared.last_hash,
-                )
+    def _kick(self) -> None:
+        """Start the next write, or prepare the one behind it; called on append and on
+        completion, so a write begins at once instead of when a writer task is scheduled."""
+        if self._reloading:
+            return
+        if self._inflight is None and self._staged is not None:
+            self._submit(self._staged)
+            self._staged = None
+        if self._pending and (self._inflight is None or self._staged is None):
+            prepared = self._prepare(self._take_batch())
+            if self._inflight is None:
+                self._submit(prepared)
+            else:
+                self._staged = prepared
+        if self._inflight is None and self._staged is None and not self._pending:
+            self._idle.set()
+
+    def _submit(self, prepared: _Prepared) -> None:
+        prepared.write = asyncio.ensure_future(
+            self._conn._execute(  # type: ignore[attr-defined]
+                self._write_batch, prepared.rows, prepared.dirty, prepared.last_id,
+                prepared.last_hash,
             )
-            inflight = prepared
+        )
+        self._inflight = prepared
+        prepared.write.add_done_callback(self._written)
+
+    def _written(self, write: asyncio.Future[None]) -> None:
+        prepared, self._inflight = self._inflight, None
+        assert prepared is not None and prepared.write is write
+        error = write.exception() if not write.cancelled() else asyncio.CancelledError()
+        if error is None:
+            self._resolve(prepared)
+            self._kick()
+            return
+        for _, fut in prepared.batch:
+            if not fut.done():
+                fut.set_exception(error)
+        # The staged batch was prepared on top of state that never reached the disk.
+        if self._staged is not None:
+            self._pending[:0] = self._staged.batch
+            self._staged = None
+        self._reloading = True
+        self._recovery = asyncio.ensure_future(self._recover())
+
+    async def _recover(self) -> None:
+        try:
+            await self._reload()
+        finally:
+            self._reloading = False
+            self._kick()
+
+    def _resolve(self, prepared: _Prepared) -> None:
+        self.last_id, self._last_hash = prepared.last_id, prepared.last_hash
+        done = prepared.last_id - len(prepared.rows)
+        for events, fut in prepared.batch:
+            done += len(events)
+            if not fut.done():
+                fut.set_result(done)
+        if prepared.stored:
+            for listener in list(self._listeners):
+                listener(prepared.stored)
 
     def _prepare(self, batch: list[tuple[list[Event], asyncio.Future[int]]]) -> _Prepared:
         ts = time.time()
@@ -249,28 +293,6 @@ class Store:
                       for i, e in enumerate(e for events, _ in batch for e in events)]
         self._prepared_id, self._prepared_hash = last_id, last_hash
         return _Prepared(batch, rows, stored, state.take_dirty(), last_id, last_hash)
-
-    async def _settle(self, prepared: _Prepared) -> bool:
-        """Wait for a write; resolve its appenders. False when it failed."""
-        assert prepared.write is not None
-        try:
-            await prepared.write
-        except Exception as exc:
-            for _, fut in prepared.batch:
-                if not fut.done():
-                    fut.set_exception(exc)
-            await self._reload()
-            return False
-        self.last_id, self._last_hash = prepared.last_id, prepared.last_hash
-        done = prepared.last_id - len(prepared.rows)
-        for events, fut in prepared.batch:
-            done += len(events)
-            if not fut.done():
-                fut.set_result(done)
-        if prepared.stored:
-            for listener in list(self._listeners):
-                listener(prepared.stored)
-        return True
 
     def _write_batch(
         self,
@@ -310,18 +332,14 @@ class Store:
         await self._reload()
 
     async def flush(self) -> None:
-        """Wait until everything queued so far is committed."""
-        if self._pending:
-            await asyncio.gather(*(f for _, f in list(self._pending)), return_exceptions=True)
+        """Wait until everything queued so far is committed (or has failed)."""
+        await self._idle.wait()
 
     async def close(self) -> None:
         if self._closed:
             return
         self._closed = True
-        self._wake.set()
-        if self._writer is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._writer
+        await self._idle.wait()
         await self._conn.close()
 
     # -- reading ---------------------------------------------------------------------------

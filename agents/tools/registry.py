@@ -235,8 +235,19 @@ TOOLS: dict[str, tuple[type[_Args], ToolFn]] = {
 }
 
 
+_SPEC_CACHE: dict[tuple[str, ...] | None, list[dict[str, Any]]] = {}
+
+
 def tool_specs(names: list[str] | None = None) -> list[dict[str, Any]]:
     """OpenAI-style function specs, generated from the argument models (one schema source)."""
+    key = tuple(names) if names is not None else None
+    cached = _SPEC_CACHE.get(key)
+    if cached is None:
+        cached = _SPEC_CACHE[key] = _build_specs(names)
+    return cached
+
+
+def _build_specs(names: list[str] | None) -> list[dict[str, Any]]:
     specs = []
     for name, (model, _) in TOOLS.items():
         if names is not None and name not in names:
