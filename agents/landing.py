@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -42,6 +43,24 @@ class LandingOutcome:
     main_before: str = ""
     main_after: str = ""
     gates: list[ev.GateResult] = field(default_factory=list)
+
+
+_FAILURE_LINE = re.compile(r"^(?:FAIL|ERROR): (\S+) \(([\w.]+)\)|^FAILED (\S+::\S+)", re.M)
+
+
+def first_failures(output: str, limit: int = 3) -> str:
+    """The failing tests' names from unittest or pytest output, for a one-line reason."""
+    names = []
+    for m in _FAILURE_LINE.finditer(output):
+        if m.group(1):  # unittest: "FAIL: test_x (module.Class.test_x)" since 3.11
+            qualified = m.group(2)
+            name = qualified if qualified.endswith(m.group(1)) else f"{qualified}.{m.group(1)}"
+        else:
+            name = m.group(3)
+        if name not in names:
+            names.append(name)
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
 
 
 class LandingStep(Protocol):
@@ -89,8 +108,9 @@ class TestedLanding:
             main_before = self.ws.main_head()
             self.scratch.mkdir(parents=True, exist_ok=True)
             path = self.scratch / f"land-{request.spec_id}--{request.task_id}-{next(self._counter)}"
-            await git("worktree", "add", "-q", "--detach", str(path), main_before,
-                      cwd=self.ws.root)
+            async with self.ws.add_lock:
+                await git("worktree", "add", "-q", "--detach", str(path), main_before,
+                          cwd=self.ws.root)
             try:
                 return await self._gates(request, path, main_before)
             finally:
@@ -148,7 +168,8 @@ class TestedLanding:
         output = (result.stdout + result.stderr)[-8000:]
         if not result.ok:
             why = f"exit code {result.exit_code}" if result.stop == "exit" else result.detail
-            reason = f"tests failed ({why}): `{self.test_command}`"
+            failing = first_failures(output)
+            reason = f"tests failed ({why})" + (f": {failing}" if failing else "")
             await self._gate(request, outcome, "tests", False, reason + "\n" + output, started)
             outcome.gate, outcome.reason, outcome.output = "tests", reason, output
             return outcome

@@ -8,7 +8,9 @@ branch. That keeps the per-agent fixed cost (worktree, commit, clean-up) close t
 
 from __future__ import annotations
 
+import asyncio
 import difflib
+import itertools
 import os
 import shutil
 import stat
@@ -28,6 +30,7 @@ from agents.gitcmd import GitError
 from agents.gitcmd import git as run_git
 
 TREE_MODE = 0o040000
+_counter = itertools.count()
 AUTHOR = "Factory <factory@localhost>"
 
 
@@ -86,6 +89,8 @@ class Workspace:
         # Git objects never change, so what was read once can be kept.
         self._object_cache: dict[bytes, bytes] = {}
         self._ignores: dict[Path, list[str]] = {}
+        # Concurrent `git worktree add`s read each other's half-written records and fail.
+        self.add_lock = asyncio.Lock()
 
     def close(self) -> None:
         self.repo.close()
@@ -126,7 +131,9 @@ class Workspace:
             raise WorkspaceError(f"cannot create branch {branch}: a branch of that name exists")
         self.worktrees_dir.mkdir(parents=True, exist_ok=True)
         try:
-            await run_git("worktree", "add", "-q", "-b", branch, str(path), base, cwd=self.root)
+            async with self.add_lock:
+                await run_git("worktree", "add", "-q", "-b", branch, str(path), base,
+                              cwd=self.root)
         except GitError as exc:
             raise WorkspaceError(f"cannot create worktree for {branch}: {exc.stderr.strip()}") \
                 from exc
@@ -149,20 +156,34 @@ class Workspace:
         return Path(text.split(":", 1)[1].strip())
 
     def remove(self, path: Path) -> None:
-        """Delete a worktree and git's record of it (what `git worktree remove` does)."""
+        """Delete a worktree and git's record of it (what `git worktree remove` does).
+
+        git reads every `.git/worktrees/*` entry when it adds a worktree, so the record is
+        first moved out of that folder in one rename: a concurrent `git worktree add` sees
+        it whole or not at all, never half deleted.
+        """
         admin = self._admin_dir(path)
         if admin is not None and (admin / "locked").exists():
             raise WorkspaceError(f"worktree {path} is locked ({(admin / 'locked').read_text()})")
-        shutil.rmtree(path, ignore_errors=True)
+        trash = self.common_dir / "factory-trash"
+        trash.mkdir(exist_ok=True)
         if admin is not None and admin.parent == self.common_dir / "worktrees":
-            shutil.rmtree(admin, ignore_errors=True)
+            moved = trash / f"{admin.name}-{os.getpid()}-{next(_counter)}"
+            try:
+                os.rename(admin, moved)
+            except FileNotFoundError:
+                moved = None  # type: ignore[assignment]
+            if moved is not None:
+                shutil.rmtree(moved, ignore_errors=True)
+        shutil.rmtree(path, ignore_errors=True)
 
     async def discard(self, spec_id: str, task_id: str) -> None:
         """Remove a task's worktree and branch so that a retry starts clean."""
         path = self.worktree_path(spec_id, task_id)
         if path.exists():
             self.remove(path)
-        await run_git("worktree", "prune", cwd=self.root)
+        async with self.add_lock:  # prune must not judge a worktree that is being added
+            await run_git("worktree", "prune", cwd=self.root)
         branch = branch_name(spec_id, task_id)
         if self.branch_exists(branch):
             await run_git("branch", "-D", branch, cwd=self.root)

@@ -18,11 +18,12 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from agents.errors import FactoryError
 
 CONFIG_NAME = ".factory.toml"
-out = Console(highlight=False)
+out = Console(highlight=False, soft_wrap=not sys.stdout.isatty())
 err = Console(stderr=True, highlight=False)
 
 
@@ -87,7 +88,8 @@ async def _run(root: Path, specs: list[str] | None, headless: bool) -> int:
             err.print("[bold red]WARNING: sandbox backend is 'none': agents run commands "
                       "UNSANDBOXED on this machine[/]")
         budget = factory.config.budgets.run
-        console = out if not headless else Console(highlight=False, force_terminal=False)
+        console = out if not headless else Console(highlight=False, force_terminal=False,
+                                                   soft_wrap=True)
         with Progress(factory.store, console, budget.usd, budget.tokens) as progress:
             summary = await factory.run(specs or None)
         out.print()
@@ -157,6 +159,9 @@ async def _status(root: Path, as_json: bool) -> int:
                           f"{s['tokens'] or 0:,}", f"{s['cost'] or 0.0:.4f}")
         out.print(table)
         table = Table("task", "status", "agent", "tokens", "USD", "reason")
+        table.columns[0].no_wrap = table.columns[2].no_wrap = True
+        table.columns[5].overflow = "ellipsis"
+        table.columns[5].no_wrap = True
         for t in tasks:
             table.add_row(t["key"], t["status"] or "", t["agent_id"] or "",
                           f"{t['tokens'] or 0:,}", f"{t['cost'] or 0.0:.4f}",
@@ -252,7 +257,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.fn(args) or 0)
     except FactoryError as exc:
-        err.print(f"[red]error:[/] {exc}", markup=True, highlight=False)
+        err.print(Text.assemble(("error: ", "bold red"), str(exc)), soft_wrap=True)
         return 2
     except KeyboardInterrupt:
         err.print("interrupted: the store keeps every committed step; `factory run` resumes")

@@ -33,6 +33,9 @@ def describe(item: StoredEvent) -> str | None:
         case "run_started":
             return f"run {e.run_id}: specs {', '.join(e.specs)}, {e.concurrency} agents at " \
                    f"once, sandbox {e.sandbox}"
+        case "spec_finished":
+            return f"{e.spec_id}: {e.status} ({e.detail})" if e.detail else \
+                f"{e.spec_id}: {e.status}"
         case "run_finished":
             return f"run {e.run_id} {e.status}"
         case "notice":

@@ -1,0 +1,323 @@
+"""`.factory.toml` → validated pydantic models, with errors that name file, line and key.
+
+Unknown keys are errors (a typo must not silently become a default), and every message says
+what was expected and what was found. Values are written back with tomlkit so that a
+person's comments survive.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+import tomlkit
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
+
+from agents.errors import FactoryError, LocatedError
+
+CONFIG_NAME = ".factory.toml"
+
+
+class ConfigError(LocatedError):
+    pass
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelsConfig(_Section):
+    planner: str = "replay/demo"
+    implementer: str = "replay/demo"
+    reviewer: str = "replay/demo"
+    fallbacks: dict[str, list[str]] = {}
+    api_base: str = ""
+    api_key_env: str = ""
+    max_retries: int = Field(4, ge=0, le=20)
+    timeout_seconds: float = Field(120, gt=0)
+
+
+class RunConfig(_Section):
+    concurrency: int = Field(4, ge=1, le=10_000)
+    max_steps: int = Field(40, ge=1)
+    task_retries: int = Field(1, ge=0, le=10)
+    stuck_repeats: int = Field(3, ge=2)
+    stuck_idle_steps: int = Field(12, ge=1)
+
+
+class BudgetLimit(_Section):
+    tokens: int | None = Field(None, ge=0)
+    usd: float | None = Field(None, ge=0)
+
+
+class BudgetsConfig(_Section):
+    run: BudgetLimit = BudgetLimit(tokens=2_000_000, usd=20.0)
+    spec: BudgetLimit = BudgetLimit()
+    agent: BudgetLimit = BudgetLimit()
+
+
+class SandboxConfig(_Section):
+    backend: Literal["auto", "bwrap", "docker", "none"] = "auto"
+    image: str = ""
+    env_allow: list[str] = []
+    wall_seconds: float = Field(300, gt=0)
+    memory_mb: int = Field(2048, ge=64)
+    max_processes: int = Field(256, ge=8)
+    output_bytes: int = Field(1_000_000, ge=1024)
+
+
+class RepoConfig(_Section):
+    main_branch: str = "main"
+    test_command: str = "python -m pytest -q"
+    specs_dir: str = "specs"
+
+
+class StoreConfig(_Section):
+    path: str = ".factory/factory.db"
+
+
+class FactoryConfig(_Section):
+    models: ModelsConfig = ModelsConfig()
+    run: RunConfig = RunConfig()
+    budgets: BudgetsConfig = BudgetsConfig()
+    sandbox: SandboxConfig = SandboxConfig()
+    repo: RepoConfig = RepoConfig()
+    store: StoreConfig = StoreConfig()
+
+    _root: Path = PrivateAttr(default_factory=Path.cwd)
+
+    @property
+    def root(self) -> Path:
+        return self._root
+
+    @property
+    def store_path(self) -> Path:
+        return (self._root / self.store.path).resolve()
+
+    @property
+    def specs_path(self) -> Path:
+        return (self._root / self.repo.specs_dir).resolve()
+
+
+def _describe_expected(error: dict[str, Any]) -> str:
+    kind = error["type"]
+    ctx = error.get("ctx") or {}
+    match kind:
+        case "int_type" | "int_parsing" | "int_from_float":
+            return "expected an integer"
+        case "float_type" | "float_parsing":
+            return "expected a number"
+        case "string_type":
+            return "expected a string"
+        case "bool_type" | "bool_parsing":
+            return "expected true or false"
+        case "list_type":
+            return "expected a list"
+        case "dict_type" | "model_type" | "model_attributes_type":
+            return "expected a table"
+        case "literal_error":
+            return f"expected one of {ctx.get('expected', '')}"
+        case "greater_than_equal":
+            return f"expected a value >= {ctx.get('ge')}"
+        case "greater_than":
+            return f"expected a value > {ctx.get('gt')}"
+        case "less_than_equal":
+            return f"expected a value <= {ctx.get('le')}"
+        case _:
+            return str(error["msg"]).lower()
+
+
+def _key_lines(text: str) -> dict[str, int]:
+    """Dotted key -> line, for `[table]` headers and `key = value` lines."""
+    lines: dict[str, int] = {}
+    table = ""
+    header = re.compile(r"^\s*\[\s*([A-Za-z0-9_.\-\s\"]+?)\s*\]\s*(#.*)?$")
+    assign = re.compile(r"^\s*([A-Za-z0-9_\-\"]+(?:\s*\.\s*[A-Za-z0-9_\-\"]+)*)\s*=")
+    for number, line in enumerate(text.splitlines(), start=1):
+        if m := header.match(line):
+            table = re.sub(r"\s+", "", m.group(1)).replace('"', "")
+            lines.setdefault(table, number)
+        elif m := assign.match(line):
+            key = re.sub(r"\s+", "", m.group(1)).replace('"', "")
+            lines.setdefault(f"{table}.{key}" if table else key, number)
+    return lines
+
+
+def _locate(lines: dict[str, int], loc: tuple[Any, ...]) -> int | None:
+    parts = [str(p) for p in loc]
+    while parts:
+        found = lines.get(".".join(parts))
+        if found is not None:
+            return found
+        parts.pop()
+    return None
+
+
+def parse_config(text: str, path: Path) -> FactoryConfig:
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        m = re.search(r"\(at line (\d+), column (\d+)\)", str(exc))
+        line = int(m.group(1)) if m else None
+        message = re.sub(r"\s*\(at line \d+, column \d+\)", "", str(exc))
+        raise ConfigError(f"invalid TOML: {message}", path=path, line=line) from None
+    try:
+        config = FactoryConfig.model_validate(raw)
+    except ValidationError as exc:
+        lines = _key_lines(text)
+        errors = []
+        for error in exc.errors():
+            loc = tuple(error["loc"])
+            key = ".".join(str(p) for p in loc)
+            line = _locate(lines, loc)
+            if error["type"] == "extra_forbidden":
+                section = ".".join(str(p) for p in loc[:-1])
+                model: Any = FactoryConfig
+                for part in loc[:-1]:
+                    model = model.model_fields[str(part)].annotation
+                known = ", ".join(model.model_fields)
+                where = f"[{section}]" if section else "the top level"
+                message = f"unknown key {loc[-1]!r} in {where}; known keys: {known}"
+            else:
+                found = error.get("input")
+                message = f"{_describe_expected(error)}, got {found!r}"
+            errors.append(ConfigError(message, path=path, line=line, key=key))
+        first = errors[0]
+        if len(errors) > 1:
+            first.message += "".join(f"\n{e}" for e in errors[1:])
+        raise first from None
+    config._root = path.parent.resolve()
+    return config
+
+
+def load_config(path: Path) -> FactoryConfig:
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError("no configuration file here (run `factory init` to write one)",
+                          path=path) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read: {exc.strerror}", path=path) from None
+    return parse_config(text, path)
+
+
+def find_config(start: Path) -> Path | None:
+    for folder in (start.resolve(), *start.resolve().parents):
+        candidate = folder / CONFIG_NAME
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+DEFAULT_CONFIG = """\
+# Factory configuration. Every key is optional; the values shown are the defaults.
+# Unknown keys are errors, so a typo never silently falls back to a default.
+
+[models]
+# litellm model names per role (any provider litellm knows, e.g. "openai/gpt-4o-mini").
+# "replay/<name>" plays recorded trajectories from .factory/replay/<name>.json, offline.
+planner = "replay/demo"
+implementer = "replay/demo"
+reviewer = "replay/demo"
+# Models to try, in order, when one keeps failing: { "openai/gpt-4o" = ["openai/gpt-4o-mini"] }
+fallbacks = {}
+# An OpenAI-compatible endpoint (a proxy, a local server); empty means the provider default.
+api_base = ""
+# The NAME of the environment variable holding the API key (never the key itself).
+api_key_env = ""
+# Retries with exponential backoff on 429 and 5xx before falling back or failing.
+max_retries = 4
+timeout_seconds = 120
+
+[run]
+# Agents working at once. Raise it when your model's rate limit allows.
+concurrency = 4
+# Model calls one agent may make before it is stopped.
+max_steps = 40
+# Fresh attempts for a task whose agent failed or got stuck.
+task_retries = 1
+# The same tool call with the same arguments this many times in a row means stuck.
+stuck_repeats = 3
+# This many steps without any change to the worktree means stuck.
+stuck_idle_steps = 12
+
+# Budgets stop agents before a call would exceed them. Omit a key for no limit.
+[budgets.run]
+tokens = 2000000
+usd = 20.0
+
+[budgets.spec]
+
+[budgets.agent]
+
+[sandbox]
+# "auto" (bubblewrap when it works here), "bwrap", "docker", or "none" (unsandboxed: loud).
+backend = "auto"
+# Docker image for the docker backend.
+image = ""
+# Environment variables passed into sandboxes (everything else is scrubbed).
+env_allow = []
+wall_seconds = 300
+memory_mb = 2048
+max_processes = 256
+output_bytes = 1000000
+
+[repo]
+main_branch = "main"
+# What must pass before a branch lands, run in the sandbox on the merged tree.
+test_command = "python -m pytest -q"
+specs_dir = "specs"
+
+[store]
+# The SQLite store (event log and projections); keep it out of git.
+path = ".factory/factory.db"
+"""
+
+
+def default_config_text() -> str:
+    return DEFAULT_CONFIG
+
+
+def init_project(root: Path) -> list[Path]:
+    from agents.specs import EXAMPLE_SPEC
+
+    root.mkdir(parents=True, exist_ok=True)
+    config = root / CONFIG_NAME
+    if config.exists():
+        raise FactoryError(f"{config}: already exists; not overwriting it")
+    written = [config]
+    config.write_text(DEFAULT_CONFIG)
+    specs = root / "specs"
+    specs.mkdir(exist_ok=True)
+    example = specs / "example.md"
+    if not example.exists():
+        example.write_text(EXAMPLE_SPEC)
+        written.append(example)
+    ignore = root / ".gitignore"
+    lines = ignore.read_text().splitlines() if ignore.exists() else []
+    if ".factory/" not in (line.strip() for line in lines):
+        with ignore.open("a") as handle:
+            if lines and lines[-1].strip():
+                handle.write("\n") if not ignore.read_text().endswith("\n") else None
+            handle.write(".factory/\n")
+        written.append(ignore)
+    return written
+
+
+def save_value(path: Path, dotted_key: str, value: Any) -> None:
+    """Set one value, keeping the file's comments and layout."""
+    doc = tomlkit.parse(path.read_text()) if path.exists() else tomlkit.document()
+    *tables, key = dotted_key.split(".")
+    node: Any = doc
+    for name in tables:
+        if name not in node:
+            node[name] = tomlkit.table()
+        node = node[name]
+    node[key] = value
+    text = tomlkit.dumps(doc)
+    parse_config(text, path)  # never write a file that would not load
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)

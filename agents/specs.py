@@ -1,0 +1,338 @@
+"""Spec files: TOML front matter and Markdown sections, parsed, validated and linted.
+
+Errors carry the file and line; the lint reports imprecision (what an agent would have to
+guess) as findings with lines, so the editor can show them beside the text.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from fnmatch import fnmatch
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from agents.errors import LocatedError
+
+FENCE = "+++"
+SECTIONS = {
+    "goal": "goal", "architecture": "architecture", "boundaries": "boundaries",
+    "edge cases": "edge_cases", "invariants": "invariants", "acceptance": "acceptance",
+}
+REQUIRED = ("goal", "acceptance")
+SLUG = re.compile(r"^[a-z0-9][a-z0-9-]*$")
+VAGUE = ["etc", "should probably", "maybe", "somehow", "as needed", "and so on", "tbd",
+         "various", "some kind of", "appropriate", "reasonable", "if possible",
+         "nice to have"]
+_VAGUE_RE = re.compile(r"(?<![\w-])(" + "|".join(re.escape(v) for v in VAGUE) + r")(?![\w-])",
+                       re.IGNORECASE)
+
+
+class SpecError(LocatedError):
+    pass
+
+
+class Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    title: str
+    priority: int = 0
+    depends_on: list[str] = []
+    path: Path | None = None
+    goal: str = ""
+    architecture: str = ""
+    boundaries: list[str] = []
+    edge_cases: str = ""
+    invariants: list[str] = []
+    acceptance: list[str] = []
+    sections: dict[str, int] = {}
+    text: str = ""
+
+
+class LintFinding(BaseModel):
+    path: Path | None = None
+    line: int
+    severity: Literal["error", "warning", "info"]
+    code: str
+    message: str
+
+
+class _FrontMatter(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    title: str
+    priority: int = 0
+    depends_on: list[str] = []
+
+
+def _bullets(body: str) -> list[str]:
+    return [m.group(1).strip() for m in re.finditer(r"^\s*[-*+]\s+(.*\S)\s*$", body, re.M)]
+
+
+def _commands(body: str) -> list[str]:
+    out: list[str] = []
+    fenced = re.findall(r"^```[^\n]*\n(.*?)^```", body, re.M | re.S)
+    for block in fenced:
+        out += [line.strip() for line in block.splitlines() if line.strip()]
+    without = re.sub(r"^```[^\n]*\n.*?^```", "", body, flags=re.M | re.S)
+    for bullet in _bullets(without):
+        out += re.findall(r"`([^`]+)`", bullet)
+    return out
+
+
+def _front_matter(text: str, path: Path | None) -> tuple[dict[str, Any], int, str]:
+    lines = text.splitlines()
+    if not lines or lines[0].strip() != FENCE:
+        raise SpecError(f"expected TOML front matter starting with '{FENCE}' on the first line",
+                        path=path, line=1)
+    for index in range(1, len(lines)):
+        if lines[index].strip() == FENCE:
+            body = "\n".join(lines[1:index])
+            try:
+                data = tomllib.loads(body)
+            except tomllib.TOMLDecodeError as exc:
+                m = re.search(r"\(at line (\d+), column \d+\)", str(exc))
+                line = int(m.group(1)) + 1 if m else 1
+                message = re.sub(r"\s*\(at line \d+, column \d+\)", "", str(exc))
+                raise SpecError(f"invalid TOML in front matter: {message}", path=path,
+                                line=line) from None
+            return data, index + 1, "\n".join(lines[index + 1:])
+    raise SpecError(f"front matter is not closed: expected a second '{FENCE}' line",
+                    path=path, line=len(lines) or 1)
+
+
+def _front_line(text: str, key: str) -> int:
+    for number, line in enumerate(text.splitlines(), start=1):
+        if re.match(rf"^\s*{re.escape(key)}\s*=", line):
+            return number
+    return 1
+
+
+def parse_spec(text: str, path: Path | None = None) -> Spec:
+    data, body_start, _ = _front_matter(text, path)
+    try:
+        front = _FrontMatter.model_validate(data)
+    except Exception as exc:
+        errors = getattr(exc, "errors", lambda: [])()
+        first = errors[0] if errors else {"loc": (), "msg": str(exc), "type": ""}
+        key = str(first["loc"][0]) if first["loc"] else ""
+        if first["type"] == "missing":
+            raise SpecError(f"front matter needs {key!r}", path=path, line=1,
+                            key=key) from None
+        if first["type"] == "extra_forbidden":
+            raise SpecError(f"unknown front matter key {key!r}; known: id, title, priority, "
+                            "depends_on", path=path, line=_front_line(text, key),
+                            key=key) from None
+        expected = {"int_type": "expected an integer", "int_parsing": "expected an integer",
+                    "string_type": "expected a string", "list_type": "expected a list"}.get(
+            first["type"], first["msg"])
+        raise SpecError(f"{expected}, got {first.get('input')!r}", path=path,
+                        line=_front_line(text, key), key=key) from None
+    if not SLUG.match(front.id):
+        raise SpecError(f"id {front.id!r}: expected lowercase letters, digits and '-'",
+                        path=path, line=_front_line(text, "id"), key="id")
+    values: dict[str, Any] = {}
+    sections: dict[str, int] = {}
+    lines = text.splitlines()
+    current: str | None = None
+    buffer: list[str] = []
+
+    def close() -> None:
+        if current is not None:
+            values[current] = "\n".join(buffer).strip()
+
+    for number in range(body_start + 1, len(lines) + 1):
+        line = lines[number - 1]
+        m = re.match(r"^##\s+(.+?)\s*#*\s*$", line)
+        if m:
+            close()
+            name = m.group(1).strip().lower()
+            field = SECTIONS.get(name)
+            if field is not None and field in sections:
+                raise SpecError(f"duplicate section '## {m.group(1)}' (first at line "
+                                f"{sections[field]})", path=path, line=number)
+            current = field
+            if field is not None:
+                sections[field] = number
+            buffer = []
+        elif current is not None:
+            buffer.append(line)
+    close()
+    for field in REQUIRED:
+        if not values.get(field):
+            title = next(k for k, v in SECTIONS.items() if v == field).capitalize()
+            raise SpecError(f"missing or empty section '## {title}'", path=path,
+                            line=sections.get(field, len(lines) or 1))
+    boundaries = _bullets(values.get("boundaries", ""))
+    for entry in boundaries:
+        clean = entry.strip("`")
+        if clean.startswith("/") or ".." in Path(clean).parts:
+            line = next((n for n, ln in enumerate(lines, 1) if entry in ln and
+                         n > sections.get("boundaries", 0)), sections.get("boundaries", 1))
+            raise SpecError(f"boundary {clean!r}: expected a path relative to the repository "
+                            "root, without '..'", path=path, line=line)
+    return Spec(
+        id=front.id, title=front.title, priority=front.priority, depends_on=front.depends_on,
+        path=path, goal=values.get("goal", ""), architecture=values.get("architecture", ""),
+        boundaries=[b.strip("`") for b in boundaries], edge_cases=values.get("edge_cases", ""),
+        invariants=_bullets(values.get("invariants", "")),
+        acceptance=_commands(values.get("acceptance", "")), sections=sections, text=text,
+    )
+
+
+def load_spec(path: Path) -> Spec:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise SpecError(f"cannot read: {exc.strerror}", path=path) from None
+    return parse_spec(text, path)
+
+
+def load_specs(directory: Path) -> list[Spec]:
+    if not directory.is_dir():
+        raise SpecError("no specs folder (run `factory init`)", path=directory)
+    specs = [load_spec(p) for p in sorted(directory.glob("*.md")) if p.name != "README.md"]
+    seen: dict[str, Spec] = {}
+    for spec in specs:
+        if spec.id in seen:
+            raise SpecError(f"duplicate spec id {spec.id!r} (also in {seen[spec.id].path})",
+                            path=spec.path, line=_front_line(spec.text, "id"), key="id")
+        seen[spec.id] = spec
+    for spec in specs:
+        for dep in spec.depends_on:
+            if dep not in seen:
+                raise SpecError(f"depends on unknown spec {dep!r}", path=spec.path,
+                                line=_front_line(spec.text, "depends_on"), key="depends_on")
+    from agents.planner import find_cycle
+
+    cycle = find_cycle({s.id: s.depends_on for s in specs})
+    if cycle:
+        first = seen[cycle[0]]
+        raise SpecError(f"dependency cycle: {' -> '.join(cycle)}", path=first.path,
+                        line=_front_line(first.text, "depends_on"), key="depends_on")
+    return specs
+
+
+def order_specs(specs: list[Spec]) -> list[Spec]:
+    """Dependencies first; among ready specs, higher priority first, then id."""
+    remaining = {s.id: s for s in specs}
+    done: set[str] = set()
+    out: list[Spec] = []
+    while remaining:
+        ready = [s for s in remaining.values()
+                 if all(d in done or d not in remaining for d in s.depends_on)]
+        if not ready:
+            raise SpecError("dependency cycle among: " + ", ".join(sorted(remaining)))
+        ready.sort(key=lambda s: (-s.priority, s.id))
+        spec = ready[0]
+        out.append(spec)
+        done.add(spec.id)
+        del remaining[spec.id]
+    return out
+
+
+def path_in_boundaries(path: str, boundaries: list[str]) -> bool:
+    clean = path.strip().strip("/")
+    if not clean or clean.startswith("..") or path.startswith("/"):
+        return False
+    for entry in boundaries:
+        pattern = entry.strip().rstrip("/")
+        if any(ch in pattern for ch in "*?["):
+            regex = re.escape(pattern).replace(r"\*\*/", "(?:.*/)?").replace(r"\*\*", ".*")
+            regex = regex.replace(r"\*", "[^/]*").replace(r"\?", "[^/]")
+            if re.fullmatch(regex, clean) or fnmatch(clean, pattern):
+                return True
+        elif clean == pattern or clean.startswith(pattern + "/"):
+            return True
+    return False
+
+
+def lint_spec(text: str, path: Path | None = None) -> list[LintFinding]:
+    findings: list[LintFinding] = []
+
+    def add(line: int, severity: str, code: str, message: str) -> None:
+        findings.append(LintFinding(path=path, line=line, severity=severity,  # type: ignore[arg-type]
+                                    code=code, message=message))
+
+    try:
+        spec = parse_spec(text, path)
+    except SpecError as exc:
+        add(exc.line or 1, "error", "parse", exc.message)
+        return findings
+    lines = text.splitlines()
+    end = len(lines) or 1
+    if "invariants" not in spec.sections or not spec.invariants:
+        add(spec.sections.get("invariants", end), "warning", "no-invariants",
+            "no invariants: say what must stay true while this changes")
+    if not spec.acceptance:
+        add(spec.sections.get("acceptance", end), "error", "no-acceptance-command",
+            "no acceptance command: list commands in backticks that must pass")
+    if "boundaries" not in spec.sections or not spec.boundaries:
+        add(spec.sections.get("boundaries", end), "warning", "no-boundaries",
+            "no boundaries: list the paths this spec may touch")
+    if "edge_cases" not in spec.sections or not spec.edge_cases.strip():
+        add(spec.sections.get("edge_cases", end), "info", "no-edge-cases",
+            "no edge cases: name the inputs that are easy to get wrong")
+    if len(spec.goal.split()) < 5:
+        add(spec.sections.get("goal", 1), "warning", "short-goal",
+            "the goal is shorter than a sentence")
+    in_front = True
+    for number, line in enumerate(lines, start=1):
+        if number > 1 and line.strip() == FENCE:
+            in_front = False
+            continue
+        if in_front:
+            continue
+        m = re.match(r"^##\s+(.+?)\s*$", line)
+        if m and m.group(1).strip().lower() not in SECTIONS:
+            add(number, "info", "unknown-section",
+                f"unknown section '## {m.group(1)}' (known: Goal, Architecture, Boundaries, "
+                "Edge cases, Invariants, Acceptance)")
+        if line.lstrip().startswith("`") or "`" in line:
+            scan = re.sub(r"`[^`]*`", "", line)
+        else:
+            scan = line
+        for vague in _VAGUE_RE.finditer(scan):
+            add(number, "warning", "vague-word", f"vague wording {vague.group(1)!r}: say "
+                "exactly what is meant")
+    return findings
+
+
+def lint_score(findings: list[LintFinding]) -> int:
+    cost = {"error": 30, "warning": 10, "info": 3}
+    return max(0, 100 - sum(cost[f.severity] for f in findings))
+
+
+EXAMPLE_SPEC = """\
++++
+id = "greeting"
+title = "A greeting function"
+priority = 0
+depends_on = []
++++
+
+## Goal
+Add `greet(name)` to the package so that callers get a polite greeting string.
+
+## Architecture
+One function in `app/greeting.py`, tested in `tests/test_greeting.py`.
+
+## Boundaries
+- app/greeting.py
+- tests/test_greeting.py
+
+## Edge cases
+- An empty name gives "Hello, stranger!".
+- Surrounding whitespace in the name is ignored.
+
+## Invariants
+- No other module changes.
+- `greet` never raises for a string argument.
+
+## Acceptance
+- `python -m pytest -q tests/test_greeting.py`
+"""
