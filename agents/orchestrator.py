@@ -15,11 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from agents import events as ev
+from agents.budget import AgentBudget, BudgetLedger
 from agents.config import FactoryConfig
 from agents.landing import LandingRequest, LandingStep
 from agents.models import ModelRouter
 from agents.planner import SUBMIT_PLAN_SPEC, PlanCollector, plan_digest, planner_messages
-from agents.runtime import AgentLimits, AgentResult, AgentRunner, Budget
+from agents.runtime import AgentLimits, AgentResult, AgentRunner
 from agents.sandbox.base import Limits, SandboxBackend, SandboxContext
 from agents.specs import Spec
 from agents.store import Store
@@ -89,37 +90,15 @@ class Orchestrator:
         self.agent_tasks: dict[str, asyncio.Task[AgentResult]] = {}
         self.cancelled: set[str] = set()
         self.budget_exhausted: ev.BudgetStop | None = None
+        self.ledger = BudgetLedger(store, run_id, config.budgets)
 
     async def emit(self, *events: ev.Event) -> int:
         return await self.store.append(*events)
 
     # -- budgets ---------------------------------------------------------------------------
 
-    def budget_for(self, spec_id: str, agent_id: str) -> Budget:
-        budgets = self.config.budgets
-
-        def check(pending_tokens: int, pending_cost: float, next_tokens: int,
-                  next_cost: float) -> ev.BudgetStop | None:
-            agent = self.store.get("agents", agent_id) or {}
-            spec = self.store.get("budgets", f"spec:{spec_id}") or {}
-            run = self.store.get("budgets", f"run:{self.run_id}") or {}
-            scopes = (
-                ("agent", budgets.agent, (agent.get("tokens_in") or 0)
-                 + (agent.get("tokens_out") or 0), agent.get("cost") or 0.0),
-                ("spec", budgets.spec, spec.get("tokens") or 0, spec.get("cost") or 0.0),
-                ("run", budgets.run, run.get("tokens") or 0, run.get("cost") or 0.0),
-            )
-            for scope, limit, tokens, cost in scopes:
-                tokens, cost = tokens + pending_tokens, cost + pending_cost
-                if limit.tokens is not None and tokens + next_tokens > limit.tokens:
-                    return ev.BudgetStop(scope=scope, measure="tokens", limit=limit.tokens,
-                                         used=tokens)
-                if limit.usd is not None and cost + next_cost > limit.usd:
-                    return ev.BudgetStop(scope=scope, measure="usd", limit=limit.usd,
-                                         used=cost)
-            return None
-
-        return check
+    def budget_for(self, spec_id: str, agent_id: str) -> AgentBudget:
+        return AgentBudget(self.ledger, spec_id, agent_id)
 
     # -- the run ---------------------------------------------------------------------------
 
@@ -167,7 +146,8 @@ class Orchestrator:
             row = self.store.get("specs", spec.id) or {}
             if row.get("status") == "done" and row.get("digest") == spec_digest(text):
                 return
-            if not self._has_plan(spec.id) or row.get("status") in ("registered", "failed"):
+            # Plan when there is none yet or the spec's text changed since the last plan.
+            if not self._has_plan(spec.id) or row.get("status") == "registered":
                 if not await self._plan(spec, text):
                     return
             await self._run_tasks(spec)
@@ -290,10 +270,9 @@ class Orchestrator:
             else:
                 await self.emit(ev.TaskFailed(**ids, reason=f"agent {result.status}: "
                                               f"{result.summary}", will_retry=retry))
-            if result.status == "budget":
-                stop = self.budget_for(spec.id, agent_id)(0, 0.0, 0, 0.0)
-                if stop is not None and stop.scope == "run":
-                    self.budget_exhausted = stop
+            if result.status == "budget" and result.summary.startswith("run "):
+                self.budget_exhausted = self.ledger.exhausted() or self.budget_exhausted \
+                    or ev.BudgetStop(scope="run", measure="tokens", limit=0, used=0)
             self.ws.remove(wt.path)
             await self.emit(ev.WorktreeRemoved(**ids, path=str(wt.path)))
             return

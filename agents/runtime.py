@@ -13,7 +13,7 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from agents import events as ev
 from agents.models import Completion, ModelError, ModelRouter
@@ -35,9 +35,13 @@ class AgentLimits:
     stuck_idle_steps: int = 12
 
 
-# (tokens, usd) used but maybe not yet in the projections, (tokens, usd) the next call is
-# expected to use) -> the first budget scope that call would exceed, or None.
-Budget = Callable[[int, float, int, float], ev.BudgetStop | None]
+class Budget(Protocol):
+    """Reserve a call's expected size before it is made; settle with what it used."""
+
+    def reserve(self, last_tokens: int, last_usd: float) \
+        -> tuple[ev.BudgetStop | None, tuple[float, float]]: ...
+
+    def settle(self, reserved: tuple[float, float], tokens: int, usd: float) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -80,7 +84,6 @@ class AgentRunner:
         self.specs = tool_specs(tool_names) + (extra_specs or [])
         self.custom_tools = custom_tools or {}
         self._ids = {"spec_id": spec_id, "task_id": task_id, "agent_id": agent_id}
-        self._turns: list[tuple[int, int, float]] = []  # (step, tokens, usd) recorded turns
 
     def _emit(self, *events: ev.Event) -> asyncio.Future[int]:
         return self.store.append_many(events)
@@ -117,14 +120,9 @@ class AgentRunner:
             if pending is None:
                 if step >= self.limits.max_steps:
                     return await self._finish("step_limit", f"reached {step} steps", step)
+                reserved = (0.0, 0.0)
                 if self.budget is not None:
-                    # Turns still on their way to the store count too: the check stays exact
-                    # without waiting for the writer.
-                    applied = (self.store.get("agents", self.agent_id) or {}).get("step") or 0
-                    self._turns = [t for t in self._turns if t[0] > applied]
-                    stop = self.budget(sum(t[1] for t in self._turns),
-                                       sum(t[2] for t in self._turns),
-                                       last_call_tokens, last_call_cost)
+                    stop, reserved = self.budget.reserve(last_call_tokens, last_call_cost)
                     if stop is not None:
                         await self._emit(stop.model_copy(update=self._ids))
                         return await self._finish(
@@ -133,13 +131,21 @@ class AgentRunner:
                 try:
                     completion = await self._call(messages, step + 1)
                 except ModelError as exc:
+                    if self.budget is not None:
+                        self.budget.settle(reserved, 0, 0.0)
                     await self._emit(ev.Notice(**self._ids, level="error",
                                                message=f"model error: {exc}"))
                     return await self._finish("failed", f"model error: {exc}", step)
+                except BaseException:
+                    if self.budget is not None:
+                        self.budget.settle(reserved, 0, 0.0)
+                    raise
+                if self.budget is not None:
+                    self.budget.settle(reserved, completion.tokens_in + completion.tokens_out,
+                                       completion.cost_usd)
                 step += 1
                 last_call_tokens = completion.tokens_in + completion.tokens_out
                 last_call_cost = completion.cost_usd
-                self._turns.append((step, last_call_tokens, last_call_cost))
                 messages.append(completion.message)
                 self._emit(ev.AgentTurn(
                     **self._ids, step=step, model=completion.model, message=completion.message,

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from agents import events as ev
+from agents.budget import AgentBudget, BudgetLedger
+from agents.config import BudgetLimit, BudgetsConfig
 from agents.models import ModelRouter
 from agents.runtime import AgentLimits, AgentRunner
 from agents.sandbox.base import SandboxContext
@@ -111,13 +112,8 @@ async def test_budget_stop_before_exceeding(store: Store, server: ScriptedServer
     server.script(*[Reply(tool_calls=[("list_files", {})], prompt_tokens=400,
                           completion_tokens=100) for _ in range(10)])
 
-    def budget(pending: int, pending_cost: float, next_tokens: int,
-               next_cost: float) -> ev.BudgetStop | None:
-        agent = store.get("agents", "s.t.1") or {}
-        used = (agent.get("tokens_in") or 0) + (agent.get("tokens_out") or 0) + pending
-        if used + next_tokens > 1600:
-            return ev.BudgetStop(scope="agent", measure="tokens", limit=1600, used=used)
-        return None
+    ledger = BudgetLedger(store, "r", BudgetsConfig(agent=BudgetLimit(tokens=1600)))
+    budget = AgentBudget(ledger, "s", "s.t.1")
 
     result = await (await runner(store, server, repo, budget=budget,
                                  limits=AgentLimits(stuck_repeats=99,

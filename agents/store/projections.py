@@ -180,7 +180,7 @@ def _spec_registered(s: State, e: ev.SpecRegistered, ts: float) -> None:
     spec = s.row("specs", e.spec_id or "", status="registered", tasks_total=0, tasks_landed=0,
                  tasks_rejected=0, tasks_failed=0, tokens=0, cost=0.0, detail="")
     spec.update(title=e.title, path=e.path, priority=e.priority, depends_on=e.depends_on,
-                digest=e.digest, updated=ts)
+                digest=e.digest, status="registered", detail="", updated=ts)
 
 
 @on("spec_saved")

@@ -30,15 +30,17 @@ from pathlib import Path
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from agents import demo, replay  # noqa: E402
-from agents import events as ev  # noqa: E402
-from agents.models import ModelRouter, litellm_module  # noqa: E402
-from agents.runtime import AgentLimits, AgentRunner, Budget  # noqa: E402
-from agents.sandbox.base import SandboxContext  # noqa: E402
-from agents.sandbox.none import NoneBackend  # noqa: E402
-from agents.store import Store  # noqa: E402
-from agents.tools import ToolContext, tool_specs  # noqa: E402
-from agents.workspace import Workspace, trailer_block  # noqa: E402
+from agents import demo, replay
+from agents import events as ev
+from agents.budget import AgentBudget, BudgetLedger
+from agents.config import BudgetLimit, BudgetsConfig
+from agents.models import ModelRouter, litellm_module
+from agents.runtime import AgentLimits, AgentRunner
+from agents.sandbox.base import SandboxContext
+from agents.sandbox.none import NoneBackend
+from agents.store import Store
+from agents.tools import ToolContext, tool_specs
+from agents.workspace import Workspace, trailer_block
 
 STEPS = 10
 
@@ -59,16 +61,11 @@ def turns() -> list[dict[str, object]]:
     return out
 
 
-def budget_check(store: Store, agent_id: str) -> Budget:
-    """The same shape of check the orchestrator makes, with limits that are never reached."""
-    def check(pending: int, pending_cost: float, tokens: int, cost: float) -> None:
-        agent = store.get("agents", agent_id) or {}
-        run = store.get("budgets", "run:bench") or {}
-        used = (agent.get("tokens_in") or 0) + (agent.get("tokens_out") or 0) + pending
-        assert used + tokens < 10**12 and (run.get("cost") or 0.0) + cost < 10**9
-        return None
-
-    return check  # type: ignore[return-value]
+def budget_check(store: Store, agent_id: str) -> AgentBudget:
+    """The orchestrator's budget gate, with limits that are never reached."""
+    limits = BudgetsConfig(run=BudgetLimit(tokens=10**12, usd=10**9),
+                           agent=BudgetLimit(tokens=10**12, usd=10**9))
+    return AgentBudget(BudgetLedger(store, "bench", limits), "bench", agent_id)
 
 
 async def factory_phase(store: Store, ws: Workspace, first: int, n: int) \

@@ -1,0 +1,187 @@
+"""The whole spine end to end on the demo project: plan, work, land, record, resume."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from agents import demo
+from agents import events as ev
+from agents.engine import Factory
+from agents.store.audit import compare_projections, verify_chain
+from tests.conftest import git
+
+LANDED = {"stats/sentences", "slug/max-length", "cli/main"}
+REJECTED = {"slug/separator": "conflicts", "stats/unicode-words": "dependencies",
+            "stats/fast-count": "tests"}
+TRAILERS = ("Factory-Agent", "Factory-Task", "Factory-Spec", "Factory-Model",
+            "Factory-Tokens", "Factory-Cost")
+
+
+def build_demo(tmp_path: Path, latency_ms: int = 20) -> Path:
+    root = demo.build(tmp_path / "demo", "none")
+    replay_file = root / ".factory" / "replay" / "demo.json"
+    doc = json.loads(replay_file.read_text())
+    doc["latency_ms"] = latency_ms
+    replay_file.write_text(json.dumps(doc))
+    return root
+
+
+def peak_concurrency(events: list[ev.Event]) -> int:
+    active, peak = set(), 0
+    for e in events:
+        if e.kind == "agent_started" and not (e.agent_id or "").startswith("plan."):
+            active.add(e.agent_id)
+            peak = max(peak, len(active))
+        elif e.kind == "agent_finished":
+            active.discard(e.agent_id)
+    return peak
+
+
+async def test_demo_run_lands_rejects_and_records(tmp_path: Path) -> None:
+    root = build_demo(tmp_path, latency_ms=60)
+    factory = await Factory.open(root)
+    try:
+        summary = await factory.run()
+        events = [s.event for s in await factory.store.read_events(limit=100_000)]
+    finally:
+        await factory.close()
+    assert set(summary.landed) == LANDED
+    assert {key: reason.split(":")[0] for key, reason in summary.rejected} == REJECTED
+    assert summary.failed == []
+    assert peak_concurrency(events) >= 4
+    rejected = {f"{e.spec_id}/{e.task_id}": e for e in events if e.kind == "branch_rejected"}
+    assert "regex (in textkit/stats.py)" in rejected["stats/unicode-words"].reason
+    assert "test_hyphenated_is_one_word" in rejected["stats/fast-count"].reason
+    assert "textkit/slug.py" in rejected["slug/separator"].reason
+
+    db = root / ".factory" / "factory.db"
+    assert verify_chain(db).ok
+    assert compare_projections(db) == []
+
+    # Every commit that landed on main carries its provenance, and so does its merge.
+    landed_tasks = set()
+    for sha in git(root, "rev-list", "--first-parent", "main").split()[:-1]:
+        body = git(root, "log", "-1", "--format=%B", sha)
+        for trailer in TRAILERS:
+            assert f"\n{trailer}: " in body, (sha, trailer)
+        branch_head = git(root, "rev-parse", f"{sha}^2").strip()
+        branch_body = git(root, "log", "-1", "--format=%B", branch_head)
+        assert all(f"\n{t}: " in branch_body for t in TRAILERS)
+        landed_tasks.add(git(root, "log", "-1", "--format=%(trailers:key=Factory-Task,"
+                             "valueonly)", sha).strip())
+    assert landed_tasks == LANDED
+    # Main is exactly the tree that was tested: its tests pass, and nothing is left over.
+    subprocess.run(demo.TEST_COMMAND.split(), cwd=root, check=True, capture_output=True)
+    assert git(root, "status", "--porcelain").strip() == ""
+    assert git(root, "worktree", "list").count("\n") == 1
+    assert not any((root / ".factory" / "worktrees").iterdir())
+
+
+async def test_a_task_whose_branch_cannot_be_created_fails_alone(tmp_path: Path) -> None:
+    root = build_demo(tmp_path)
+    git(root, "branch", "factory/cli/main")  # a clash nobody planned for
+    factory = await Factory.open(root)
+    try:
+        summary = await factory.run()
+    finally:
+        await factory.close()
+    assert dict(summary.failed) == {
+        "cli/main": "cannot create branch factory/cli/main: a branch of that name exists"}
+    assert set(summary.landed) == LANDED - {"cli/main"}
+
+
+async def test_specs_run_in_dependency_order(tmp_path: Path) -> None:
+    root = build_demo(tmp_path)
+    spec = root / "specs" / "cli.md"
+    spec.write_text(spec.read_text().replace('priority = 0\n',
+                                             'priority = 0\ndepends_on = ["slug"]\n'))
+    spec = root / "specs" / "slug.md"
+    # Without its conflicting second task the slug spec is done, so cli may run.
+    doc_path = root / ".factory" / "replay" / "demo.json"
+    doc = json.loads(doc_path.read_text())
+    plan_turn = doc["agents"]["plan:slug"][1]["tool_calls"][0]["arguments"]
+    plan_turn["tasks"] = [t for t in plan_turn["tasks"] if t["id"] == "max-length"]
+    doc_path.write_text(json.dumps(doc))
+    git(root, "commit", "-qam", "cli depends on slug")
+    factory = await Factory.open(root)
+    try:
+        await factory.run(["cli"])
+        events = [s.event for s in await factory.store.read_events(limit=100_000)]
+    finally:
+        await factory.close()
+    order = [(e.kind, e.spec_id) for e in events
+             if e.kind in ("spec_finished", "agent_started") and e.spec_id in ("slug", "cli")]
+    slug_done = order.index(("spec_finished", "slug"))
+    cli_first = order.index(("agent_started", "cli"))
+    assert slug_done < cli_first
+    assert ("agent_started", "stats") not in order  # only what `cli` needs ran
+    assert {(e.spec_id, e.status) for e in events if e.kind == "spec_finished"} == {
+        ("slug", "done"), ("cli", "done")}
+
+
+async def test_a_dependency_that_fails_blocks_its_dependants(tmp_path: Path) -> None:
+    root = build_demo(tmp_path)
+    spec = root / "specs" / "cli.md"
+    spec.write_text(spec.read_text().replace('priority = 0\n',
+                                             'priority = 0\ndepends_on = ["stats"]\n'))
+    git(root, "commit", "-qam", "cli depends on stats")
+    factory = await Factory.open(root)
+    try:
+        await factory.run()
+    finally:
+        await factory.close()
+        spec_row = factory.store.get("specs", "cli")
+    assert spec_row is not None and spec_row["status"] == "blocked"
+    assert "depends on stats, which is failed" in spec_row["detail"]
+
+
+async def test_run_budget_stops_agents_with_an_event(tmp_path: Path) -> None:
+    root = build_demo(tmp_path)
+    config = root / ".factory.toml"
+    config.write_text(config.read_text().replace("[budgets.run]\nusd = 5.0",
+                                                 "[budgets.run]\ntokens = 60000"))
+    factory = await Factory.open(root)
+    try:
+        summary = await factory.run()
+        events = [s.event for s in await factory.store.read_events(limit=100_000)]
+    finally:
+        await factory.close()
+    stops = [e for e in events if e.kind == "budget_stop"]
+    assert stops and all(e.scope == "run" and e.measure == "tokens" for e in stops)
+    assert summary.status == "budget"
+    used = factory.store.get("budgets", f"run:{summary.run_id}")
+    # Calls reserve the largest call seen so far: the budget is used up, not overrun.
+    biggest = max(e.tokens_in + e.tokens_out for e in events if e.kind == "agent_turn")
+    assert used is not None and 60000 - 6 * biggest < used["tokens"] <= 60000
+
+
+async def test_second_run_of_a_finished_factory_changes_nothing(tmp_path: Path) -> None:
+    root = build_demo(tmp_path)
+    factory = await Factory.open(root)
+    try:
+        await factory.run()
+        head = git(root, "rev-parse", "main")
+        agents_before = len(factory.store.rows("agents"))
+        again = await factory.run()
+    finally:
+        await factory.close()
+    assert git(root, "rev-parse", "main") == head
+    assert len(factory.store.rows("agents")) == agents_before
+    assert set(again.landed) == LANDED
+
+
+async def test_a_second_runner_is_refused(tmp_path: Path) -> None:
+    root = build_demo(tmp_path)
+    first = await Factory.open(root)
+    first._lock.acquire()
+    second = await Factory.open(root)
+    try:
+        with pytest.raises(Exception, match="already running"):
+            await second.run()
+    finally:
+        await second.close()
+        await first.close()
