@@ -26,7 +26,13 @@ from agents.specs import Spec
 from agents.store import Store
 from agents.store.projections import task_key
 from agents.tools import ToolContext
-from agents.workspace import CommitInfo, Workspace, WorkspaceError, trailer_block
+from agents.workspace import (
+    CommitInfo,
+    Workspace,
+    WorkspaceError,
+    branch_name,
+    trailer_block,
+)
 
 TERMINAL = {"landed", "rejected", "failed", "blocked", "cancelled"}
 READ_ONLY_TOOLS = ["read_file", "list_files", "search_code"]
@@ -246,15 +252,20 @@ class Orchestrator:
         if wt is None:
             attempt = (row["attempt"] or 0) + 1
             agent_id = f"{spec.id}.{task_id}.{attempt}"
+            if attempt > 1:
+                await self.ws.discard(spec.id, task_id)
+            # The intent is recorded first: a crash between it and the worktree's creation
+            # leaves a running task without a worktree, which the next run starts again.
+            await self.emit(ev.TaskStarted(
+                **ids, agent_id=agent_id, attempt=attempt, branch=branch_name(spec.id, task_id),
+                worktree=str(self.ws.worktree_path(spec.id, task_id)),
+                base_commit=self.ws.main_head()))
+            started = self.store.get("tasks", task_key(spec.id, task_id)) or {}
             try:
-                await self.ws.discard(spec.id, task_id) if attempt > 1 else None
-                wt = await self.ws.create(spec.id, task_id)
+                wt = await self.ws.create(spec.id, task_id, started.get("base_commit"))
             except WorkspaceError as exc:
                 await self.emit(ev.TaskFailed(**ids, reason=str(exc)))
                 return
-            await self.emit(ev.TaskStarted(**ids, agent_id=agent_id, attempt=attempt,
-                                           branch=wt.branch, worktree=str(wt.path),
-                                           base_commit=wt.base_commit))
         assert agent_id is not None
         agent_row = self.store.get("agents", agent_id)
         if agent_row is not None and agent_row["status"] == "finished":
