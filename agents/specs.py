@@ -91,13 +91,14 @@ def _front_matter(text: str, path: Path | None) -> tuple[dict[str, Any], int, st
                         path=path, line=1)
     for index in range(1, len(lines)):
         if lines[index].strip() == FENCE:
-            body = "\n".join(lines[1:index])
+            body = "\n".join(lines[1:index]) + "\n"
             try:
                 data = tomllib.loads(body)
             except tomllib.TOMLDecodeError as exc:
                 m = re.search(r"\(at line (\d+), column \d+\)", str(exc))
-                line = int(m.group(1)) + 1 if m else 1
-                message = re.sub(r"\s*\(at line \d+, column \d+\)", "", str(exc))
+                line = int(m.group(1)) + 1 if m else index
+                message = re.sub(r"\s*\(at (line \d+, column \d+|end of document)\)", "",
+                                 str(exc))
                 raise SpecError(f"invalid TOML in front matter: {message}", path=path,
                                 line=line) from None
             return data, index + 1, "\n".join(lines[index + 1:])
@@ -281,6 +282,7 @@ def lint_spec(text: str, path: Path | None = None) -> list[LintFinding]:
         add(spec.sections.get("goal", 1), "warning", "short-goal",
             "the goal is shorter than a sentence")
     in_front = True
+    section = ""
     for number, line in enumerate(lines, start=1):
         if number > 1 and line.strip() == FENCE:
             in_front = False
@@ -288,14 +290,16 @@ def lint_spec(text: str, path: Path | None = None) -> list[LintFinding]:
         if in_front:
             continue
         m = re.match(r"^##\s+(.+?)\s*$", line)
-        if m and m.group(1).strip().lower() not in SECTIONS:
-            add(number, "info", "unknown-section",
-                f"unknown section '## {m.group(1)}' (known: Goal, Architecture, Boundaries, "
-                "Edge cases, Invariants, Acceptance)")
-        if line.lstrip().startswith("`") or "`" in line:
-            scan = re.sub(r"`[^`]*`", "", line)
-        else:
-            scan = line
+        if m:
+            section = m.group(1).strip().lower()
+            if section not in SECTIONS:
+                add(number, "info", "unknown-section",
+                    f"unknown section '## {m.group(1)}' (known: Goal, Architecture, "
+                    "Boundaries, Edge cases, Invariants, Acceptance)")
+            continue
+        if section == "boundaries":
+            continue  # paths, not prose
+        scan = re.sub(r"`[^`]*`", "", line)
         for vague in _VAGUE_RE.finditer(scan):
             add(number, "warning", "vague-word", f"vague wording {vague.group(1)!r}: say "
                 "exactly what is meant")
