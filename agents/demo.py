@@ -228,7 +228,9 @@ def _work(read: str, *edits: tuple[str, dict[str, Any]], summary: str,
         _turn(1800, 90, ("list_files", {"path": "."})),
         _turn(2300, 110, ("read_file", {"path": read})),
     ]
-    turns += [_turn(2300, 120, ("search_code", {"pattern": "def ", "path": "textkit"}))] * pad
+    looks = ["def ", "import", "return", "class ", "test_"]
+    turns += [_turn(2300, 120, ("search_code", {"pattern": looks[i % len(looks)],
+                                                "path": "textkit"})) for i in range(pad)]
     turns += [_turn(3100, 520, edit) for edit in edits]
     turns.append(_turn(3600, 60, ("run_tests", {})))
     turns.append(_turn(3900, 80, ("finish", {"summary": summary})))
@@ -407,7 +409,7 @@ def trajectory() -> dict[str, Any]:
             "textkit/slug.py",
             ("edit_file", {"path": "textkit/slug.py", "search": SLUG_OLD, "replace": SLUG_SEP}),
             ("write_file", {"path": "tests/test_slug_separator.py", "content": TEST_SLUG_SEP}),
-            summary="slugify takes a separator.", pad=2,
+            summary="slugify takes a separator.", pad=4,
         ),
         "cli/main": _work(
             "textkit/stats.py",

@@ -127,7 +127,7 @@ def test_load_specs_checks_ids_and_dependencies(tmp_path: Path) -> None:
     (specs / "README.md").write_text("not a spec")
     assert [s.id for s in load_specs(specs)] == ["a", "b"]
     write_spec(specs, "c.md", 'id = "c"\ntitle = "C"\ndepends_on = ["zzz"]')
-    with pytest.raises(SpecError, match="c.md:4: depends_on: depends on unknown spec 'zzz'"):
+    with pytest.raises(SpecError, match=r"c\.md:4: depends_on: depends on unknown spec 'zzz'"):
         load_specs(specs)
     write_spec(specs, "c.md", 'id = "a"\ntitle = "C"')
     with pytest.raises(SpecError, match="duplicate spec id 'a'"):
