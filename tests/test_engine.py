@@ -195,3 +195,19 @@ async def test_a_second_runner_is_refused(tmp_path: Path) -> None:
     finally:
         await second.close()
         await first.close()
+
+
+async def test_orphan_worktrees_are_reported_and_removed_at_start(tmp_path: Path) -> None:
+    root = build_demo(tmp_path)
+    stray = root / ".factory" / "worktrees" / "old--leftover"
+    stray.mkdir(parents=True)
+    (stray / "file.py").write_text("x = 1\n")
+    factory = await Factory.open(root)
+    try:
+        await factory.run(["cli"])
+        notices = [e.event.message for e in await factory.store.read_events(limit=100_000)
+                   if e.event.kind == "notice"]
+    finally:
+        await factory.close()
+    assert any("orphan worktree .factory/worktrees/old--leftover" in n for n in notices)
+    assert not stray.exists()

@@ -183,3 +183,21 @@ async def test_file_tools_stay_inside_the_worktree(store: Store, server: Scripte
                   if e.event.kind == "tool_executed")
     assert result.is_error and result.result.startswith("denied:")  # type: ignore[union-attr]
     assert not (repo.parent / "outside.txt").exists()
+
+
+async def test_fallback_model_after_retries_run_out(store: Store, server: ScriptedServer,
+                                                    repo: Path) -> None:
+    server.script(error(500, "down"), error(500, "still down"),
+                  call("finish", {"summary": "from the fallback"}))
+    fallback_router = ModelRouter(
+        roles={"implementer": "openai/gpt-4o"},
+        fallbacks={"openai/gpt-4o": ["openai/gpt-4o-mini"]},
+        api_base=server.api_base, api_key="k", max_retries=1, backoff_base=0.01)
+    agent = await runner(store, server, repo)
+    agent.router = fallback_router
+    result = await agent.run()
+    assert result.status == "finished"
+    assert [r["model"] for r in server.requests] == ["gpt-4o", "gpt-4o", "gpt-4o-mini"]
+    turn = next(e.event for e in await store.read_events(agent_id="s.t.1")
+                if e.event.kind == "agent_turn")
+    assert turn.model == "openai/gpt-4o-mini"  # type: ignore[union-attr]

@@ -16,18 +16,20 @@ from pathlib import Path
 from agents.sandbox.base import Limits, RunResult, StopReason
 
 
-async def _drain(stream: asyncio.StreamReader, sink: bytearray, budget: list[int]) -> bool:
-    """Read until EOF; return False as soon as the shared output budget is spent."""
+async def _drain(stream: asyncio.StreamReader, sink: bytearray, budget: list[int],
+                 overflow: asyncio.Event) -> None:
+    """Read until EOF; signal overflow as soon as the shared output budget is spent."""
     while True:
         chunk = await stream.read(65536)
         if not chunk:
-            return True
+            return
         room = budget[0]
         if room > 0:
             sink += chunk[:room]
         budget[0] = room - len(chunk)
         if budget[0] < 0:
-            return False
+            overflow.set()
+            return
 
 
 def _kill_group(proc: asyncio.subprocess.Process) -> None:
@@ -73,20 +75,30 @@ async def run_process(
         )
     out, err = bytearray(), bytearray()
     budget = [limits.output_bytes]
+    overflow = asyncio.Event()
     assert proc.stdout is not None and proc.stderr is not None
-    readers = asyncio.gather(_drain(proc.stdout, out, budget), _drain(proc.stderr, err, budget))
+    readers = asyncio.gather(_drain(proc.stdout, out, budget, overflow),
+                             _drain(proc.stderr, err, budget, overflow))
+    flooded = asyncio.ensure_future(overflow.wait())
     stop: StopReason = "exit"
     detail = ""
     try:
-        done, _ = await asyncio.wait({asyncio.ensure_future(readers)}, timeout=wall)
-        if not done:
-            stop, detail = "timeout", f"killed after {wall:g} s"
-        elif not all(readers.result()):
+        done, _ = await asyncio.wait({readers, flooded}, timeout=wall,
+                                     return_when=asyncio.FIRST_COMPLETED)
+        if overflow.is_set():
             stop, detail = "output_cap", f"output exceeded {limits.output_bytes} bytes"
+        elif not done:
+            stop, detail = "timeout", f"killed after {wall:g} s"
     finally:
+        flooded.cancel()
         if stop != "exit":
             _kill_group(proc)
-            readers.cancel()
+        if not readers.done():
+            # The group is dead (or the command finished): its pipes close promptly.
+            try:
+                await asyncio.wait_for(readers, timeout=5)
+            except (TimeoutError, asyncio.CancelledError):
+                readers.cancel()
         try:
             code = await asyncio.wait_for(proc.wait(), timeout=10)
         except TimeoutError:

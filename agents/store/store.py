@@ -27,7 +27,8 @@ from agents.store import projections
 from agents.store.schema import MIGRATIONS
 
 GENESIS = bytes(32)
-MAX_BATCH = 50000
+MAX_BATCH = 10000
+MAX_QUEUED = 2
 _PACK = struct.Struct("<qd")
 
 _INSERT_EVENT = (
@@ -120,10 +121,11 @@ class Store:
         self._pending: list[tuple[list[Event], asyncio.Future[int]]] = []
         self._listeners: list[Listener] = []
         self._closed = False
-        # At most one batch is being written on the database thread and one more is
-        # prepared behind it, so preparing overlaps with writing.
-        self._inflight: _Prepared | None = None
-        self._staged: _Prepared | None = None
+        # Batches handed to the database thread and not finished yet, in order. Up to
+        # MAX_QUEUED are handed over at once so that the thread goes from one commit to the
+        # next without waiting for the event loop; beyond that, appends gather into one
+        # larger batch (group commit).
+        self._queued: list[_Prepared] = []
         self._reloading = False
         self._recovery: asyncio.Future[None] | None = None
         self._idle = asyncio.Event()
@@ -208,20 +210,13 @@ class Store:
         return batch
 
     def _kick(self) -> None:
-        """Start the next write, or prepare the one behind it; called on append and on
-        completion, so a write begins at once instead of when a writer task is scheduled."""
+        """Hand pending appends to the database thread; called on append and on completion,
+        so a write starts at once rather than when some writer task is next scheduled."""
         if self._reloading:
             return
-        if self._inflight is None and self._staged is not None:
-            self._submit(self._staged)
-            self._staged = None
-        if self._pending and (self._inflight is None or self._staged is None):
-            prepared = self._prepare(self._take_batch())
-            if self._inflight is None:
-                self._submit(prepared)
-            else:
-                self._staged = prepared
-        if self._inflight is None and self._staged is None and not self._pending:
+        while self._pending and len(self._queued) < MAX_QUEUED:
+            self._submit(self._prepare(self._take_batch()))
+        if not self._queued and not self._pending:
             self._idle.set()
 
     def _submit(self, prepared: _Prepared) -> None:
@@ -231,26 +226,25 @@ class Store:
                 prepared.last_hash,
             )
         )
-        self._inflight = prepared
+        self._queued.append(prepared)
         prepared.write.add_done_callback(self._written)
 
     def _written(self, write: asyncio.Future[None]) -> None:
-        prepared, self._inflight = self._inflight, None
-        assert prepared is not None and prepared.write is write
+        prepared = self._queued.pop(0)
+        assert prepared.write is write
         error = write.exception() if not write.cancelled() else asyncio.CancelledError()
-        if error is None:
+        if error is None and not self._reloading:
             self._resolve(prepared)
             self._kick()
             return
         for _, fut in prepared.batch:
             if not fut.done():
-                fut.set_exception(error)
-        # The staged batch was prepared on top of state that never reached the disk.
-        if self._staged is not None:
-            self._pending[:0] = self._staged.batch
-            self._staged = None
+                fut.set_exception(error or StoreError(f"{self.path}: an earlier batch failed"))
+        # Batches queued behind a failed one find the chain head unmoved and fail too; once
+        # the last of them is back, the projections are re-read from what is on disk.
         self._reloading = True
-        self._recovery = asyncio.ensure_future(self._recover())
+        if not self._queued:
+            self._recovery = asyncio.ensure_future(self._recover())
 
     async def _recover(self) -> None:
         try:
@@ -305,6 +299,12 @@ class Store:
         conn: sqlite3.Connection = self._conn._conn  # type: ignore[attr-defined]
         conn.execute("BEGIN IMMEDIATE")
         try:
+            # A batch continues the chain exactly where the last committed one ended; if an
+            # earlier batch failed, this one must not commit on top of the gap.
+            head = conn.execute("SELECT last_id FROM chain_head WHERE one = 1").fetchone()
+            expected = rows[0][0] - 1 if rows else last_id
+            if (head[0] if head else 0) != expected:
+                raise StoreError(f"{self.path}: an earlier batch failed; not writing after it")
             conn.executemany(_INSERT_EVENT, rows)
             for table, changed in dirty.items():
                 conn.executemany(
