@@ -66,7 +66,7 @@ class _Prepared:
     batch: list[tuple[list[Event], asyncio.Future[int]]]
     rows: list[tuple[Any, ...]]
     stored: list[StoredEvent]
-    dirty: dict[str, list[projections.Row]]
+    dirty: dict[str, list[tuple[Any, ...]]]
     last_id: int
     last_hash: bytes
     write: asyncio.Future[None] | None = None
@@ -286,12 +286,15 @@ class Store:
             stored = [StoredEvent(first + i, ts, e)
                       for i, e in enumerate(e for events, _ in batch for e in events)]
         self._prepared_id, self._prepared_hash = last_id, last_hash
-        return _Prepared(batch, rows, stored, state.take_dirty(), last_id, last_hash)
+        # Rows are encoded here, on the loop's thread: the live dicts keep changing after.
+        dirty = {table: [projections.encode_row(table, r) for r in changed]
+                 for table, changed in state.take_dirty().items()}
+        return _Prepared(batch, rows, stored, dirty, last_id, last_hash)
 
     def _write_batch(
         self,
         rows: list[tuple[Any, ...]],
-        dirty: dict[str, list[projections.Row]],
+        dirty: dict[str, list[tuple[Any, ...]]],
         last_id: int,
         last_hash: bytes,
     ) -> None:
@@ -306,10 +309,8 @@ class Store:
             if (head[0] if head else 0) != expected:
                 raise StoreError(f"{self.path}: an earlier batch failed; not writing after it")
             conn.executemany(_INSERT_EVENT, rows)
-            for table, changed in dirty.items():
-                conn.executemany(
-                    _UPSERT[table], [projections.encode_row(table, r) for r in changed]
-                )
+            for table, encoded in dirty.items():
+                conn.executemany(_UPSERT[table], encoded)
             conn.execute(
                 "INSERT OR REPLACE INTO chain_head (one, last_id, last_hash) VALUES (1, ?, ?)",
                 (last_id, last_hash),
