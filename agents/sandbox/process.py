@@ -10,7 +10,7 @@ import asyncio
 import os
 import signal
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from agents.sandbox.base import Limits, RunResult, StopReason
@@ -49,6 +49,7 @@ async def run_process(
     limits: Limits,
     timeout: float | None = None,
     pass_fds: Sequence[int] = (),
+    preexec: Callable[[], None] | None = None,
 ) -> RunResult:
     """Run argv in its own process group; kill the whole group on timeout or output flood."""
     wall = min(timeout, limits.wall_seconds) if timeout else limits.wall_seconds
@@ -63,6 +64,7 @@ async def run_process(
             stderr=asyncio.subprocess.PIPE,
             start_new_session=True,
             pass_fds=tuple(pass_fds),
+            preexec_fn=preexec,
         )
     except (FileNotFoundError, PermissionError, NotADirectoryError) as exc:
         return RunResult(

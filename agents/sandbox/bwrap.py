@@ -1,0 +1,158 @@
+"""The `bwrap` backend: bubblewrap, deny by default, for reads as well as writes.
+
+Only what a toolchain needs is mounted, read-only: /usr (and the merged-/usr links), a short
+list of files from /etc, and the Python installation the engine runs on. The worktree is the
+only writable path besides a private /tmp; its `.git` file and `.factory.toml` are bound
+read-only on top of it, and the repository's own `.git` folder is not there at all. No
+network (a fresh, empty network namespace), a fresh pid namespace, no capabilities, a
+scrubbed environment, and pids/memory cgroups per command.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from agents.sandbox import cgroups
+from agents.sandbox.base import Limits, RunResult, SandboxContext, SandboxError
+from agents.sandbox.env import scrubbed_env
+from agents.sandbox.process import run_process
+
+# The dynamic linker's cache, the alternatives links under /usr/bin, and user names.
+ETC_FILES = ("ld.so.cache", "alternatives", "passwd", "group")
+
+
+def toolchain_paths() -> list[Path]:
+    """The Python the engine runs on (and its virtual environment), to mount read-only."""
+    paths = {Path(sys.base_prefix).resolve(), Path(sys.prefix).resolve(),
+             Path(sys.executable).resolve().parent.parent}
+    return sorted(p for p in paths if not str(p).startswith("/usr"))
+
+
+def strip_setuid(root: Path) -> list[str]:
+    """Clear setuid/setgid bits a command set in the worktree.
+
+    Inside the sandbox they grant nothing (no capabilities, no_new_privs), but the worktree
+    lives on the host's disk, where a root-owned setuid file would be a way up for anyone.
+    """
+    found: list[str] = []
+    stack = [root]
+    while stack:
+        with os.scandir(stack.pop()) as entries:
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False):
+                    if entry.name != ".git":
+                        stack.append(Path(entry.path))
+                elif entry.is_file(follow_symlinks=False):
+                    mode = entry.stat(follow_symlinks=False).st_mode
+                    if mode & (stat.S_ISUID | stat.S_ISGID):
+                        os.chmod(entry.path, stat.S_IMODE(mode) & ~(stat.S_ISUID | stat.S_ISGID))
+                        found.append(os.path.relpath(entry.path, root))
+    return found
+
+
+class BwrapSandbox:
+    name = "bwrap"
+
+    def __init__(self, ctx: SandboxContext, limits: Limits, binary: str,
+                 ro_paths: list[Path]) -> None:
+        self.ctx = ctx
+        self.limits = limits
+        self.binary = binary
+        self.ro_paths = ro_paths
+        # One pids+memory group per agent, made once: its ceilings bind every command the
+        # agent runs, and nothing a command leaves behind outlives it.
+        self.group = cgroups.create(ctx.agent_id.replace("/", "-")[:40],
+                                    memory_mb=limits.memory_mb,
+                                    max_processes=limits.max_processes)
+
+    def command(self, argv: Sequence[str], cwd: Path, env: Mapping[str, str]) -> list[str]:
+        worktree = self.ctx.worktree.resolve()
+        args = [self.binary, "--unshare-all", "--die-with-parent", "--new-session",
+                "--cap-drop", "ALL", "--clearenv",
+                "--ro-bind", "/usr", "/usr"]
+        for link in ("bin", "lib", "lib32", "lib64", "libx32", "sbin"):
+            path = Path("/") / link
+            if path.is_symlink():
+                args += ["--symlink", os.readlink(path), str(path)]
+            elif path.is_dir():
+                args += ["--ro-bind", str(path), str(path)]
+        for name in ETC_FILES:
+            if (Path("/etc") / name).exists():
+                args += ["--ro-bind", f"/etc/{name}", f"/etc/{name}"]
+        args += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
+        for path in self.ro_paths:
+            if path.exists():
+                args += ["--ro-bind", str(path), str(path)]
+        args += ["--bind", str(worktree), str(worktree)]
+        for path in self.ctx.read_only:
+            if path.exists() or path.is_symlink():
+                args += ["--ro-bind", str(path), str(path)]
+        for key, value in env.items():
+            args += ["--setenv", key, value]
+        # The sandbox's own root (where bwrap made the mount points) is read-only too.
+        args += ["--remount-ro", "/", "--chdir", str(cwd.resolve()), "--", *argv]
+        return args
+
+    async def run(
+        self,
+        argv: Sequence[str],
+        cwd: Path,
+        env: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+        limits: Limits | None = None,
+    ) -> RunResult:
+        limits = limits or self.limits
+        full_env = scrubbed_env(self.ctx.env_allow, extra=env)
+        command = self.command(argv, cwd, full_env)
+        group = self.group
+        kills = group.oom_kills()
+        try:
+            # The child joins the groups before it becomes bwrap: nothing runs outside them.
+            result = await run_process(command, cwd, {"PATH": "/usr/bin:/bin"}, limits,
+                                       timeout, preexec=group.join)
+        finally:
+            group.kill_all()
+        stripped = strip_setuid(self.ctx.worktree)
+        if stripped:
+            return RunResult(result.exit_code, result.stdout, result.stderr, result.duration,
+                             "denied", "removed the setuid/setgid bit from "
+                             + ", ".join(stripped[:5]))
+        if group.oom_kills() > kills:
+            return RunResult(None, result.stdout, result.stderr, result.duration, "memory",
+                             f"killed at the {limits.memory_mb} MB memory limit")
+        if result.stop == "exit" and result.exit_code == 1 and \
+                result.stderr.startswith("bwrap:"):
+            return RunResult(1, result.stdout, result.stderr, result.duration, "denied",
+                             result.stderr.strip())
+        return result
+
+    async def close(self) -> None:
+        self.group.remove()
+
+
+class BwrapBackend:
+    name = "bwrap"
+    confines = True
+
+    def __init__(self, limits: Limits | None = None, env_allow: Sequence[str] = (),
+                 ro_paths: Sequence[Path] | None = None) -> None:
+        binary = shutil.which("bwrap")
+        if binary is None:
+            raise SandboxError("bubblewrap is not installed (apt-get install bubblewrap)")
+        self.binary = binary
+        self.limits = limits or Limits()
+        self.env_allow = list(env_allow)
+        self.ro_paths = list(ro_paths) if ro_paths is not None else toolchain_paths()
+        reason = cgroups.available()
+        if reason is not None:
+            raise SandboxError(f"bwrap needs pids and memory cgroups for its limits: {reason}")
+
+    async def open(self, ctx: SandboxContext) -> BwrapSandbox:
+        if not ctx.env_allow:
+            ctx.env_allow = self.env_allow
+        return BwrapSandbox(ctx, self.limits, self.binary, self.ro_paths)
