@@ -11,6 +11,7 @@ import asyncio
 import json
 import os
 import random
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -51,10 +52,17 @@ class Completion:
 RetryHook = Callable[[str, int, int | None, float, str], Awaitable[None]]
 
 _litellm: Any = None
+_import_lock = threading.Lock()
 
 
 def litellm_module() -> Any:
     """Import litellm once, quietly, with the replay provider registered."""
+    global _litellm
+    with _import_lock:
+        return _litellm if _litellm is not None else _import_litellm()
+
+
+def _import_litellm() -> Any:
     global _litellm
     if _litellm is None:
         import litellm
@@ -141,7 +149,9 @@ class ModelRouter:
         metadata: dict[str, Any] | None = None,
         on_retry: RetryHook | None = None,
     ) -> Completion:
-        litellm = litellm_module()
+        # The first call pays litellm's import (seconds): do it off the event loop so that
+        # everything else keeps moving meanwhile.
+        litellm = _litellm if _litellm is not None else await asyncio.to_thread(litellm_module)
         primary = self.model_for(role)
         errors: list[str] = []
         for model in [primary, *self.fallbacks.get(primary, [])]:
