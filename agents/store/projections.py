@@ -327,8 +327,11 @@ def _agent_note(s: State, e: ev.AgentNote, ts: float) -> None:
 @on("tool_executed")
 def _tool_executed(s: State, e: ev.ToolExecuted, ts: float) -> None:
     aid = e.agent_id or ""
-    s.row("agents", aid)["last_tool"] = e.name
-    _count_message(s, aid, ts)
+    a = s.tables["agents"].get(aid) or s.row("agents", aid, messages=0)
+    s.dirty["agents"].add(aid)
+    a["last_tool"] = e.name
+    a["messages"] = (a["messages"] or 0) + 1
+    a["updated"] = ts
 
 
 @on("agent_finished")
@@ -343,17 +346,46 @@ def apply(state: State, event: Any, ts: float) -> None:
         handler(state, event, ts)
 
 
+def apply_batch(state: State, events: Iterable[Any], ts: float) -> None:
+    handlers = HANDLERS
+    for event in events:
+        handler = handlers.get(event.kind)
+        if handler is not None:
+            handler(state, event, ts)
+
+
 def apply_all(state: State, stream: Iterable[tuple[float, Any]]) -> State:
     for ts, event in stream:
         apply(state, event, ts)
     return state
 
 
+# JSON columns hold lists that handlers replace but never change in place, so the text of
+# a list can be kept by identity: rows are re-encoded every batch that touches them.
+_json_text: dict[int, tuple[Any, str]] = {}
+
+
+def _as_json(value: Any) -> str:
+    hit = _json_text.get(id(value))
+    if hit is not None and hit[0] is value:
+        return hit[1]
+    if len(_json_text) > 200_000:
+        _json_text.clear()
+    text = json.dumps(value)
+    _json_text[id(value)] = (value, text)
+    return text
+
+
+_ENCODERS: dict[str, list[bool]] = {
+    table: [c in JSON_COLUMNS for c in cols] for table, (_, cols) in TABLES.items()
+}
+
+
 def encode_row(table: str, row: Row) -> tuple[Any, ...]:
-    return tuple(
-        json.dumps(row[c]) if c in JSON_COLUMNS and row[c] is not None else row[c]
-        for c in TABLES[table][1]
-    )
+    values = list(row.values()) if len(row) == len(_ENCODERS[table]) else \
+        [row[c] for c in TABLES[table][1]]
+    return tuple(_as_json(v) if is_json and v is not None else v
+                 for v, is_json in zip(values, _ENCODERS[table], strict=True))
 
 
 def decode_row(table: str, values: Iterable[Any]) -> Row:

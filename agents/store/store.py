@@ -269,22 +269,21 @@ class Store:
         state = self.state
         last_id, last_hash = self._prepared_id, self._prepared_hash
         rows: list[tuple[Any, ...]] = []
-        apply = projections.apply
+        append = rows.append
         sha256, pack = hashlib.sha256, _PACK.pack
-        for events, _ in batch:
-            for event in events:
-                last_id += 1
-                data = event.__pydantic_serializer__.to_json(event)
-                digest = sha256(last_hash + pack(last_id, ts) + data).digest()
-                rows.append((last_id, ts, event.kind, event.spec_id, event.task_id,
-                             event.agent_id, data.decode(), last_hash, digest))
-                last_hash = digest
-                apply(state, event, ts)
+        flat = [e for events, _ in batch for e in events]
+        for event in flat:
+            last_id += 1
+            data = event.__pydantic_serializer__.to_json(event)
+            digest = sha256(last_hash + pack(last_id, ts) + data).digest()
+            append((last_id, ts, event.kind, event.spec_id, event.task_id, event.agent_id,
+                    data.decode(), last_hash, digest))
+            last_hash = digest
+        projections.apply_batch(state, flat, ts)
         stored: list[StoredEvent] = []
         if self._listeners:
             first = last_id - len(rows) + 1
-            stored = [StoredEvent(first + i, ts, e)
-                      for i, e in enumerate(e for events, _ in batch for e in events)]
+            stored = [StoredEvent(first + i, ts, e) for i, e in enumerate(flat)]
         self._prepared_id, self._prepared_hash = last_id, last_hash
         # Rows are encoded here, on the loop's thread: the live dicts keep changing after.
         dirty = {table: [projections.encode_row(table, r) for r in changed]
