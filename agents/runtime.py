@@ -147,6 +147,11 @@ class AgentRunner:
                 last_call_tokens = completion.tokens_in + completion.tokens_out
                 last_call_cost = completion.cost_usd
                 messages.append(completion.message)
+                # The previous step must be on disk before this one is recorded and its tools
+                # touch anything; the wait overlapped with the model call.
+                if previous is not None:
+                    await previous
+                    previous = None
                 self._emit(ev.AgentTurn(
                     **self._ids, step=step, model=completion.model, message=completion.message,
                     tokens_in=completion.tokens_in, tokens_out=completion.tokens_out,
@@ -164,10 +169,9 @@ class AgentRunner:
                 if idle >= self.limits.stuck_idle_steps:
                     return await self._stuck(f"{idle} steps without a change", step)
                 continue
-            # The previous step must be on disk before this step's tools touch anything; the
-            # wait overlaps with the model call that just happened.
-            if previous is not None:
+            if previous is not None:  # resumed tool calls, or a nudge: no model call between
                 await previous
+                previous = None
             changed = False
             last: asyncio.Future[int] | None = None
             for call_id, name, arguments in calls:

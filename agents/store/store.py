@@ -127,6 +127,7 @@ class Store:
         # larger batch (group commit).
         self._queued: list[_Prepared] = []
         self._reloading = False
+        self._kick_scheduled = False
         self._recovery: asyncio.Future[None] | None = None
         self._idle = asyncio.Event()
         self._idle.set()
@@ -183,7 +184,11 @@ class Store:
             self._pending.append((items[start:start + MAX_BATCH], fut))
             futures.append(fut)
         self._idle.clear()
-        self._kick()
+        if not self._kick_scheduled:
+            # Kick when the caller next yields: appends made until then (a model turn and
+            # the results of the tools it called) share one transaction.
+            self._kick_scheduled = True
+            loop.call_soon(self._scheduled_kick)
         if len(futures) == 1:
             return futures[0]
         combined: asyncio.Future[int] = loop.create_future()
@@ -208,6 +213,10 @@ class Store:
             batch.append(item)
             size += len(item[0])
         return batch
+
+    def _scheduled_kick(self) -> None:
+        self._kick_scheduled = False
+        self._kick()
 
     def _kick(self) -> None:
         """Hand pending appends to the database thread; called on append and on completion,
