@@ -10,26 +10,29 @@ from __future__ import annotations
 
 import asyncio
 import difflib
+import hashlib
 import itertools
 import os
 import shutil
 import stat
+import struct
 import time
+import zlib
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
 
 import git
 from git.index import IndexFile
+from git.index.fun import write_cache
+from git.index.typ import IndexEntry
 from git.objects.fun import tree_entries_from_data, tree_to_stream
-from gitdb import IStream
-from gitdb.db import LooseObjectDB
 
 from agents.errors import FactoryError
-from agents.gitcmd import GitError
 from agents.gitcmd import git as run_git
 
 TREE_MODE = 0o040000
+_STAT_TIME = struct.Struct(">LL")
 _counter = itertools.count()
 AUTHOR = "Factory <factory@localhost>"
 
@@ -84,8 +87,8 @@ class Workspace:
         except (git.InvalidGitRepositoryError, git.NoSuchPathError) as exc:
             raise FactoryError(f"{root}: not a git repository (run `git init` first)") from exc
         self.common_dir = Path(self.repo.common_dir).resolve()
-        # Written in-process (gitpython's own odb shells out to `git hash-object` per object).
-        self._loose = LooseObjectDB(str(self.common_dir / "objects"))
+        # Objects are written in-process (gitpython's odb shells out to `git hash-object`).
+        self._objects = self.common_dir / "objects"
         # Git objects never change, so what was read once can be kept.
         self._object_cache: dict[bytes, bytes] = {}
         self._ignores: dict[Path, list[str]] = {}
@@ -121,23 +124,79 @@ class Workspace:
         return self.worktrees_dir / f"{spec_id}--{task_id}"
 
     async def create(self, spec_id: str, task_id: str, base: str | None = None) -> Worktree:
-        """A fresh worktree on a fresh branch from main's head (or base)."""
+        """A fresh worktree on a fresh branch from main's head (or base).
+
+        Made in-process, exactly as `git worktree add -b` lays it out (the branch ref, the
+        record under .git/worktrees, the `.git` pointer, the files and an index with their
+        stat data): it saves a git process and most of the per-agent fixed cost.
+        """
         path = self.worktree_path(spec_id, task_id)
         branch = branch_name(spec_id, task_id)
         base = base or self.main_head()
-        if path.exists():
-            raise WorkspaceError(f"cannot create worktree {path}: the path already exists")
-        if self.branch_exists(branch):
-            raise WorkspaceError(f"cannot create branch {branch}: a branch of that name exists")
-        self.worktrees_dir.mkdir(parents=True, exist_ok=True)
-        try:
-            async with self.add_lock:
-                await run_git("worktree", "add", "-q", "-b", branch, str(path), base,
-                              cwd=self.root)
-        except GitError as exc:
-            raise WorkspaceError(f"cannot create worktree for {branch}: {exc.stderr.strip()}") \
-                from exc
+        async with self.add_lock:
+            if path.exists():
+                raise WorkspaceError(f"cannot create worktree {path}: the path already exists")
+            if self.branch_exists(branch):
+                raise WorkspaceError(
+                    f"cannot create branch {branch}: a branch of that name exists")
+            admin = self.common_dir / "worktrees" / path.name
+            if admin.exists():
+                raise WorkspaceError(f"cannot create worktree {path}: git already records a "
+                                     f"worktree named {path.name} (run `git worktree prune`)")
+            try:
+                self._add_worktree(path, admin, branch, base)
+            except (OSError, ValueError) as exc:
+                shutil.rmtree(path, ignore_errors=True)
+                raise WorkspaceError(f"cannot create worktree for {branch}: {exc}") from exc
         return Worktree(path, branch, base)
+
+    def _add_worktree(self, path: Path, admin: Path, branch: str, base: str) -> None:
+        self._set_ref(f"refs/heads/{branch}", base, None)
+        path.mkdir(parents=True)
+        entries = []
+        commit = self._read(bytes.fromhex(base))
+        tree = bytes.fromhex(commit.split(b"\n", 1)[0].split(b" ")[1].decode())
+        for rel, binsha, mode in self._tree_files(tree, ""):
+            target = path / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            data = self._read(binsha)
+            if mode == 0o120000:
+                os.symlink(data.decode(), target)
+            else:
+                target.write_bytes(data)
+                if mode == 0o100755:
+                    os.chmod(target, 0o755)
+            st = os.lstat(target)
+            entries.append(IndexEntry((
+                mode, binsha, 0, rel,
+                _STAT_TIME.pack(int(st.st_ctime), st.st_ctime_ns % 1_000_000_000),
+                _STAT_TIME.pack(int(st.st_mtime), st.st_mtime_ns % 1_000_000_000),
+                st.st_dev & 0xFFFFFFFF, st.st_ino & 0xFFFFFFFF, st.st_uid, st.st_gid,
+                st.st_size & 0xFFFFFFFF,
+            )))
+        # The record is assembled aside and renamed into .git/worktrees in one step, so a
+        # git process listing worktrees never meets it half written.
+        staging = self.common_dir / "factory-trash" / f"new-{path.name}-{next(_counter)}"
+        staging.mkdir(parents=True)
+        (staging / "HEAD").write_text(f"ref: refs/heads/{branch}\n")
+        (staging / "commondir").write_text("../..\n")
+        (staging / "gitdir").write_text(f"{path}/.git\n")
+        entries.sort(key=lambda e: e.path.encode())
+        with open(staging / "index", "wb") as stream:
+            write_cache(entries, stream)
+        admin.parent.mkdir(exist_ok=True)
+        os.rename(staging, admin)
+        (path / ".git").write_text(f"gitdir: {admin}\n")
+
+    def _tree_files(self, tree: bytes, prefix: str) -> list[tuple[str, bytes, int]]:
+        out: list[tuple[str, bytes, int]] = []
+        for binsha, mode, name in tree_entries_from_data(self._read(tree)):
+            rel = f"{prefix}{name}"
+            if mode == TREE_MODE:
+                out.extend(self._tree_files(binsha, rel + "/"))
+            elif mode != 0o160000:  # submodules are not checked out
+                out.append((rel, binsha, mode))
+        return out
 
     def attach(self, spec_id: str, task_id: str, base: str) -> Worktree | None:
         """The existing worktree of an interrupted task, if it survived."""
@@ -265,7 +324,23 @@ class Workspace:
         return cache
 
     def _store(self, kind: bytes, data: bytes) -> bytes:
-        return self._loose.store(IStream(kind, len(data), BytesIO(data))).binsha
+        """Write a loose object (zlib of "<kind> <size>\\0<data>", named by its SHA-1)."""
+        raw = kind + b" " + str(len(data)).encode() + b"\0" + data
+        binsha = hashlib.sha1(raw).digest()
+        hexsha = binsha.hex()
+        folder = self._objects / hexsha[:2]
+        target = folder / hexsha[2:]
+        if target.exists():
+            return binsha
+        folder.mkdir(exist_ok=True)
+        tmp = folder / f"tmp_obj_{os.getpid()}_{next(_counter)}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444)
+        try:
+            os.write(fd, zlib.compress(raw, 1))
+        finally:
+            os.close(fd)
+        os.replace(tmp, target)
+        return binsha
 
     def _read(self, binsha: bytes) -> bytes:
         found = self._object_cache.get(binsha)
@@ -366,9 +441,11 @@ class Workspace:
         self._set_ref(f"refs/heads/{wt.branch}", sha, wt.base_commit)
         return CommitInfo(sha, sorted(changes), insertions, deletions)
 
-    def _set_ref(self, ref: str, new: str, old: str) -> None:
-        """Move a loose ref from old to new under git's own lock-file protocol."""
+    def _set_ref(self, ref: str, new: str, old: str | None) -> None:
+        """Move a loose ref from old (None: must not exist) to new, under git's lock-file
+        protocol."""
         path = self.common_dir / ref
+        path.parent.mkdir(parents=True, exist_ok=True)
         lock = path.with_name(path.name + ".lock")
         try:
             fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
