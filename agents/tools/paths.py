@@ -7,6 +7,7 @@ anything the engine keeps for itself (git metadata, the factory configuration).
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -17,10 +18,15 @@ class PathDenied(Exception):
     pass
 
 
+@functools.lru_cache(maxsize=4096)
+def _real_root(worktree: Path) -> Path:
+    return Path(os.path.realpath(worktree))
+
+
 def resolve_inside(worktree: Path, raw: str, *, for_write: bool = False) -> Path:
     if not raw or "\0" in raw:
         raise PathDenied("a non-empty path is required")
-    root = Path(os.path.realpath(worktree))
+    root = _real_root(worktree)
     candidate = Path(raw)
     if candidate.is_absolute():
         try:
