@@ -10,17 +10,20 @@ scrubbed environment, and pids/memory cgroups per command.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import stat
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from agents.sandbox import cgroups
 from agents.sandbox.base import Limits, RunResult, SandboxContext, SandboxError
 from agents.sandbox.env import scrubbed_env
-from agents.sandbox.process import run_process
+from agents.sandbox.launcher import Launcher, discard_fds, make_pipe
+from agents.sandbox.process import supervise
 
 # The dynamic linker's cache, the alternatives links under /usr/bin, and user names.
 ETC_FILES = ("ld.so.cache", "alternatives", "passwd", "group")
@@ -69,6 +72,7 @@ class BwrapSandbox:
         self.group = cgroups.create(ctx.agent_id.replace("/", "-")[:40],
                                     memory_mb=limits.memory_mb,
                                     max_processes=limits.max_processes)
+        self.launcher: Launcher | None = None
 
     def command(self, argv: Sequence[str], cwd: Path, env: Mapping[str, str]) -> list[str]:
         worktree = self.ctx.worktree.resolve()
@@ -111,12 +115,39 @@ class BwrapSandbox:
         command = self.command(argv, cwd, full_env)
         group = self.group
         kills = group.oom_kills()
+        if self.launcher is None or self.launcher.proc.returncode is not None:
+            # Started once, inside the agent's groups: commands inherit them for free.
+            # (Started again if a memory kill took it down.)
+            self.launcher = await Launcher.start(group.join)
+        wall = min(timeout, limits.wall_seconds) if timeout else limits.wall_seconds
+        started = time.perf_counter()
+        out_read, out_write = make_pipe()
+        err_read, err_write = make_pipe()
         try:
-            # The child joins the groups before it becomes bwrap: nothing runs outside them.
-            result = await run_process(command, cwd, {"PATH": "/usr/bin:/bin"}, limits,
-                                       timeout, preexec=group.join)
+            pid, exited = await self.launcher.spawn(command, cwd, {"PATH": "/usr/bin:/bin"},
+                                                    out_write, err_write)
+        except (OSError, ConnectionError) as exc:
+            discard_fds(out_read, out_write, err_read, err_write)
+            return RunResult(None, "", str(exc), time.perf_counter() - started, "denied",
+                             f"could not start the sandbox: {exc}")
+        discard_fds(out_write, err_write)
+        loop = asyncio.get_running_loop()
+        transports = []
+        try:
+            streams = []
+            for fd in (out_read, err_read):
+                reader = asyncio.StreamReader(limit=1 << 20)
+                transport, _ = await loop.connect_read_pipe(
+                    lambda r=reader: asyncio.StreamReaderProtocol(r),  # type: ignore[misc]
+                    os.fdopen(fd, "rb", 0))
+                transports.append(transport)
+                streams.append(reader)
+            result = await supervise(pid, streams[0], streams[1], exited, limits, wall,
+                                     started)
         finally:
-            group.kill_all()
+            for transport in transports:
+                transport.close()
+            group.kill_all(keep=self.launcher.proc.pid)
         stripped = strip_setuid(self.ctx.worktree)
         if stripped:
             return RunResult(result.exit_code, result.stdout, result.stderr, result.duration,
@@ -132,6 +163,8 @@ class BwrapSandbox:
         return result
 
     async def close(self) -> None:
+        if self.launcher is not None:
+            await self.launcher.close()
         self.group.remove()
 
 

@@ -66,19 +66,23 @@ class CgroupLimits:
         for procs in self.procs_files():
             procs.write_text(pid)
 
-    def kill_all(self) -> None:
-        """SIGKILL everything still in the groups (daemons a command left behind)."""
+    def kill_all(self, keep: int | None = None) -> None:
+        """SIGKILL everything still alive in the groups (what a command left behind).
+
+        Processes that have already exited may stay listed for a moment while the kernel
+        reaps them; they are not waited for.
+        """
         for attempt in range(200):
             pids = set()
             for procs in self.procs_files():
                 with contextlib.suppress(OSError, ValueError):
                     pids.update(int(p) for p in procs.read_text().split())
-            if not pids:
+            alive = [pid for pid in pids if pid != keep and _alive(pid)]
+            if not alive:
                 return
-            for pid in pids:
+            for pid in alive:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.kill(pid, signal.SIGKILL)
-            # Exiting processes linger in the group for a moment: look again soon.
             time.sleep(0.0005 if attempt < 20 else 0.01)
 
     def remove(self) -> None:
@@ -92,6 +96,15 @@ class CgroupLimits:
                     break
                 except OSError:
                     time.sleep(0.01)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    state = stat[stat.rfind(")") + 2:stat.rfind(")") + 3]
+    return state not in ("Z", "X")
 
 
 def available() -> str | None:

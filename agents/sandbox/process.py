@@ -10,7 +10,7 @@ import asyncio
 import os
 import signal
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 
 from agents.sandbox.base import Limits, RunResult, StopReason
@@ -30,16 +30,6 @@ async def _drain(stream: asyncio.StreamReader, sink: bytearray, budget: list[int
         if budget[0] < 0:
             overflow.set()
             return
-
-
-def _kill_group(proc: asyncio.subprocess.Process) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        try:
-            proc.kill()
-        except ProcessLookupError:
-            pass
 
 
 async def run_process(
@@ -75,12 +65,38 @@ async def run_process(
             stop="denied",
             detail=f"could not start {argv[0]!r}: {exc}",
         )
+    assert proc.stdout is not None and proc.stderr is not None
+    return await supervise(proc.pid, proc.stdout, proc.stderr, proc.wait(), limits, wall,
+                           started)
+
+
+def _killpg(pid: int) -> None:
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+async def supervise(
+    pid: int,
+    stdout: asyncio.StreamReader,
+    stderr: asyncio.StreamReader,
+    exited: Awaitable[int],
+    limits: Limits,
+    wall: float,
+    started: float,
+) -> RunResult:
+    """Collect a started command's output under the limits; kill its group when it must stop.
+
+    The command leads its own process group (pid), so killing the group reaches whatever
+    it started too.
+    """
     out, err = bytearray(), bytearray()
     budget = [limits.output_bytes]
     overflow = asyncio.Event()
-    assert proc.stdout is not None and proc.stderr is not None
-    readers = asyncio.gather(_drain(proc.stdout, out, budget, overflow),
-                             _drain(proc.stderr, err, budget, overflow))
+    exit_code = asyncio.ensure_future(exited)
+    readers = asyncio.gather(_drain(stdout, out, budget, overflow),
+                             _drain(stderr, err, budget, overflow))
     flooded = asyncio.ensure_future(overflow.wait())
     stop: StopReason = "exit"
     detail = ""
@@ -94,7 +110,7 @@ async def run_process(
     finally:
         flooded.cancel()
         if stop != "exit":
-            _kill_group(proc)
+            _killpg(pid)
         if not readers.done():
             # The group is dead (or the command finished): its pipes close promptly.
             try:
@@ -102,16 +118,13 @@ async def run_process(
             except (TimeoutError, asyncio.CancelledError):
                 readers.cancel()
         try:
-            code = await asyncio.wait_for(proc.wait(), timeout=10)
+            code = await asyncio.wait_for(asyncio.shield(exit_code), timeout=10)
         except TimeoutError:
-            _kill_group(proc)
-            code = await proc.wait()
+            _killpg(pid)
+            code = await exit_code
         # Descendants that outlived the leader would keep pipes or CPU busy.
         if stop == "exit":
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
+            _killpg(pid)
     return RunResult(
         exit_code=code if stop == "exit" else None,
         stdout=out.decode("utf-8", "replace"),
