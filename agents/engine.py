@@ -154,6 +154,12 @@ class Factory:
                 message=f"orphan worktree {path.relative_to(self.root)} (no running task owns "
                 "it): removed"))
             self.ws.remove(path)
+        # Only the engine writes factory/* refs, and it holds the run lock: a lock file left
+        # there was left by a crash.
+        refs = self.ws.common_dir / "refs" / "heads" / "factory"
+        if refs.is_dir():
+            for lock in refs.rglob("*.lock"):
+                lock.unlink(missing_ok=True)
         scratch = self.root / ".factory" / "landing"
         if scratch.is_dir():
             for path in scratch.iterdir():
