@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -184,8 +185,12 @@ class Orchestrator:
             budget=self.budget_for(spec.id, agent_id), tool_names=READ_ONLY_TOOLS,
             custom_tools={"submit_plan": collector}, extra_specs=[SUBMIT_PLAN_SPEC],
         )
-        async with self.slots:
-            result = await runner.run()
+        await self._recover_plan(agent_id, collector)
+        if collector.tasks is None:
+            async with self.slots:
+                result = await runner.run()
+        else:
+            result = AgentResult("finished", "plan recovered from the record")
         if collector.tasks is None:
             await self.emit(ev.PlanRejected(spec_id=spec.id,
                                             reason=f"planner {result.status}: {result.summary}"))
@@ -193,6 +198,18 @@ class Orchestrator:
         await self.emit(ev.PlanAccepted(spec_id=spec.id, tasks=collector.tasks,
                                         digest=plan_digest(collector.tasks)))
         return True
+
+    async def _recover_plan(self, agent_id: str, collector: PlanCollector) -> None:
+        """A planner cut short after its plan was accepted: take the plan from its record
+        instead of asking the model again."""
+        messages = await self.store.messages(agent_id)
+        results = {m.get("tool_call_id"): m.get("content") or "" for m in messages
+                   if m.get("role") == "tool"}
+        for message in messages:
+            for call in message.get("tool_calls") or []:
+                if call["function"]["name"] == "submit_plan" and \
+                        str(results.get(call["id"], "")).startswith("plan accepted"):
+                    collector(json.loads(call["function"]["arguments"]))
 
     async def _run_tasks(self, spec: Spec) -> None:
         tasks = {t["task_id"]: t for t in self.store.rows("tasks") if t["spec_id"] == spec.id}
@@ -287,7 +304,14 @@ class Orchestrator:
             self.ws.remove(wt.path)
             await self.emit(ev.WorktreeRemoved(**ids, path=str(wt.path)))
             return
-        info = await self._commit(spec, row, agent_id, wt)
+        try:
+            info = await self._commit(spec, row, agent_id, wt)
+        except WorkspaceError as exc:
+            self.ws.remove(wt.path)
+            await self.emit(ev.WorktreeRemoved(**ids, path=str(wt.path)))
+            await self.emit(ev.TaskFailed(**ids, reason=f"could not commit: {exc}",
+                                          will_retry=attempt <= self.config.run.task_retries))
+            return
         self.ws.remove(wt.path)
         await self.emit(ev.WorktreeRemoved(**ids, path=str(wt.path)))
         if info is None:

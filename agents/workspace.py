@@ -186,7 +186,9 @@ class Workspace:
             write_cache(entries, stream)
         admin.parent.mkdir(exist_ok=True)
         os.rename(staging, admin)
-        (path / ".git").write_text(f"gitdir: {admin}\n")
+        pointer = path / ".git.factory-tmp"
+        pointer.write_text(f"gitdir: {admin}\n")
+        os.replace(pointer, path / ".git")
 
     def _tree_files(self, tree: bytes, prefix: str) -> list[tuple[str, bytes, int]]:
         out: list[tuple[str, bytes, int]] = []
@@ -201,9 +203,11 @@ class Workspace:
     def attach(self, spec_id: str, task_id: str, base: str) -> Worktree | None:
         """The existing worktree of an interrupted task, if it survived."""
         path = self.worktree_path(spec_id, task_id)
-        if (path / ".git").is_file():
+        admin = self._admin_dir(path)
+        if admin is not None and (admin / "index").is_file() and \
+                self.branch_exists(branch_name(spec_id, task_id)):
             return Worktree(path, branch_name(spec_id, task_id), base)
-        return None
+        return None  # missing, or its creation was cut short
 
     def _admin_dir(self, path: Path) -> Path | None:
         try:

@@ -72,13 +72,18 @@ def test_sigkill_and_restart(tmp_path: Path, kill_after: tuple[str, int]) -> Non
     landed_events = conn.execute(
         "SELECT spec_id || '/' || task_id, count(*) FROM events WHERE kind = 'branch_landed' "
         "GROUP BY 1").fetchall()
+    reasons = conn.execute("SELECT key, status, reason FROM tasks").fetchall()
     rejected = dict(conn.execute(
         "SELECT spec_id || '/' || task_id, json_extract(data, '$.gate') FROM events "
         "WHERE kind = 'branch_rejected'").fetchall())
     conn.close()
     assert all(n == 1 for _, n in landed_events), landed_events
     landed = {k for k, _ in landed_events}
-    check_outcome(landed, rejected)
+    assert {k for k, status, _ in reasons if status == "landed"} == landed, reasons
+    try:
+        check_outcome(landed, rejected)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; tasks: {reasons}") from None
     # Main holds each landed task exactly once.
     tasks = [line for line in git(root, "log", "--first-parent", "main",
                                   "--format=%(trailers:key=Factory-Task,valueonly)").split("\n")
