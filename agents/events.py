@@ -252,6 +252,66 @@ class AgentFinished(_Event):
     summary: str = ""
 
 
+# -- merge queue -----------------------------------------------------------------------------
+
+
+class QueueEntered(_Event):
+    """A committed branch waits its turn to land; approval is asked here when the risk or the
+    configuration wants a person to look."""
+
+    kind: Literal["queue_entered"] = "queue_entered"
+    branch: str
+    commit: str
+    risk: Literal["low", "medium", "high"]
+    risk_reasons: list[str] = []
+    needs_approval: bool = False
+
+
+class ApprovalDecided(_Event):
+    kind: Literal["approval_decided"] = "approval_decided"
+    approved: bool
+    by: str = "console"
+    reason: str = ""
+
+
+class QueueReordered(_Event):
+    """The waiting entries' new order (task keys, first lands first)."""
+
+    kind: Literal["queue_reordered"] = "queue_reordered"
+    order: list[str]
+
+
+class QueueRetried(_Event):
+    """A rejected entry goes back into the queue with the same commit."""
+
+    kind: Literal["queue_retried"] = "queue_retried"
+    branch: str
+
+
+# -- conflict forecasting --------------------------------------------------------------------
+
+
+class ConflictChecked(_Event):
+    """Whether two open branches would conflict if both landed, as of these two heads."""
+
+    kind: Literal["conflict_checked"] = "conflict_checked"
+    a: str
+    b: str
+    a_head: str
+    b_head: str
+    conflicts: bool
+    files: list[str] = []
+
+
+class ConflictClosed(_Event):
+    """The pair is no longer open (one side landed, was rejected or removed)."""
+
+    kind: Literal["conflict_closed"] = "conflict_closed"
+    a: str
+    b: str
+    reason: str = ""
+
+
 Event = Annotated[
     RunStarted
     | RunFinished
@@ -279,7 +339,13 @@ Event = Annotated[
     | ModelRetry
     | BudgetStop
     | AgentStuck
-    | AgentFinished,
+    | AgentFinished
+    | QueueEntered
+    | ApprovalDecided
+    | QueueReordered
+    | QueueRetried
+    | ConflictChecked
+    | ConflictClosed,
     Field(discriminator="kind"),
 ]
 

@@ -34,15 +34,26 @@ TABLES: dict[str, tuple[str, tuple[str, ...]]] = {
                           "updated")),
     "gates": ("key", ("key", "task_key", "gate", "passed", "detail", "duration", "updated")),
     "budgets": ("key", ("key", "scope", "owner", "tokens", "cost")),
+    "queue": ("key", ("key", "spec_id", "task_id", "branch", "commit_sha", "position", "status",
+                      "risk", "risk_reasons", "approval", "reason", "entered", "updated")),
+    "conflicts": ("key", ("key", "a", "b", "a_head", "b_head", "status", "files", "updated")),
 }
 
-JSON_COLUMNS = {"specs", "depends_on", "paths", "acceptance", "files"}
+JSON_COLUMNS = {"specs", "depends_on", "paths", "acceptance", "files", "risk_reasons"}
 
 Row = dict[str, Any]
 
 
 def task_key(spec_id: str | None, task_id: str | None) -> str:
     return f"{spec_id}/{task_id}"
+
+
+def pair_key(a: str, b: str) -> str:
+    """One key per unordered pair of branches."""
+    return " ".join(sorted((a, b)))
+
+
+QUEUE_OPEN = ("queued", "awaiting_approval", "landing")
 
 
 @dataclass
@@ -256,6 +267,74 @@ def _branch_committed(s: State, e: ev.BranchCommitted, ts: float) -> None:
 def _landing_started(s: State, e: ev.LandingStarted, ts: float) -> None:
     _set_task(s, e, ts, status="landing")
     s.row("branches", e.branch).update(status="landing", updated=ts)
+    _queue_status(s, e, ts, "landing")
+
+
+def _queue_status(s: State, e: ev._Event, ts: float, status: str, reason: str = "") -> None:
+    key = task_key(e.spec_id, e.task_id)
+    if key in s.tables["queue"]:
+        s.row("queue", key).update(status=status, reason=reason, updated=ts)
+
+
+@on("queue_entered")
+def _queue_entered(s: State, e: ev.QueueEntered, ts: float) -> None:
+    key = task_key(e.spec_id, e.task_id)
+    existing = s.get("queue", key)
+    if existing is not None and existing["status"] in QUEUE_OPEN:
+        position = existing["position"]
+    else:
+        position = 1 + max((q["position"] or 0 for q in s.tables["queue"].values()), default=0)
+    s.row("queue", key).update(
+        spec_id=e.spec_id, task_id=e.task_id, branch=e.branch, commit_sha=e.commit,
+        position=position, status="awaiting_approval" if e.needs_approval else "queued",
+        risk=e.risk, risk_reasons=e.risk_reasons,
+        approval="pending" if e.needs_approval else "not_required", reason="", entered=ts,
+        updated=ts,
+    )
+
+
+@on("approval_decided")
+def _approval_decided(s: State, e: ev.ApprovalDecided, ts: float) -> None:
+    key = task_key(e.spec_id, e.task_id)
+    if key in s.tables["queue"]:
+        s.row("queue", key).update(
+            approval="approved" if e.approved else "rejected",
+            status="queued" if e.approved else "rejected", reason=e.reason, updated=ts)
+
+
+@on("queue_reordered")
+def _queue_reordered(s: State, e: ev.QueueReordered, ts: float) -> None:
+    queue = s.tables["queue"]
+    positions = sorted(queue[k]["position"] for k in e.order if k in queue)
+    for key, position in zip((k for k in e.order if k in queue), positions, strict=True):
+        s.row("queue", key).update(position=position, updated=ts)
+
+
+@on("queue_retried")
+def _queue_retried(s: State, e: ev.QueueRetried, ts: float) -> None:
+    _set_task(s, e, ts, status="committed", reason="")
+    s.row("branches", e.branch).update(status="open", gate=None, reason="", updated=ts)
+    key = task_key(e.spec_id, e.task_id)
+    if key in s.tables["queue"]:
+        position = 1 + max((q["position"] or 0 for q in s.tables["queue"].values()), default=0)
+        s.row("queue", key).update(status="queued", position=position, reason="", updated=ts)
+    _spec_counts(s, e.spec_id, ts)
+
+
+@on("conflict_checked")
+def _conflict_checked(s: State, e: ev.ConflictChecked, ts: float) -> None:
+    a, b = sorted((e.a, e.b))
+    heads = (e.a_head, e.b_head) if a == e.a else (e.b_head, e.a_head)
+    s.row("conflicts", pair_key(a, b)).update(
+        a=a, b=b, a_head=heads[0], b_head=heads[1],
+        status="conflict" if e.conflicts else "clean", files=e.files, updated=ts)
+
+
+@on("conflict_closed")
+def _conflict_closed(s: State, e: ev.ConflictClosed, ts: float) -> None:
+    key = pair_key(e.a, e.b)
+    if key in s.tables["conflicts"]:
+        s.row("conflicts", key).update(status="closed", updated=ts)
 
 
 @on("gate_result")
@@ -271,6 +350,7 @@ def _gate_result(s: State, e: ev.GateResult, ts: float) -> None:
 def _branch_landed(s: State, e: ev.BranchLanded, ts: float) -> None:
     _set_task(s, e, ts, status="landed", landed_commit=e.main_after, reason="")
     s.row("branches", e.branch).update(status="landed", landed_commit=e.main_after, updated=ts)
+    _queue_status(s, e, ts, "landed")
     _spec_counts(s, e.spec_id, ts)
 
 
@@ -279,6 +359,7 @@ def _branch_rejected(s: State, e: ev.BranchRejected, ts: float) -> None:
     _set_task(s, e, ts, status="rejected", reason=f"{e.gate}: {e.reason}")
     s.row("branches", e.branch).update(status="rejected", gate=e.gate, reason=e.reason,
                                         updated=ts)
+    _queue_status(s, e, ts, "rejected", f"{e.gate}: {e.reason}")
     _spec_counts(s, e.spec_id, ts)
 
 

@@ -59,4 +59,16 @@ MIGRATIONS: list[str] = [
         key TEXT PRIMARY KEY, scope TEXT, owner TEXT, tokens INTEGER, cost REAL
     );
     """,
+    # 2: the merge queue and the conflict forecast.
+    """
+    CREATE TABLE queue (
+        key TEXT PRIMARY KEY, spec_id TEXT, task_id TEXT, branch TEXT, commit_sha TEXT,
+        position INTEGER, status TEXT, risk TEXT, risk_reasons TEXT, approval TEXT,
+        reason TEXT, entered REAL, updated REAL
+    );
+    CREATE TABLE conflicts (
+        key TEXT PRIMARY KEY, a TEXT, b TEXT, a_head TEXT, b_head TEXT, status TEXT,
+        files TEXT, updated REAL
+    );
+    """,
 ]
