@@ -74,6 +74,12 @@ class RepoConfig(_Section):
     specs_dir: str = "specs"
 
 
+class QueueConfig(_Section):
+    # Which entries wait for a person before they land: "never", "high" (high risk only),
+    # "medium" (medium and high) or "always".
+    approval: Literal["never", "high", "medium", "always"] = "never"
+
+
 class StoreConfig(_Section):
     path: str = ".factory/factory.db"
 
@@ -84,6 +90,7 @@ class FactoryConfig(_Section):
     budgets: BudgetsConfig = BudgetsConfig()
     sandbox: SandboxConfig = SandboxConfig()
     repo: RepoConfig = RepoConfig()
+    queue: QueueConfig = QueueConfig()
     store: StoreConfig = StoreConfig()
 
     _root: Path = PrivateAttr(default_factory=Path.cwd)
@@ -269,6 +276,11 @@ main_branch = "main"
 # What must pass before a branch lands, run in the sandbox on the merged tree.
 test_command = "python -m pytest -q"
 specs_dir = "specs"
+
+[queue]
+# Which branches wait for a person's approval before landing: "never", "high" (high-risk
+# only), "medium" (medium and high) or "always". Headless runs with pending approvals wait.
+approval = "never"
 
 [store]
 # The SQLite store (event log and projections); keep it out of git.

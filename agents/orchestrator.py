@@ -18,9 +18,12 @@ from typing import Any
 from agents import events as ev
 from agents.budget import AgentBudget, BudgetLedger
 from agents.config import FactoryConfig
+from agents.conflicts import BranchInfo, ConflictForecaster
+from agents.errors import FactoryError
 from agents.landing import LandingRequest, LandingStep
 from agents.models import ModelRouter
 from agents.planner import SUBMIT_PLAN_SPEC, PlanCollector, plan_digest, planner_messages
+from agents.queue.merge_queue import MergeQueue, retry_event
 from agents.runtime import AgentLimits, AgentResult, AgentRunner
 from agents.sandbox.base import Limits, SandboxBackend, SandboxContext
 from agents.specs import Spec
@@ -86,7 +89,15 @@ class Orchestrator:
         self.router = router
         self.backend = backend
         self.lander = lander
+        self.queue = MergeQueue(lander, store, config.queue.approval)
         self.run_id = run_id
+        self.live = False
+        self._late: set[asyncio.Task[None]] = set()
+        self._specs: dict[str, Spec] = {}
+        self.forecaster = ConflictForecaster(workspace.root, store.append,
+                                             workspace.root / ".factory" / "merge-tree")
+        self.forecaster.remember(store.rows("conflicts"))
+        self._forecast_lock = asyncio.Lock()
         self.slots = asyncio.Semaphore(config.run.concurrency)
         self.limits = AgentLimits(config.run.max_steps, config.run.stuck_repeats,
                                   config.run.stuck_idle_steps)
@@ -119,10 +130,54 @@ class Orchestrator:
                     spec_id=spec.id, title=spec.title, path=str(spec.path or ""),
                     priority=spec.priority, depends_on=spec.depends_on, digest=digest,
                 ))
-        async with asyncio.TaskGroup() as group:
-            for spec in specs:
-                group.create_task(self._run_spec(spec, texts[spec.id], specs))
+        self._specs = {s.id: s for s in specs}
+        self.live = True
+        try:
+            async with asyncio.TaskGroup() as group:
+                for spec in specs:
+                    group.create_task(self._run_spec(spec, texts[spec.id], specs))
+            while self._late:  # retries a person asked for while the run went on
+                await asyncio.gather(*self._late)
+        finally:
+            self.live = False
+            for task in self._late:
+                task.cancel()
         return self.summary()
+
+    async def forecast(self) -> None:
+        """Re-check the open branches' pairs; called whenever a branch opens or closes."""
+        async with self._forecast_lock:
+            branches = {b["name"]: BranchInfo(b["name"], b["head"], b["files"] or [])
+                        for b in self.store.rows("branches")
+                        if b["status"] in ("open", "landing") and b["head"]}
+            try:
+                await self.forecaster.refresh(branches)
+            except FactoryError as exc:
+                await self.emit(ev.Notice(level="warning",
+                                          message=f"conflict forecast failed: {exc}"))
+
+    async def retry(self, key: str) -> None:
+        """Put a rejected branch back in the queue; it lands in this run if one is going,
+        else in the next `factory run`."""
+        event = retry_event(self.store, key)
+        await self.emit(event)
+        spec = self._specs.get(event.spec_id or "")
+        if not self.live or spec is None:
+            return
+        row = self.store.get("tasks", key)
+        assert row is not None
+
+        async def land_again() -> None:
+            await self._land(spec, row)
+            tasks = [t for t in self.store.rows("tasks") if t["spec_id"] == spec.id]
+            bad = [t for t in tasks if t["status"] != "landed"]
+            await self.emit(ev.SpecFinished(
+                spec_id=spec.id, status="failed" if bad else "done",
+                detail=f"{len(tasks) - len(bad)} of {len(tasks)} tasks landed"))
+
+        task = asyncio.create_task(land_again())
+        self._late.add(task)
+        task.add_done_callback(self._late.discard)
 
     def summary(self) -> RunSummary:
         out = RunSummary(self.run_id)
@@ -391,10 +446,15 @@ class Orchestrator:
             commit=row["commit_sha"], title=row["title"],
             trailers=self._trailers(spec.id, row["task_id"], row["agent_id"]),
         )
-        if row["status"] != "landing":
-            await self.emit(ev.LandingStarted(**ids, branch=row["branch"],
-                                              commit=row["commit_sha"]))
-        outcome = await self.lander.land(request)
+        async def on_turn() -> None:
+            current = self.store.get("tasks", task_key(spec.id, row["task_id"]))
+            if current is None or current["status"] != "landing":
+                await self.emit(ev.LandingStarted(**ids, branch=row["branch"],
+                                                  commit=row["commit_sha"]))
+
+        branch = self.store.get("branches", row["branch"]) or {}
+        await self.forecast()
+        outcome = await self.queue.land(request, branch, on_turn)
         if outcome.landed:
             await self.emit(ev.BranchLanded(**ids, branch=row["branch"],
                                             commit=row["commit_sha"],
@@ -404,6 +464,7 @@ class Orchestrator:
             await self.emit(ev.BranchRejected(**ids, branch=row["branch"], gate=outcome.gate,
                                               reason=outcome.reason,
                                               output=outcome.output[-4000:]))
+        await self.forecast()
 
 
 def _cancelling() -> bool:
