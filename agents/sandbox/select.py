@@ -4,6 +4,7 @@ to running unsandboxed: only a configuration that says `none` gets that."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Literal
 
 from agents.sandbox.base import Limits, SandboxBackend, SandboxError
@@ -12,11 +13,21 @@ BackendName = Literal["auto", "bwrap", "docker", "none"]
 
 
 def make_backend(name: BackendName, *, limits: Limits, image: str | None = None,
-                 env_allow: Sequence[str] = ()) -> SandboxBackend:
+                 env_allow: Sequence[str] = (), root: Path | None = None) -> SandboxBackend:
+    """The named backend, ready to open sandboxes.
+
+    `root` is the repository the agents work on: docker labels its containers with it so
+    that a later run on the same repository can sweep what this one left.
+    """
     if name == "none":
         from agents.sandbox.none import NoneBackend
 
         return NoneBackend(limits)
+    if name == "docker":
+        # Imported only here: the docker SDK is not needed (nor cheap) for other backends.
+        from agents.sandbox.docker import DockerBackend
+
+        return DockerBackend(limits, env_allow, image=image, root=root)
     if name in ("auto", "bwrap"):
         from agents.sandbox.bwrap import BwrapBackend
 
@@ -27,5 +38,6 @@ def make_backend(name: BackendName, *, limits: Limits, image: str | None = None,
                 raise
             raise SandboxError(
                 f"no sandbox works here ({exc}); see `factory doctor`, or set "
-                "[sandbox] backend = \"none\" to run agents' commands unsandboxed") from None
-    raise SandboxError(f"the {name!r} sandbox backend is not built yet; use \"bwrap\"")
+                "[sandbox] backend = \"docker\" (with an image) or \"none\" to run agents' "
+                "commands unsandboxed") from None
+    raise SandboxError(f"unknown sandbox backend {name!r}: use auto, bwrap, docker or none")
