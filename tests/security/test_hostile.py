@@ -1,5 +1,5 @@
-"""Hostile commands, each run as an agent's `run` tool call through a real sandbox backend,
-each blocked, and the host checked afterwards."""
+"""Hostile commands, each run as an agent's `run` tool call through every real sandbox
+backend (bubblewrap and docker), each blocked on both, and the host checked afterwards."""
 
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ from agents.sandbox.select import make_backend
 from agents.tools import ToolContext, ToolOutcome, call_tool
 from tests.conftest import PROJECT, git, make_repo
 
-BACKENDS = ["bwrap"]
+# Every real backend: each hostile command must be blocked on all of them.
+BACKENDS = ["bwrap", "docker"]
 SECRET = "TOP-SECRET-4242"
 
 
@@ -40,7 +41,9 @@ async def arena(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
     outside = tmp_path / "outside"
     outside.mkdir()
     limits = Limits(wall_seconds=10, memory_mb=256, max_processes=64, output_bytes=200_000)
-    backend = make_backend(request.param, limits=limits)
+    # docker's fixture fails (never skips) the test when no daemon answers.
+    image = request.getfixturevalue("docker_image") if request.param == "docker" else None
+    backend = make_backend(request.param, limits=limits, image=image, root=repo)
     sandbox = await backend.open(SandboxContext(
         worktree=worktree, agent_id="hostile",
         read_only=[worktree / ".git", worktree / ".factory.toml"]))
