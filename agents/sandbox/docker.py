@@ -241,6 +241,8 @@ class ExecStream:
         self.chunks: asyncio.Queue[tuple[int, bytes] | None] = asyncio.Queue()
         self.exit_code: asyncio.Future[int | None] = self.loop.create_future()
         self.discard = False
+        # Set once the daemon has accepted the exec: from then on the command may have run.
+        self.started = False
         self._stream: Any = None
         self._thread = threading.Thread(target=self._work, name="factory-docker-exec",
                                         daemon=True)
@@ -273,6 +275,7 @@ class ExecStream:
         try:
             exec_id = self.api.exec_create(**self.args)["Id"]
             self._stream = self.stream_api.exec_start(exec_id, stream=True, demux=True)
+            self.started = True
             for out, err in self._stream:
                 if self.discard:
                     continue
@@ -331,7 +334,13 @@ class DockerSandbox:
                 return RunResult(None, "", "", 0.0, "denied", "the sandbox is closed")
             if not argv:
                 return RunResult(None, "", "", 0.0, "denied", "no command given")
-            result = await self._run(list(argv), cwd, full_env, limits, wall, started)
+            result, ran = await self._run(list(argv), cwd, full_env, limits, wall, started)
+            if result.stop == "denied" and not ran and await self._restarted():
+                # Something stopped the container (the daemon restarted, someone killed
+                # it) before this command could start: the agent gets its container back,
+                # and the command runs there. One that may have run is never run twice.
+                result, _ = await self._run(list(argv), cwd, full_env, limits, wall,
+                                            time.perf_counter())
         stripped = strip_setuid(self.ctx.worktree)
         if stripped:
             return RunResult(result.exit_code, result.stdout, result.stderr, result.duration,
@@ -340,7 +349,13 @@ class DockerSandbox:
         return result
 
     async def _run(self, argv: list[str], cwd: Path, env: dict[str, str], limits: Limits,
-                   wall: float, started: float) -> RunResult:
+                   wall: float, started: float) -> tuple[RunResult, bool]:
+        """The command's result, and whether the daemon started it at all."""
+        stream, result = await self._exec(argv, cwd, env, limits, wall, started)
+        return result, stream.started
+
+    async def _exec(self, argv: list[str], cwd: Path, env: dict[str, str], limits: Limits,
+                    wall: float, started: float) -> tuple[ExecStream, RunResult]:
         nonce = "factory-" + secrets.token_hex(8)
         # Docker adds HOSTNAME to every exec: drop it unless asked for, so that the command
         # sees the same environment as under bwrap (which sets PWD, as the wrapper's sh does).
@@ -388,10 +403,10 @@ class DockerSandbox:
             code = await asyncio.wait_for(asyncio.shield(stream.exit_code), timeout=15)
         except Exception as exc:
             if stop == "exit":
-                return RunResult(None, out.decode("utf-8", "replace"),
-                                 err.decode("utf-8", "replace"),
-                                 time.perf_counter() - started, "denied",
-                                 f"docker exec failed: {_short(exc)}")
+                return stream, RunResult(None, out.decode("utf-8", "replace"),
+                                         err.decode("utf-8", "replace"),
+                                         time.perf_counter() - started, "denied",
+                                         f"docker exec failed: {_short(exc)}")
             code = None
         stderr, trailer = split_trailer(bytes(err), nonce) if code == 0 else (bytes(err), None)
         before = self.oom_seen
@@ -402,30 +417,49 @@ class DockerSandbox:
             # The wrapper itself died (a memory kill, `kill -9 -1`) or never started.
             oom_after = await self._cleanup()
         self.oom_seen = oom_after if oom_after is not None else self.oom_seen
-        stdout_text = out.decode("utf-8", "replace")
-        stderr_text = stderr.decode("utf-8", "replace")
+        # The budget had room for the status line; what the command wrote keeps to the cap.
+        cap = limits.output_bytes
+        over = len(out) + len(stderr) > cap
+        stdout_text = bytes(out[:cap]).decode("utf-8", "replace")
+        stderr_text = stderr[:max(cap - len(out), 0)].decode("utf-8", "replace")
+        if before is None or oom_after is None:
+            # An image without a readable OOM counter: a SIGKILL nobody here sent, in a
+            # container the daemon saw run out of memory, is the best evidence left.
+            killed = (trailer.exit_code if trailer else code) == 137 and stop == "exit"
+            oom = killed and await self._daemon_saw_oom()
+        else:
+            oom = oom_after > before
         duration = time.perf_counter() - started
-        if before is not None and oom_after is not None and oom_after > before:
-            return RunResult(None, stdout_text, stderr_text, duration, "memory",
-                             f"killed at the {self.backend.limits.memory_mb} MB memory limit")
+        if oom:
+            return stream, RunResult(None, stdout_text, stderr_text, duration, "memory",
+                                     f"killed at the {self.backend.limits.memory_mb} MB "
+                                     "memory limit")
         if stop != "exit":
-            return RunResult(None, stdout_text, stderr_text, duration, stop, detail)
+            return stream, RunResult(None, stdout_text, stderr_text, duration, stop, detail)
         if trailer is None:
             failed = "OCI runtime exec failed" in stdout_text + stderr_text
             if failed or code is None:
                 message = (stdout_text + stderr_text).strip() or "the exec did not start"
-                return RunResult(code, stdout_text, stderr_text, duration, "denied",
-                                 f"docker exec failed: {message[:500]}")
-            return RunResult(code, stdout_text, stderr_text, duration)
+                return stream, RunResult(code, stdout_text, stderr_text, duration, "denied",
+                                         f"docker exec failed: {message[:500]}")
+            return stream, RunResult(code, stdout_text, stderr_text, duration)
         if trailer.status == "missing":
-            return RunResult(None, stdout_text, stderr_text, duration, "denied",
-                             f"could not start {argv[0]!r}: not found in the sandbox")
-        if len(out) + len(stderr) > limits.output_bytes:
-            cut = limits.output_bytes
-            return RunResult(None, stdout_text[:cut], stderr_text[:max(cut - len(out), 0)],
-                             duration, "output_cap",
-                             f"output exceeded {limits.output_bytes} bytes")
-        return RunResult(trailer.exit_code, stdout_text, stderr_text, duration)
+            return stream, RunResult(None, stdout_text, stderr_text, duration, "denied",
+                                     f"could not start {argv[0]!r}: not found in the sandbox")
+        if over:
+            return stream, RunResult(None, stdout_text, stderr_text, duration, "output_cap",
+                                     f"output exceeded {cap} bytes")
+        return stream, RunResult(trailer.exit_code, stdout_text, stderr_text, duration)
+
+    async def _daemon_saw_oom(self) -> bool:
+        def saw() -> bool:
+            state = self.backend.api.inspect_container(self.container)["State"]
+            return bool(state.get("OOMKilled"))
+
+        try:
+            return await asyncio.to_thread(saw)
+        except docker.errors.DockerException:
+            return False
 
     async def _wait_end(self, stream: ExecStream, seconds: float) -> bool:
         """Drop what is still queued until the stream ends; False if it does not in time."""
@@ -452,6 +486,26 @@ class DockerSandbox:
         api = self.backend.api
         exec_id = api.exec_create(self.container, cmd, user=self.user)["Id"]
         return bytes(api.exec_start(exec_id)).decode("utf-8", "replace")
+
+    async def _restarted(self) -> bool:
+        """Start the container again if it is not running; False if it was running."""
+        def restart() -> bool:
+            try:
+                state = self.backend.api.inspect_container(self.container)["State"]
+            except docker.errors.DockerException:
+                return False
+            if state.get("Running"):
+                return False
+            self.backend.api.start(self.container)
+            return True
+
+        try:
+            if not await asyncio.to_thread(restart):
+                return False
+        except docker.errors.DockerException:
+            return False
+        self.oom_seen = await self._cleanup()
+        return True
 
     async def _kill_container(self) -> None:
         def kill() -> None:
