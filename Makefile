@@ -16,12 +16,11 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/factory demo $(DEMO_ARGS)
 
-# The sandbox tests need bubblewrap; install it when we can (root with apt), else say so.
+# The sandbox tests need bubblewrap, docker.io (with dockerd answering) and tmux: install what
+# is missing when we can (root with apt), start dockerd unless `docker info` answers, else
+# say what to do. One script does it for CI and for `make test` alike.
 sysdeps:
-	@command -v bwrap >/dev/null 2>&1 || { \
-	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap) >/dev/null; \
-	  else echo "install bubblewrap (e.g. sudo apt-get install bubblewrap) for the sandbox tests"; exit 1; fi; }
+	@bash .ci/run --sysdeps
 
 test: $(STAMP) sysdeps
 	LITELLM_LOCAL_MODEL_COST_MAP=True $(BIN)/python -m pytest -q $(PYTEST_ARGS)

@@ -173,10 +173,20 @@ def build_local_image(client: docker.DockerClient, tag: str = LOCAL_IMAGE) -> st
                 continue
             tar.addfile(info)
     repository, _, version = tag.rpartition(":") if ":" in tag.split("/")[-1] else (tag, "", "")
+    try:
+        previous: str | None = str(client.images.get(tag).id)
+    except docker.errors.ImageNotFound:
+        previous = None
     client.api.import_image_from_data(buffer.getvalue(), repository=repository,
                                       tag=version or "latest",
                                       changes=[f"LABEL {HOST_TOOLCHAIN_LABEL}=1"])
-    return str(client.images.get(tag).id)
+    image = str(client.images.get(tag).id)
+    if previous is not None and previous != image:
+        # Every import is a new image; the one it replaces would linger untagged. One that
+        # a container still uses stays (the daemon refuses) until `docker image prune`.
+        with contextlib.suppress(docker.errors.APIError):
+            client.images.remove(previous)
+    return image
 
 
 def host_toolchain_mounts() -> list[Mount]:
