@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import hashlib
 import os
 import uuid
 from pathlib import Path
@@ -15,14 +16,25 @@ from typing import IO
 
 from agents import events as ev
 from agents.config import FactoryConfig, load_config
+from agents.conflicts import ConflictForecaster
 from agents.errors import FactoryError
 from agents.gitcmd import git
 from agents.landing import LandingStep, TestedLanding
 from agents.models import ModelRouter, api_key_from_env, replay_path
 from agents.orchestrator import Orchestrator, RunSummary
+from agents.queue.merge_queue import MergeQueue, retry_event
 from agents.sandbox.base import Limits, SandboxBackend
 from agents.sandbox.none import NoneBackend
-from agents.specs import Spec, load_specs, order_specs
+from agents.specs import (
+    LintFinding,
+    Spec,
+    lint_score,
+    lint_spec,
+    load_specs,
+    order_specs,
+    parse_spec,
+    write_atomically,
+)
 from agents.store import Store
 from agents.workspace import Workspace
 
@@ -205,6 +217,73 @@ class Factory:
 
     def cancel_task(self, key: str) -> bool:
         return self.orchestrator is not None and self.orchestrator.cancel(key)
+
+    # -- commands a person gives (through a console's client) ------------------------------
+
+    @property
+    def running(self) -> bool:
+        return self.orchestrator is not None and self.orchestrator.live
+
+    def _queue(self) -> MergeQueue:
+        """The live run's queue (so waiting landings wake up), else one that only records."""
+        if self.orchestrator is not None and self.orchestrator.live:
+            return self.orchestrator.queue
+        return MergeQueue(None, self.store, self.config.queue.approval)
+
+    async def approve(self, key: str, by: str = "console") -> None:
+        await self._queue().approve(key, by)
+
+    async def reject(self, key: str, reason: str, by: str = "console") -> None:
+        await self._queue().reject(key, reason, by)
+
+    async def move(self, key: str, delta: int) -> None:
+        await self._queue().move(key, delta)
+
+    async def retry(self, key: str) -> None:
+        if self.orchestrator is not None and self.orchestrator.live:
+            await self.orchestrator.retry(key)
+        else:
+            await self.store.append(retry_event(self.store, key))
+
+    async def save_spec(self, path: Path, text: str) -> list[LintFinding]:
+        """Write a spec atomically, record it, and return the lint's findings for it."""
+        path = path.resolve()
+        specs_dir = self.config.specs_path.resolve()
+        if not path.is_relative_to(specs_dir) or path.suffix != ".md":
+            raise FactoryError(f"{path}: specs are .md files under {specs_dir}")
+        await asyncio.to_thread(write_atomically, path, text)
+        findings = lint_spec(text, path)
+        spec_id = None
+        try:
+            spec_id = parse_spec(text, path).id
+        except FactoryError:
+            pass
+        await self.store.append(ev.SpecSaved(
+            spec_id=spec_id, path=str(path.relative_to(self.root)),
+            digest=hashlib.sha256(text.encode()).hexdigest()[:16],
+            lint_score=lint_score(findings)))
+        return findings
+
+    async def diff(self, key: str) -> str:
+        """What a task's branch changes against the point where it left main."""
+        task = self.store.get("tasks", key)
+        if task is None or not task["commit_sha"]:
+            raise FactoryError(f"{key} has no commit to show")
+        base = task["base_commit"] or self.config.repo.main_branch
+        return await git("diff", "--stat", "--patch", "--no-color", base, task["commit_sha"],
+                         cwd=self.root)
+
+    async def conflict_hunks(self, a: str, b: str) -> dict[str, str]:
+        """The conflicted files, with markers, if branches a and b were merged."""
+        heads = []
+        for name in (a, b):
+            row = self.store.get("branches", name)
+            if row is None or not row["head"]:
+                raise FactoryError(f"no open branch {name}")
+            heads.append(row["head"])
+        forecaster = ConflictForecaster(self.root, self.store.append,
+                                        self.root / ".factory" / "merge-tree")
+        return await forecaster.hunks(heads[0], heads[1])
 
 
 def _load_replays(root: Path, router: ModelRouter) -> None:

@@ -6,6 +6,7 @@ guess) as findings with lines, so the editor can show them beside the text.
 
 from __future__ import annotations
 
+import os
 import re
 import tomllib
 from fnmatch import fnmatch
@@ -340,3 +341,13 @@ One function in `app/greeting.py`, tested in `tests/test_greeting.py`.
 ## Acceptance
 - `python -m pytest -q tests/test_greeting.py`
 """
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Replace a file so that a crash leaves the old text or the new, never half of one."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with tmp.open("w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)

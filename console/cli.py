@@ -116,8 +116,40 @@ def cmd_demo(args: argparse.Namespace) -> int:
     backend = args.sandbox or _demo_backend()
     path = demo.build(Path(args.path), backend)
     out.print(f"demo project at {path} (sandbox: {backend})")
-    asyncio.run(_run(path, None, _headless(args)))
+    if _headless(args):
+        asyncio.run(_run(path, None, True))
+        return 0
+    # On screen, every branch waits for a person in the inbox: the demo is of supervising.
+    return asyncio.run(_console(path, args.theme, start_run=True, approval="always"))
+
+
+async def _console(root: Path, theme: str | None, *, start_run: bool = False,
+                   approval: str | None = None) -> int:
+    from agents.config import load_config
+    from agents.engine import Factory
+    from console.app import FactoryApp
+    from console.client import InProcessClient
+
+    config = load_config(root / CONFIG_NAME)
+    if approval is not None:
+        config.queue.approval = approval  # type: ignore[assignment]
+    factory = await Factory.open(root, config)
+    client = InProcessClient(factory)
+    try:
+        app = FactoryApp(client, theme=theme, start_run=start_run)
+        await app.run_async()
+    finally:
+        await client.close()
+    if client.run_error is not None:
+        raise client.run_error
     return 0
+
+
+def cmd_console(args: argparse.Namespace) -> int:
+    if not sys.stdout.isatty():
+        raise FactoryError("the console needs a terminal; use `factory run --headless` or "
+                           "`factory status` without one")
+    return asyncio.run(_console(_root(args.root), args.theme))
 
 
 def _demo_backend() -> str:
@@ -232,7 +264,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--headless", action="store_true")
     p.add_argument("--sandbox", choices=["bwrap", "docker", "none"],
                    help="sandbox backend for the demo (default: bwrap if it works)")
+    p.add_argument("--theme", help="console theme (see themes/)")
     p.set_defaults(fn=cmd_demo)
+
+    p = sub.add_parser("console", help="open the supervisory console over this repository")
+    p.add_argument("--root", help="repository root (default: found from here)")
+    p.add_argument("--theme", help="console theme (see themes/)")
+    p.set_defaults(fn=cmd_console)
 
     spec = sub.add_parser("spec", help="spec tools").add_subparsers(dest="spec_command",
                                                                     required=True)

@@ -31,7 +31,8 @@ class QueueStore(Protocol):
 
 
 class MergeQueue:
-    def __init__(self, lander: LandingStep, store: QueueStore, approval: str = "never") -> None:
+    def __init__(self, lander: LandingStep | None, store: QueueStore,
+                 approval: str = "never") -> None:
         self.lander = lander
         self.store = store
         self.approval = approval
@@ -74,6 +75,7 @@ class MergeQueue:
                 self._waiting.discard(key)
         try:
             await on_turn()
+            assert self.lander is not None, "a queue without a landing step only records"
             return await self.lander.land(request)
         finally:
             async with self._changed:

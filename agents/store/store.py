@@ -392,6 +392,12 @@ class Store:
                             "content": doc["result"]})
         return out
 
+    @property
+    def prepared_id(self) -> int:
+        """The id of the last event the in-memory projections include (committed or about
+        to be): a consistent point to follow the stream from."""
+        return self._prepared_id
+
     def rows(self, table: str) -> list[projections.Row]:
         return list(self.state.tables[table].values())
 

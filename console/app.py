@@ -1,0 +1,443 @@
+"""The Textual app: a supervisory console over one factory, through a `FactoryClient`.
+
+Events arrive from the client as committed batches and are only queued; a timer applies
+them to the console's model ten times a second and repaints just the visible rows that
+changed. That is what keeps a key press quick while thousands of events a second arrive.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Iterable
+from pathlib import Path
+from typing import Any
+
+from textual import on, work
+from textual.app import App, ComposeResult, SystemCommand
+from textual.binding import Binding
+from textual.screen import Screen
+from textual.widgets import Footer, Input, OptionList, TabbedContent, TabPane
+
+from agents.errors import FactoryError
+from agents.store.store import StoredEvent
+from console.client import FactoryClient
+from console.model import ViewModel
+from console.screens import DiffScreen, HelpScreen, QuitScreen, ReasonScreen
+from console.themes import DEFAULT_THEME, load_themes, remember_theme, remembered_theme
+from console.widgets.agents import AgentsPane
+from console.widgets.conflicts import ConflictsPane
+from console.widgets.queue import InboxPane, QueuePane
+from console.widgets.rows import RowsView
+from console.widgets.specs import SpecsPane
+from console.widgets.status import RunStatus
+
+FLUSH_SECONDS = 0.1
+TABS = ("specs", "agents", "conflicts", "queue", "inbox")
+
+
+class FactoryApp(App[None]):
+    CSS_PATH = "app.tcss"
+    TITLE = "Factory"
+    BINDINGS = [
+        Binding("1", "tab('specs')", "Specs", id="tab.specs"),
+        Binding("2", "tab('agents')", "Agents", id="tab.agents"),
+        Binding("3", "tab('conflicts')", "Conflicts", id="tab.conflicts"),
+        Binding("4", "tab('queue')", "Queue", id="tab.queue"),
+        Binding("5", "tab('inbox')", "Inbox", id="tab.inbox"),
+        Binding("ctrl+s", "save_spec", "Save", id="spec.save", priority=True),
+        Binding("ctrl+r", "run_spec", "Run spec", id="spec.run"),
+        Binding("question_mark", "help", "Help", id="help"),
+        Binding("q", "quit_safely", "Quit", id="quit"),
+        Binding("ctrl+q", "quit_safely", "Quit", show=False, priority=True),
+        Binding("p", "pause", "Pause", id="timeline.pause", show=False),
+        Binding("slash", "filter", "Filter", id="agents.filter", show=False),
+        Binding("a", "approve", "Approve", id="queue.approve", show=False),
+        Binding("x", "reject", "Reject", id="queue.reject", show=False),
+        Binding("left_square_bracket", "move(-1)", "Up", id="queue.up", show=False),
+        Binding("right_square_bracket", "move(1)", "Down", id="queue.down", show=False),
+        Binding("r", "retry", "Retry", id="queue.retry", show=False),
+        Binding("v", "diff", "Diff", id="queue.diff", show=False),
+        Binding("space", "mark", "Mark", id="inbox.mark", show=False),
+    ]
+
+    def __init__(self, client: FactoryClient, *, theme: str | None = None,
+                 start_run: bool = False, flush_seconds: float = FLUSH_SECONDS) -> None:
+        super().__init__()
+        self.client = client
+        self.requested_theme = theme
+        self.start_run = start_run
+        self.flush_seconds = flush_seconds
+        self.model: ViewModel | None = None
+        self._unfollow: Any = None
+        self._last_header = 0.0
+        self.first_frame_at: float | None = None
+        self.flushed_hooks: list[Any] = []  # benchmarks: called after a flush is painted
+
+    # -- building ----------------------------------------------------------------------------
+
+    def compose(self) -> ComposeResult:
+        yield RunStatus(id="status")
+        with TabbedContent(initial="specs", id="tabs"):
+            with TabPane("Specs [1]", id="specs"):
+                yield SpecsPane(id="specs-pane")
+            with TabPane("Agents [2]", id="agents"):
+                yield AgentsPane(id="agents-pane")
+            with TabPane("Conflicts [3]", id="conflicts"):
+                yield ConflictsPane(self, id="conflicts-pane")
+            with TabPane("Queue [4]", id="queue"):
+                yield QueuePane(self, id="queue-pane")
+            with TabPane("Inbox [5]", id="inbox"):
+                yield InboxPane(self, id="inbox-pane")
+        yield Footer()
+
+    def rows(self, table: str) -> dict[str, dict[str, Any]]:
+        """The panes' view of the projections (empty until the snapshot arrives)."""
+        return self.model.rows(table) if self.model is not None else {}
+
+    async def on_mount(self) -> None:
+        themes, errors = load_themes()
+        for theme in themes:
+            self.register_theme(theme)
+        for error in errors:
+            self.notify(error, title="theme skipped", severity="warning", timeout=10)
+        self._pick_theme([t.name for t in themes])
+        snap = await self.client.snapshot()
+        self.model = ViewModel.from_snapshot(snap)
+        self._unfollow = self.client.follow(self.model.receive)
+        self.refill_all()
+        self._show_header(force=True)
+        self.set_interval(self.flush_seconds, self.flush)
+        self.load_specs()
+        self.call_after_refresh(self._first_frame)
+        if self.start_run:
+            await self._command(self.client.run(), "run started")
+
+    def _first_frame(self) -> None:
+        self.first_frame_at = time.perf_counter()
+
+    def _pick_theme(self, names: list[str]) -> None:
+        wanted = self.requested_theme or remembered_theme() or DEFAULT_THEME
+        if wanted not in self.available_themes:
+            self.notify(f"no theme {wanted!r}; available: {', '.join(sorted(names))}",
+                        severity="warning")
+            wanted = DEFAULT_THEME if DEFAULT_THEME in self.available_themes else "textual-dark"
+        self.theme = wanted
+
+    def watch_theme(self, name: str) -> None:
+        if self.model is not None:  # a choice made in the running app, not the start-up one
+            remember_theme(name)
+
+    def on_unmount(self) -> None:
+        if self._unfollow is not None:
+            self._unfollow()
+
+    # -- keeping current ---------------------------------------------------------------------
+
+    def refill_all(self) -> None:
+        assert self.model is not None
+        self.query_one(AgentsPane).refill(self.model.rows("agents"))
+        self.query_one(ConflictsPane).refill()
+        self.query_one(QueuePane).refill()
+        self.query_one(InboxPane).refill()
+
+    def flush(self) -> None:
+        model = self.model
+        if model is None or not model.pending:
+            self._show_header()
+            return
+        applied = model.apply()
+        with self.batch_update():
+            self._update_table(self.query_one(AgentsPane).table, model.take_changed("agents"),
+                               lambda: self.query_one(AgentsPane).refill(model.rows("agents")))
+            queue_changed = model.take_changed("queue") | model.take_changed("tasks") | \
+                model.take_changed("gates")
+            self._update_table(self.query_one(QueuePane).table, queue_changed,
+                               self.query_one(QueuePane).refill, resort=True)
+            self._update_table(self.query_one(InboxPane).table, queue_changed,
+                               self.query_one(InboxPane).refill, resort=True)
+            conflicts = model.take_changed("conflicts") | model.take_changed("branches")
+            if conflicts:
+                self.query_one(ConflictsPane).refill()
+            self.query_one(AgentsPane).timeline.add(applied)
+            self._show_header()
+        if self.flushed_hooks:
+            newest = applied[-1].ts if applied else 0.0
+            self.call_after_refresh(self._painted, newest)
+
+    def _painted(self, newest: float) -> None:
+        for hook in self.flushed_hooks:
+            hook(newest)
+
+    def _update_table(self, table: RowsView, changed: set[str], refill: Any,
+                      resort: bool = False) -> None:
+        if not changed:
+            return
+        if resort or any(key not in table._index for key in changed):
+            refill()
+        else:
+            table.rows_changed(changed)
+
+    def _show_header(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if self.model is None or (not force and now - self._last_header < 0.25):
+            return
+        self._last_header = now
+        m = self.model
+        self.query_one(RunStatus).show(m.totals(), m.budget_tokens, m.budget_usd, m.sandbox,
+                                       m.lag())
+
+    # -- commands, one way for all: errors a person can act on become notifications -----
+
+    async def _command(self, call: Awaitable[Any], done: str | None = None) -> bool:
+        try:
+            await call
+        except FactoryError as exc:
+            self.notify(str(exc), severity="error", timeout=8)
+            return False
+        if done:
+            self.notify(done, timeout=3)
+        return True
+
+    def _tab(self) -> str:
+        return str(self.query_one(TabbedContent).active)
+
+    def action_tab(self, tab: str) -> None:
+        self.query_one(TabbedContent).active = tab
+        focus = {"specs": "#spec-editor", "agents": "#agents-table",
+                 "conflicts": "#pairs-table", "queue": "#queue-table",
+                 "inbox": "#inbox-table"}[tab]
+        self.query_one(focus).focus()
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """Show each pane's keys in the footer only where they apply."""
+        tab = self._tab() if self.is_mounted and self.query(TabbedContent) else "specs"
+        where = {"save_spec": ("specs",), "run_spec": ("specs",), "pause": ("agents",),
+                 "filter": ("agents",), "approve": ("queue", "inbox"),
+                 "reject": ("queue", "inbox"), "move": ("queue",), "retry": ("queue",),
+                 "diff": ("queue", "inbox"), "mark": ("inbox",)}
+        if action in where and tab not in where[action]:
+            return False
+        return True
+
+    @on(TabbedContent.TabActivated)
+    def _tab_changed(self) -> None:
+        self.refresh_bindings()
+
+    # -- specs -------------------------------------------------------------------------------
+
+    @work(exclusive=True, group="specs", exit_on_error=False)
+    async def load_specs(self) -> None:
+        pane = self.query_one(SpecsPane)
+        files = await self.client.spec_files()
+        pane.set_files(files)
+        if files and pane.current is None:
+            pane.open(files[0].path)
+
+    @on(OptionList.OptionSelected, "#spec-list")
+    def _open_spec(self, event: OptionList.OptionSelected) -> None:
+        pane = self.query_one(SpecsPane)
+        path = Path(str(event.option.id))
+        if pane.dirty and pane.current and pane.current.path != path:
+            self.notify("save (ctrl+s) before opening another spec", severity="warning")
+            return
+        pane.open(path)
+
+    @on(OptionList.OptionSelected, "#lint")
+    def _jump(self, event: OptionList.OptionSelected) -> None:
+        self.query_one(SpecsPane).jump_to(event.option_index)
+
+    async def action_save_spec(self) -> None:
+        pane = self.query_one(SpecsPane)
+        if pane.current is None:
+            self.notify("no spec open", severity="warning")
+            return
+        text = pane.editor.text
+        try:
+            findings = await self.client.save_spec(pane.current.path, text)
+        except FactoryError as exc:
+            self.notify(str(exc), severity="error", timeout=8)
+            return
+        pane.saved(text, findings)
+        self.notify(f"saved {pane.current.path.name} ({len(findings)} lint finding(s))")
+
+    async def action_run_spec(self) -> None:
+        pane = self.query_one(SpecsPane)
+        if pane.current is None:
+            return
+        if pane.dirty:
+            self.notify("save the spec first (ctrl+s)", severity="warning")
+            return
+        from agents.specs import parse_spec
+
+        try:
+            spec_id = parse_spec(pane.current.text, pane.current.path).id
+        except FactoryError as exc:
+            self.notify(str(exc), severity="error", timeout=8)
+            return
+        await self._command(self.client.run([spec_id]), f"run of {spec_id} started")
+
+    async def action_run_all(self) -> None:
+        await self._command(self.client.run(None), "run started")
+
+    # -- agents ------------------------------------------------------------------------------
+
+    @on(RowsView.Selected, "#agents-table")
+    def _agent_selected(self, event: RowsView.Selected) -> None:
+        if event.key is not None and event.key != self.query_one(AgentsPane).timeline.agent_id:
+            self.load_timeline(event.key)
+
+    @work(exclusive=True, group="timeline", exit_on_error=False)
+    async def load_timeline(self, agent_id: str) -> None:
+        history: list[StoredEvent] = []
+        after = 0
+        while True:  # the newest lines are the ones kept; read all, the widget caps them
+            chunk = await self.client.events(after, 5000, agent_id)
+            history.extend(chunk)
+            if len(chunk) < 5000:
+                break
+            after = chunk[-1].id
+        self.query_one(AgentsPane).timeline.show_history(agent_id, history[-3000:])
+
+    def action_pause(self) -> None:
+        pane = self.query_one(AgentsPane)
+        pane.set_paused(not pane.timeline.paused)
+
+    def action_filter(self) -> None:
+        self.query_one("#agent-filter", Input).focus()
+
+    @on(Input.Changed, "#agent-filter")
+    def _filter(self) -> None:
+        self.query_one(AgentsPane).refill(self.rows("agents"))
+
+    @on(Input.Submitted, "#agent-filter")
+    def _filter_done(self) -> None:
+        self.query_one(AgentsPane).table.focus()
+
+    # -- queue and inbox ---------------------------------------------------------------------
+
+    def _selected_entry(self) -> str | None:
+        tab = self._tab()
+        pane: QueuePane | InboxPane = self.query_one(QueuePane) if tab == "queue" else \
+            self.query_one(InboxPane)
+        key = pane.table.selected_key
+        if key is None:
+            self.notify("no entry selected", severity="warning")
+        return key
+
+    async def action_approve(self) -> None:
+        keys: Iterable[str]
+        if self._tab() == "inbox" and self.query_one(InboxPane).table.marked:
+            keys = sorted(self.query_one(InboxPane).table.marked)
+        else:
+            key = self._selected_entry()
+            keys = [key] if key else []
+        approved = 0
+        for key in keys:
+            approved += await self._command(self.client.approve(key))
+        self.query_one(InboxPane).table.marked.clear()
+        if approved:
+            self.notify(f"approved {approved} entr{'y' if approved == 1 else 'ies'}")
+
+    def action_reject(self) -> None:
+        key = self._selected_entry()
+        if key is None:
+            return
+
+        async def rejected(reason: str | None) -> None:
+            if reason:
+                await self._command(self.client.reject(key, reason), f"rejected {key}")
+
+        self.push_screen(ReasonScreen(f"Reject {key}: why?"), rejected)
+
+    async def action_move(self, delta: int) -> None:
+        key = self._selected_entry()
+        if key is not None:
+            await self._command(self.client.move(key, delta))
+
+    async def action_retry(self) -> None:
+        key = self._selected_entry()
+        if key is not None:
+            await self._command(self.client.retry(key), f"{key} queued again")
+
+    async def action_diff(self) -> None:
+        key = self._selected_entry()
+        if key is None:
+            return
+        try:
+            diff = await self.client.diff(key)
+        except FactoryError as exc:
+            self.notify(str(exc), severity="error")
+            return
+        self.push_screen(DiffScreen(f"diff of {key} (esc closes)", diff))
+
+    def action_mark(self) -> None:
+        table = self.query_one(InboxPane).table
+        key = table.selected_key
+        if key is not None:
+            table.marked.symmetric_difference_update({key})
+            table.action_cursor(1)
+            table.refresh()
+
+    # -- conflicts ---------------------------------------------------------------------------
+
+    @on(RowsView.Selected, "#pairs-table")
+    def _pair_selected(self, event: RowsView.Selected) -> None:
+        if event.key is not None:
+            self.load_hunks(event.key)
+
+    @work(exclusive=True, group="hunks", exit_on_error=False)
+    async def load_hunks(self, pair: str) -> None:
+        row = self.rows("conflicts").get(pair)
+        if row is None:
+            return
+        pane = self.query_one(ConflictsPane)
+        if row["status"] != "conflict":
+            pane.show_hunks(pair, {})
+            return
+        try:
+            hunks = await self.client.conflict_hunks(row["a"], row["b"])
+        except FactoryError as exc:
+            pane.show_hunks(pair, {"error": str(exc)})
+            return
+        pane.show_hunks(pair, hunks)
+
+    # -- help, palette, quitting -----------------------------------------------------------
+
+    def action_help(self) -> None:
+        self.push_screen(HelpScreen())
+
+    def action_quit_safely(self) -> None:
+        if self.query_one(SpecsPane).dirty:
+            def answer(quit_anyway: bool | None) -> None:
+                if quit_anyway:
+                    self.exit()
+
+            self.push_screen(QuitScreen(), answer)
+        else:
+            self.exit()
+
+    def get_system_commands(self, screen: Screen[Any]) -> Iterable[SystemCommand]:
+        yield from super().get_system_commands(screen)
+        for tab in TABS:
+            yield SystemCommand(f"Go to {tab}", f"Show the {tab} pane",
+                                lambda tab=tab: self.action_tab(tab))
+        actions = [
+            ("Save spec", "Write the open spec (ctrl+s)", self.action_save_spec),
+            ("Run or re-plan spec", "Run the open spec (ctrl+r)", self.action_run_spec),
+            ("Run all specs", "Start a run of every spec", self.action_run_all),
+            ("Pause or follow timeline", "Stop or resume following (p)", self.action_pause),
+            ("Filter agents", "Filter by state, spec or text (/)", self.action_filter),
+            ("Approve", "Approve the selected or marked entries (a)", self.action_approve),
+            ("Reject", "Reject the selected entry with a reason (x)", self.action_reject),
+            ("Move entry up", "Land it sooner ([)", lambda: self.action_move(-1)),
+            ("Move entry down", "Land it later (])", lambda: self.action_move(1)),
+            ("Retry entry", "Queue a rejected entry again (r)", self.action_retry),
+            ("View diff", "The entry's diff (v)", self.action_diff),
+            ("Help", "Keys and panes (?)", self.action_help),
+        ]
+        for title, help_text, callback in actions:
+            yield SystemCommand(title, help_text, callback)
+        for name in sorted(self.available_themes):
+            if name.startswith("factory-"):
+                yield SystemCommand(f"Theme: {name}", "Switch and remember this theme",
+                                    lambda name=name: setattr(self, "theme", name))

@@ -1,0 +1,182 @@
+"""The one seam between the console and the engine.
+
+A console holds a `FactoryClient` and nothing else of the engine: a snapshot of the current
+state (projection rows and the id of the last event they include), a stream of events after
+that id, reads of older events, and commands. The in-process client wraps a `Factory` on the
+same event loop; an attached client (a daemon over a unix socket, JSON lines) will implement
+the same protocol, so the app cannot tell them apart.
+
+The console keeps its own copy of the projection rows and applies the engine's own
+projection handlers to the events it receives, so both sides derive state one way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from agents.errors import FactoryError
+from agents.specs import LintFinding, lint_spec
+from agents.store.projections import TABLES, Row, State
+from agents.store.store import StoredEvent
+
+Listener = Callable[[list[StoredEvent]], None]
+
+
+@dataclass
+class Snapshot:
+    """Every projection row as of event `last_id`; later events arrive through `follow`."""
+
+    last_id: int
+    tables: dict[str, dict[str, Row]]
+    running: bool = False
+    budget_tokens: int | None = None
+    budget_usd: float | None = None
+    sandbox: str = ""
+
+    def state(self) -> State:
+        state = State()
+        for table, rows in self.tables.items():
+            state.tables[table].update(rows)
+        return state
+
+
+@dataclass
+class SpecFile:
+    path: Path
+    text: str
+    findings: list[LintFinding] = field(default_factory=list)
+
+
+class FactoryClient(Protocol):
+    root: Path
+
+    async def snapshot(self) -> Snapshot: ...
+
+    def follow(self, listener: Listener) -> Callable[[], None]: ...
+
+    async def events(self, after: int = 0, limit: int = 1000,
+                     agent_id: str | None = None) -> list[StoredEvent]: ...
+
+    async def spec_files(self) -> list[SpecFile]: ...
+
+    async def save_spec(self, path: Path, text: str) -> list[LintFinding]: ...
+
+    async def run(self, spec_ids: list[str] | None = None) -> None: ...
+
+    async def approve(self, key: str) -> None: ...
+
+    async def reject(self, key: str, reason: str) -> None: ...
+
+    async def move(self, key: str, delta: int) -> None: ...
+
+    async def retry(self, key: str) -> None: ...
+
+    async def cancel_task(self, key: str) -> bool: ...
+
+    async def diff(self, key: str) -> str: ...
+
+    async def conflict_hunks(self, a: str, b: str) -> dict[str, str]: ...
+
+
+class InProcessClient:
+    """A client over a `Factory` living on the console's own event loop."""
+
+    def __init__(self, factory: Any) -> None:
+        self.factory = factory
+        self.root: Path = factory.root
+        self._run: asyncio.Task[Any] | None = None
+        self.run_error: BaseException | None = None
+
+    async def snapshot(self) -> Snapshot:
+        store = self.factory.store
+        # Rows are replaced, never mutated in place for lists, so a shallow copy per row
+        # is a consistent picture as of the last prepared event.
+        tables = {t: {k: dict(r) for k, r in store.state.tables[t].items()} for t in TABLES}
+        budgets = self.factory.config.budgets.run
+        return Snapshot(store.prepared_id, tables, running=self.running,
+                        budget_tokens=budgets.tokens, budget_usd=budgets.usd,
+                        sandbox=self.factory.backend.name)
+
+    def follow(self, listener: Listener) -> Callable[[], None]:
+        return self.factory.store.subscribe(listener)
+
+    async def events(self, after: int = 0, limit: int = 1000,
+                     agent_id: str | None = None) -> list[StoredEvent]:
+        return await self.factory.store.read_events(after, limit, agent_id)
+
+    async def spec_files(self) -> list[SpecFile]:
+        folder = self.factory.config.specs_path
+
+        def read() -> list[SpecFile]:
+            out = []
+            for path in sorted(folder.glob("*.md")):
+                if path.name.lower() == "readme.md":
+                    continue
+                text = path.read_text(encoding="utf-8")
+                out.append(SpecFile(path, text, lint_spec(text, path)))
+            return out
+
+        return await asyncio.to_thread(read)
+
+    async def save_spec(self, path: Path, text: str) -> list[LintFinding]:
+        findings: list[LintFinding] = await self.factory.save_spec(path, text)
+        return findings
+
+    @property
+    def running(self) -> bool:
+        return self._run is not None and not self._run.done()
+
+    async def run(self, spec_ids: list[str] | None = None) -> None:
+        """Start a run in the background; its progress arrives as events."""
+        if self.running:
+            raise FactoryError("a run is already going; wait for it to finish")
+        self.factory.specs(spec_ids)  # unknown ids fail here, before anything starts
+
+        async def go() -> None:
+            try:
+                await self.factory.run(spec_ids)
+            except FactoryError as exc:
+                self.run_error = exc
+
+        self.run_error = None
+        self._run = asyncio.create_task(go())
+
+    async def wait_run(self) -> None:
+        if self._run is not None:
+            await self._run
+
+    async def approve(self, key: str) -> None:
+        await self.factory.approve(key)
+
+    async def reject(self, key: str, reason: str) -> None:
+        await self.factory.reject(key, reason)
+
+    async def move(self, key: str, delta: int) -> None:
+        await self.factory.move(key, delta)
+
+    async def retry(self, key: str) -> None:
+        await self.factory.retry(key)
+
+    async def cancel_task(self, key: str) -> bool:
+        return bool(self.factory.cancel_task(key))
+
+    async def diff(self, key: str) -> str:
+        text: str = await self.factory.diff(key)
+        return text
+
+    async def conflict_hunks(self, a: str, b: str) -> dict[str, str]:
+        hunks: dict[str, str] = await self.factory.conflict_hunks(a, b)
+        return hunks
+
+    async def close(self) -> None:
+        if self._run is not None and not self._run.done():
+            self._run.cancel()
+            try:
+                await self._run
+            except (asyncio.CancelledError, Exception):
+                pass
+        await self.factory.close()

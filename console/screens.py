@@ -1,0 +1,135 @@
+"""Modal screens: help, a reason for a rejection, a diff, and quitting with unsaved work."""
+
+from __future__ import annotations
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.screen import ModalScreen
+from textual.widgets import Button, Input, Label, Markdown, TextArea
+
+HELP = """\
+# Factory console
+
+| key | what |
+|---|---|
+| 1–5 | specs · agents · conflicts · queue · inbox |
+| ctrl+p | command palette (every action, themes) |
+| ctrl+s | save the spec (spec editor) |
+| ctrl+r | run or re-plan the open spec |
+| p | pause / follow the agent timeline |
+| / | filter agents (`state:running spec:stats text`) |
+| a | approve the selected (inbox: the marked) entries |
+| x | reject the selected entry, with a reason |
+| [ / ] | move the selected queue entry up / down |
+| r | retry a rejected entry |
+| v | view the entry's diff |
+| space | mark an inbox entry for batch approval |
+| enter | conflicts: show the pair's hunks |
+| ? | this help |
+| q | quit (asks if a spec has unsaved changes) |
+
+The mouse works too: click tabs, rows and buttons.
+"""
+
+
+class HelpScreen(ModalScreen[None]):
+    BINDINGS = [Binding("escape,q,question_mark", "dismiss", "Close")]
+    DEFAULT_CSS = """
+    HelpScreen { align: center middle; }
+    HelpScreen > Vertical { width: 72; height: auto; max-height: 90%; border: thick $primary;
+                            background: $surface; padding: 0 1; }
+    """
+
+    def compose(self) -> ComposeResult:
+        with Vertical():
+            yield Markdown(HELP)
+            yield Button("Close", id="close")
+
+    def on_button_pressed(self) -> None:
+        self.dismiss()
+
+
+class ReasonScreen(ModalScreen[str | None]):
+    """Ask why; an empty reason is not accepted (a rejection must say why)."""
+
+    BINDINGS = [Binding("escape", "cancel", "Cancel")]
+    DEFAULT_CSS = """
+    ReasonScreen { align: center middle; }
+    ReasonScreen > Vertical { width: 70; height: auto; border: thick $error;
+                              background: $surface; padding: 1 2; }
+    ReasonScreen Horizontal { height: auto; }
+    """
+
+    def __init__(self, title: str) -> None:
+        super().__init__()
+        self.title_text = title
+
+    def compose(self) -> ComposeResult:
+        with Vertical():
+            yield Label(self.title_text)
+            yield Input(placeholder="reason (required)", id="reason")
+            with Horizontal():
+                yield Button("Reject", variant="error", id="ok")
+                yield Button("Cancel", id="cancel")
+
+    def on_input_submitted(self) -> None:
+        self._submit()
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        if event.button.id == "ok":
+            self._submit()
+        else:
+            self.dismiss(None)
+
+    def _submit(self) -> None:
+        reason = self.query_one("#reason", Input).value.strip()
+        if not reason:
+            self.notify("a rejection needs a reason", severity="warning")
+            return
+        self.dismiss(reason)
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+
+class DiffScreen(ModalScreen[None]):
+    BINDINGS = [Binding("escape,q", "dismiss", "Close")]
+    DEFAULT_CSS = """
+    DiffScreen { align: center middle; }
+    DiffScreen > Vertical { width: 95%; height: 90%; border: thick $primary;
+                            background: $surface; }
+    """
+
+    def __init__(self, title: str, diff: str) -> None:
+        super().__init__()
+        self.title_text = title
+        self.diff = diff
+
+    def compose(self) -> ComposeResult:
+        with Vertical():
+            yield Label(self.title_text)
+            yield TextArea(self.diff, read_only=True, id="diff", show_line_numbers=True)
+
+
+class QuitScreen(ModalScreen[bool]):
+    BINDINGS = [Binding("escape", "stay", "Stay")]
+    DEFAULT_CSS = """
+    QuitScreen { align: center middle; }
+    QuitScreen > Vertical { width: 60; height: auto; border: thick $warning;
+                            background: $surface; padding: 1 2; }
+    QuitScreen Horizontal { height: auto; }
+    """
+
+    def compose(self) -> ComposeResult:
+        with Vertical():
+            yield Label("The spec has unsaved changes. Quit and lose them?")
+            with Horizontal():
+                yield Button("Quit without saving", variant="error", id="quit")
+                yield Button("Stay", variant="primary", id="stay")
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        self.dismiss(event.button.id == "quit")
+
+    def action_stay(self) -> None:
+        self.dismiss(False)

@@ -1,0 +1,1 @@
+"""The console's panes and the widgets they are made of."""

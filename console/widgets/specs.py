@@ -1,0 +1,84 @@
+"""Spec editor pane: the specs/ files, the text with Markdown highlighting, and the lint's
+findings beside it (select one to jump to its line)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from textual.app import ComposeResult
+from textual.containers import Horizontal, Vertical
+from textual.widgets import Label, OptionList, TextArea
+from textual.widgets.option_list import Option
+
+from agents.specs import LintFinding, lint_score
+from console.client import SpecFile
+
+
+class SpecsPane(Horizontal):
+    DEFAULT_CSS = """
+    SpecsPane #spec-list { width: 26; }
+    SpecsPane #spec-editor { width: 1fr; }
+    SpecsPane #spec-side { width: 48; }
+    SpecsPane #lint { height: 1fr; }
+    SpecsPane Label { color: $text-muted; padding: 0 1; }
+    """
+
+    def __init__(self, *, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self.files: list[SpecFile] = []
+        self.current: SpecFile | None = None
+        self.saved_text: str = ""
+        self.findings: list[LintFinding] = []
+
+    def compose(self) -> ComposeResult:
+        yield OptionList(id="spec-list")
+        yield TextArea.code_editor("", language="markdown", id="spec-editor",
+                                   soft_wrap=True)
+        with Vertical(id="spec-side"):
+            yield Label("lint", id="lint-title")
+            yield OptionList(id="lint")
+
+    @property
+    def editor(self) -> TextArea:
+        return self.query_one("#spec-editor", TextArea)
+
+    @property
+    def dirty(self) -> bool:
+        return self.current is not None and self.editor.text != self.saved_text
+
+    def set_files(self, files: list[SpecFile]) -> None:
+        self.files = files
+        listing = self.query_one("#spec-list", OptionList)
+        listing.clear_options()
+        listing.add_options([Option(f.path.name, id=str(f.path)) for f in files])
+
+    def open(self, path: Path) -> None:
+        for spec in self.files:
+            if spec.path == path:
+                self.current = spec
+                self.saved_text = spec.text
+                self.editor.load_text(spec.text)
+                self.show_findings(spec.findings)
+                return
+
+    def saved(self, text: str, findings: list[LintFinding]) -> None:
+        assert self.current is not None
+        self.current.text = text
+        self.current.findings = findings
+        self.saved_text = text
+        self.show_findings(findings)
+
+    def show_findings(self, findings: list[LintFinding]) -> None:
+        self.findings = findings
+        lint = self.query_one("#lint", OptionList)
+        lint.clear_options()
+        lint.add_options([Option(f"{f.line:>4} {f.severity[0].upper()} {f.code} {f.message}")
+                          for f in findings] or [Option("no findings", disabled=True)])
+        self.query_one("#lint-title", Label).update(
+            f"lint: score {lint_score(findings)} · {len(findings)} finding(s)")
+
+    def jump_to(self, index: int) -> None:
+        if 0 <= index < len(self.findings):
+            line = max(0, self.findings[index].line - 1)
+            self.editor.move_cursor((line, 0), center=True)
+            self.editor.focus()

@@ -1,0 +1,38 @@
+"""The header line: what the run is doing and what it has cost, against its budget."""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual.widgets import Static
+
+from console import format as fmt
+from console.model import Totals
+
+
+class RunStatus(Static):
+    DEFAULT_CSS = """
+    RunStatus { height: 1; background: $panel; color: $text; padding: 0 1; }
+    """
+
+    def show(self, t: Totals, budget_tokens: int | None, budget_usd: float | None,
+             sandbox: str, lag: float) -> None:
+        text = Text()
+        text.append(f" {t.run_status.upper()} ", style="bold reverse")
+        text.append(f"  agents {t.agents_active} active/{t.agents_total}")
+        text.append(f"  tasks {t.tasks_done}/{t.tasks_total}")
+        tok = fmt.tokens(t.tokens) + (f"/{fmt.tokens(budget_tokens)}" if budget_tokens else "")
+        cost = fmt.usd(t.usd) + (f"/{fmt.usd(budget_usd)}" if budget_usd else "")
+        text.append(f"  tokens {tok}  {cost}")
+        text.append(f"  landed {t.landed}", style="green")
+        text.append(f"  rejected {t.rejected}", style="red")
+        rate = t.merge_rate
+        text.append(f"  merge rate {rate:.0%}" if rate is not None else "  merge rate -")
+        if t.awaiting:
+            text.append(f"  approvals {t.awaiting}", style="bold yellow")
+        if sandbox == "none":
+            text.append("  UNSANDBOXED", style="bold red reverse")
+        elif sandbox:
+            text.append(f"  sandbox {sandbox}", style="dim")
+        if lag > 1:
+            text.append(f"  lag {lag:.1f}s", style="yellow")
+        self.update(text)

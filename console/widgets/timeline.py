@@ -1,0 +1,129 @@
+"""One agent's story: model turns, tool calls, results (folded), limits and stops.
+
+The widget keeps a capped number of lines; the whole history stays in the store and is read
+back when an agent is selected. Pausing stops the view from following without dropping what
+arrives meanwhile: held events are written when it resumes.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from rich.text import Text
+from textual.widgets import RichLog
+
+from agents.store.store import StoredEvent
+
+FOLD_LINES = 4
+MAX_LINES = 3000
+
+
+def _args(arguments: dict[str, Any] | str) -> str:
+    text = arguments if isinstance(arguments, str) else json.dumps(arguments,
+                                                                   ensure_ascii=False)
+    return text if len(text) <= 160 else text[:159] + "…"
+
+
+def _fold(text: str) -> str:
+    lines = text.splitlines()
+    if len(lines) <= FOLD_LINES:
+        return text
+    return "\n".join(lines[:FOLD_LINES]) + f"\n… {len(lines) - FOLD_LINES} more lines"
+
+
+def describe(stored: StoredEvent) -> Text | None:
+    e: Any = stored.event
+    clock = time.strftime("%H:%M:%S", time.localtime(stored.ts))
+    out = Text(f"{clock} ", style="dim")
+    kind = e.kind
+    if kind == "agent_started":
+        out.append(f"started {e.role} on {e.model}", style="bold")
+        if e.resumed_at_step:
+            out.append(f" (resumed at step {e.resumed_at_step})")
+    elif kind == "agent_turn":
+        out.append(f"step {e.step} model ", style="bold cyan")
+        out.append(f"{e.tokens_in}+{e.tokens_out} tok ${e.cost_usd:.4f}", style="dim")
+        content = (e.message.get("content") or "").strip()
+        if content:
+            out.append("\n  " + content[:400])
+        for call in e.message.get("tool_calls") or []:
+            fn = call.get("function", {})
+            out.append(f"\n  → {fn.get('name')}({_args(fn.get('arguments', ''))})",
+                       style="magenta")
+    elif kind == "tool_executed":
+        style = "red" if e.is_error else ("green" if e.changed else "")
+        out.append(f"step {e.step} {e.name}", style="bold " + style)
+        out.append(f" {e.duration * 1000:.0f} ms", style="dim")
+        if e.result:
+            out.append("\n  " + _fold(e.result).replace("\n", "\n  "),
+                       style="red" if e.is_error else "")
+    elif kind == "agent_note":
+        out.append(f"note: {(e.message.get('content') or '')[:300]}", style="yellow")
+    elif kind == "sandbox_limited":
+        out.append(f"SANDBOX {e.stop}: {e.command[:120]}", style="bold red")
+        if e.detail:
+            out.append(f" ({e.detail})", style="red")
+    elif kind == "model_retry":
+        out.append(f"model retry {e.attempt} ({e.status or 'error'}) in {e.wait:.1f}s: "
+                   f"{e.error[:200]}", style="yellow")
+    elif kind == "budget_stop":
+        out.append(f"BUDGET STOP: {e.scope} {e.measure} {e.used:g} of {e.limit:g}",
+                   style="bold red")
+    elif kind == "agent_stuck":
+        out.append(f"STUCK: {e.reason}", style="bold red")
+    elif kind == "agent_finished":
+        out.append(f"finished: {e.status}", style="bold green" if e.status == "finished"
+                   else "bold red")
+        if e.summary:
+            out.append(f" — {e.summary[:300]}")
+    else:
+        return None
+    return out
+
+
+class Timeline(RichLog):
+    DEFAULT_CSS = """
+    Timeline { height: 1fr; border-top: solid $panel; }
+    """
+
+    def __init__(self, *, id: str | None = None) -> None:
+        super().__init__(id=id, max_lines=MAX_LINES, wrap=True, markup=False,
+                         auto_scroll=True)
+        self.agent_id: str | None = None
+        self.paused = False
+        self.held: list[StoredEvent] = []
+        self.last_id = 0
+
+    def show_history(self, agent_id: str, history: list[StoredEvent]) -> None:
+        self.clear()
+        self.agent_id = agent_id
+        self.held = []
+        self.last_id = 0
+        self.write(Text(f"agent {agent_id}", style="bold underline"))
+        self.add(history)
+
+    def add(self, events: list[StoredEvent]) -> None:
+        fresh = [e for e in events if e.id > self.last_id and e.event.agent_id == self.agent_id]
+        if not fresh:
+            return
+        self.last_id = fresh[-1].id
+        if self.paused:
+            self.held.extend(fresh)
+            return
+        for stored in fresh:
+            line = describe(stored)
+            if line is not None:
+                self.write(line)
+
+    def set_paused(self, paused: bool) -> None:
+        self.paused = paused
+        self.auto_scroll = not paused
+        if not paused and self.held:
+            held, self.held = self.held, []
+            for stored in held:
+                line = describe(stored)
+                if line is not None:
+                    self.write(line)
+            self.scroll_end(animate=False)
