@@ -3,6 +3,7 @@ isolation, and the container lifecycle (removed on close, swept at start)."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -99,6 +100,36 @@ async def test_processes_left_behind_are_killed_when_a_command_ends(
     left = await sandbox.run(["sh", "-c", "cat /proc/[0-9]*/cmdline | tr '\\0' ' '"],
                              cwd=worktree)
     assert "sleep 33" not in left.stdout
+
+
+async def test_a_cancelled_command_does_not_run_on(sandbox: DockerSandbox,
+                                                   worktree: Path) -> None:
+    job = asyncio.ensure_future(sandbox.run(["sh", "-c", "sleep 34"], cwd=worktree))
+    await asyncio.sleep(0.5)
+    job.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await job
+    left = await sandbox.run(["sh", "-c", "cat /proc/[0-9]*/cmdline | tr '\\0' ' '"],
+                             cwd=worktree)
+    assert left.ok and "sleep 34" not in left.stdout
+
+
+async def test_read_only_paths_hold_through_a_symlinked_worktree(backend: DockerBackend,
+                                                                 tmp_path: Path,
+                                                                 worktree: Path) -> None:
+    link = tmp_path / "link"
+    link.symlink_to(tmp_path)
+    seen = link / "wt"
+    sandbox = await backend.open(SandboxContext(worktree=seen, agent_id="linked",
+                                                read_only=[seen / ".factory.toml"]))
+    try:
+        result = await sandbox.run(["sh", "-c", "echo y >> .factory.toml; echo x > ok.txt"],
+                                   cwd=seen)
+    finally:
+        await sandbox.close()
+    assert "Read-only file system" in result.stderr
+    assert (worktree / ".factory.toml").read_text() == "[run]\n"
+    assert (worktree / "ok.txt").read_text() == "x\n"
 
 
 async def test_output_cap(sandbox: DockerSandbox, worktree: Path) -> None:

@@ -380,24 +380,32 @@ class DockerSandbox:
         stop: StopReason = "exit"
         detail = ""
         ended = False
-        while True:
-            left = started + wall - time.perf_counter()
-            try:
-                item = await asyncio.wait_for(stream.chunks.get(), max(left, 0))
-            except TimeoutError:
-                stop, detail = "timeout", f"killed after {wall:g} s"
-                break
-            if item is None:
-                ended = True
-                break
-            fd, data = item
-            room = budget - total
-            if room > 0:
-                (out if fd == 1 else err).extend(data[:room])
-            total += len(data)
-            if total > budget:
-                stop, detail = "output_cap", f"output exceeded {limits.output_bytes} bytes"
-                break
+        try:
+            while True:
+                left = started + wall - time.perf_counter()
+                try:
+                    item = await asyncio.wait_for(stream.chunks.get(), max(left, 0))
+                except TimeoutError:
+                    stop, detail = "timeout", f"killed after {wall:g} s"
+                    break
+                if item is None:
+                    ended = True
+                    break
+                fd, data = item
+                room = budget - total
+                if room > 0:
+                    (out if fd == 1 else err).extend(data[:room])
+                total += len(data)
+                if total > budget:
+                    stop, detail = "output_cap", f"output exceeded {limits.output_bytes} bytes"
+                    break
+        except asyncio.CancelledError:
+            # The caller gave up (an agent cancelled): the command must not run on beside
+            # the agent's next one.
+            stream.discard = True
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._cleanup())
+            raise
         oom_after: int | None = None
         if not ended:
             stream.discard = True
@@ -529,10 +537,11 @@ class DockerSandbox:
         self.oom_seen = None
 
     async def close(self) -> None:
+        """Remove the container, and with it whatever still runs there (not waited for)."""
         if self.closed:
             return
         self.closed = True
-        async with self._lock:
+        with contextlib.suppress(docker.errors.DockerException):
             await asyncio.to_thread(self.backend.remove, self.container)
 
 
@@ -585,7 +594,9 @@ class DockerBackend:
         mounts.append(Mount(str(worktree), str(worktree), type="bind", read_only=False))
         for path in ctx.read_only:
             if path.exists():
-                target = str(path.absolute())
+                # Where the file shows inside the worktree mount (which is at the resolved
+                # path): an unresolved target would be shadowed, leaving the file writable.
+                target = str(path.absolute().parent.resolve() / path.name)
                 mounts.append(Mount(target, str(path.resolve()), type="bind", read_only=True))
         return mounts
 
