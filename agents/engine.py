@@ -55,7 +55,7 @@ def make_sandbox_backend(config: FactoryConfig) -> SandboxBackend:
 
     return make_backend(config.sandbox.backend, limits=limits,
                         image=config.sandbox.image or None,
-                        env_allow=list(config.sandbox.env_allow))
+                        env_allow=list(config.sandbox.env_allow), root=config.root)
 
 
 def make_router(config: FactoryConfig) -> ModelRouter:
@@ -177,6 +177,11 @@ class Factory:
             for path in scratch.iterdir():
                 self.ws.remove(path)
         await git("worktree", "prune", cwd=self.root)
+        sweep = getattr(self.backend, "sweep", None)
+        if sweep is not None and (swept := await sweep()):
+            await self.store.append(ev.Notice(
+                level="warning",
+                message=f"removed {swept} sandbox container(s) a previous run left"))
 
     async def run(self, spec_ids: list[str] | None = None) -> RunSummary:
         self._lock.acquire()

@@ -13,7 +13,9 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 
 class _Event(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Schemas are built on first use, not at import: the console's first frame must not
+    # wait for forty models to compile.
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
     spec_id: str | None = None
     task_id: str | None = None
@@ -349,7 +351,7 @@ Event = Annotated[
     Field(discriminator="kind"),
 ]
 
-EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
+EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event, config=ConfigDict(defer_build=True))
 
 
 def parse_event(data: str | bytes) -> Event:

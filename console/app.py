@@ -8,7 +8,7 @@ changed. That is what keeps a key press quick while thousands of events a second
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -60,10 +60,17 @@ class FactoryApp(App[None]):
         Binding("space", "mark", "Mark", id="inbox.mark", show=False),
     ]
 
-    def __init__(self, client: FactoryClient, *, theme: str | None = None,
-                 start_run: bool = False, flush_seconds: float = FLUSH_SECONDS) -> None:
+    def __init__(self, client: FactoryClient | None = None, *,
+                 connect: Callable[[], Awaitable[Any]] | None = None,
+                 theme: str | None = None, start_run: bool = False,
+                 flush_seconds: float = FLUSH_SECONDS) -> None:
+        """Give a client, or `connect` to open one on the app's own loop (which the app
+        then closes when it ends)."""
         super().__init__()
-        self.client = client
+        if client is None and connect is None:
+            raise ValueError("FactoryApp needs a client or a way to connect")
+        self.client: Any = client
+        self._connect = connect
         self.requested_theme = theme
         self.start_run = start_run
         self.flush_seconds = flush_seconds
@@ -71,6 +78,7 @@ class FactoryApp(App[None]):
         self._unfollow: Any = None
         self._last_header = 0.0
         self.first_frame_at: float | None = None
+        self.first_frame_wall: float | None = None
         self.flushed_hooks: list[Any] = []  # benchmarks: called after a flush is painted
 
     # -- building ----------------------------------------------------------------------------
@@ -101,6 +109,9 @@ class FactoryApp(App[None]):
         for error in errors:
             self.notify(error, title="theme skipped", severity="warning", timeout=10)
         self._pick_theme([t.name for t in themes])
+        if self.client is None:
+            assert self._connect is not None
+            self.client = await self._connect()
         snap = await self.client.snapshot()
         self.model = ViewModel.from_snapshot(snap)
         self._unfollow = self.client.follow(self.model.receive)
@@ -114,6 +125,7 @@ class FactoryApp(App[None]):
 
     def _first_frame(self) -> None:
         self.first_frame_at = time.perf_counter()
+        self.first_frame_wall = time.time()
 
     def _pick_theme(self, names: list[str]) -> None:
         wanted = self.requested_theme or remembered_theme() or DEFAULT_THEME
@@ -127,9 +139,11 @@ class FactoryApp(App[None]):
         if self.model is not None:  # a choice made in the running app, not the start-up one
             remember_theme(name)
 
-    def on_unmount(self) -> None:
+    async def on_unmount(self) -> None:
         if self._unfollow is not None:
             self._unfollow()
+        if self._connect is not None and self.client is not None:
+            await self.client.close()
 
     # -- keeping current ---------------------------------------------------------------------
 

@@ -6,7 +6,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
-from textual.widgets import Button, Input, Label, Markdown, TextArea
+from textual.widgets import Button, Input, Label, TextArea
 
 HELP = """\
 # Factory console
@@ -42,6 +42,8 @@ class HelpScreen(ModalScreen[None]):
     """
 
     def compose(self) -> ComposeResult:
+        from textual.widgets import Markdown  # markdown-it and friends: only when asked
+
         with Vertical():
             yield Markdown(HELP)
             yield Button("Close", id="close")

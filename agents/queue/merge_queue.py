@@ -51,6 +51,11 @@ class MergeQueue:
         """
         key = task_key(request.spec_id, request.task_id)
         row = self.store.get("queue", key)
+        if row is not None and row["commit_sha"] == request.commit and \
+                row["approval"] == "rejected":
+            # A person said no to this very commit (perhaps while no run was going).
+            return LandingOutcome(False, gate="approval",
+                                  reason=row["reason"] or "rejected by a person")
         if row is None or row["commit_sha"] != request.commit or row["status"] not in QUEUE_OPEN:
             risk, reasons = assess_risk(branch.get("files") or [],
                                         branch.get("insertions") or 0,

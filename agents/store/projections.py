@@ -317,7 +317,12 @@ def _queue_retried(s: State, e: ev.QueueRetried, ts: float) -> None:
     key = task_key(e.spec_id, e.task_id)
     if key in s.tables["queue"]:
         position = 1 + max((q["position"] or 0 for q in s.tables["queue"].values()), default=0)
-        s.row("queue", key).update(status="queued", position=position, reason="", updated=ts)
+        entry = s.row("queue", key)
+        # A person's earlier verdict was about the earlier attempt: ask again.
+        asked = entry["approval"] in ("approved", "rejected", "pending")
+        entry.update(status="awaiting_approval" if asked else "queued",
+                     approval="pending" if asked else entry["approval"], position=position,
+                     reason="", updated=ts)
     _spec_counts(s, e.spec_id, ts)
 
 
