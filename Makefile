@@ -33,6 +33,7 @@ bench: $(STAMP)
 	$(BIN)/python tests/bench/bench_store.py
 	$(BIN)/python tests/bench/bench_swarm.py
 	$(BIN)/python tests/bench/bench_sandbox.py
+	$(BIN)/python tests/bench/bench_console.py
 
 clean:
 	rm -rf $(VENV) .factory demo-run

@@ -32,3 +32,11 @@ def test_no_engine_module_pulls_in_the_console_or_textual() -> None:
 def test_cli_start_path_does_not_import_litellm() -> None:
     modules = loaded_after("import console.cli\nconsole.cli.build_parser()")
     assert "litellm" not in modules
+
+
+def test_console_start_path_does_not_import_litellm() -> None:
+    """Everything the console imports to draw its first frame, engine included."""
+    modules = loaded_after("import console.app, console.client, agents.engine, "
+                           "agents.store.projections")
+    assert "textual" in modules
+    assert "litellm" not in modules
