@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
 
@@ -96,3 +97,12 @@ async def test_arguments_are_validated(ctx: ToolContext) -> None:
     assert out.is_error and "offset: Input should be greater than or equal to 0" in out.content
     out = await call_tool(ctx, "finish", "[1, 2]")
     assert out.is_error and "must be a JSON object" in out.content
+
+
+async def test_output_floods_end_and_are_reported(ctx: ToolContext) -> None:
+    """A flood stops at the cap and the command is reported done, every time (a pipe left
+    full once kept a killed command from ever being reported)."""
+    async with asyncio.timeout(60):
+        for _ in range(60):
+            flood = await call_tool(ctx, "run", {"command": "yes | head -c 5000000"})
+            assert flood.sandbox is not None and flood.sandbox.stop == "output_cap"

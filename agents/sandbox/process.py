@@ -18,7 +18,12 @@ from agents.sandbox.base import Limits, RunResult, StopReason
 
 async def _drain(stream: asyncio.StreamReader, sink: bytearray, budget: list[int],
                  overflow: asyncio.Event) -> None:
-    """Read until EOF; signal overflow as soon as the shared output budget is spent."""
+    """Read until EOF; signal overflow as soon as the shared output budget is spent.
+
+    Past the budget the output is read and dropped, never left in the pipe: asyncio reports
+    a process's exit only once its pipes are closed, and a pipe paused with a full buffer
+    never sees the EOF that follows the kill (the command would never be reported done).
+    """
     while True:
         chunk = await stream.read(65536)
         if not chunk:
@@ -29,7 +34,6 @@ async def _drain(stream: asyncio.StreamReader, sink: bytearray, budget: list[int
         budget[0] = room - len(chunk)
         if budget[0] < 0:
             overflow.set()
-            return
 
 
 async def run_process(
