@@ -169,11 +169,7 @@ class Orchestrator:
 
         async def land_again() -> None:
             await self._land(spec, row)
-            tasks = [t for t in self.store.rows("tasks") if t["spec_id"] == spec.id]
-            bad = [t for t in tasks if t["status"] != "landed"]
-            await self.emit(ev.SpecFinished(
-                spec_id=spec.id, status="failed" if bad else "done",
-                detail=f"{len(tasks) - len(bad)} of {len(tasks)} tasks landed"))
+            await self._finish_spec(spec)
 
         task = asyncio.create_task(land_again())
         self._late.add(task)
@@ -213,14 +209,16 @@ class Orchestrator:
                 if not await self._plan(spec, text):
                     return
             await self._run_tasks(spec)
-            tasks = [t for t in self.store.rows("tasks") if t["spec_id"] == spec.id]
-            bad = [t for t in tasks if t["status"] != "landed"]
-            await self.emit(ev.SpecFinished(
-                spec_id=spec.id, status="failed" if bad else "done",
-                detail=f"{len(tasks) - len(bad)} of {len(tasks)} tasks landed",
-            ))
+            await self._finish_spec(spec)
         finally:
             self.spec_done[spec.id].set()
+
+    async def _finish_spec(self, spec: Spec) -> None:
+        tasks = [t for t in self.store.rows("tasks") if t["spec_id"] == spec.id]
+        bad = [t for t in tasks if t["status"] != "landed"]
+        await self.emit(ev.SpecFinished(
+            spec_id=spec.id, status="failed" if bad else "done",
+            detail=f"{len(tasks) - len(bad)} of {len(tasks)} tasks landed"))
 
     def _has_plan(self, spec_id: str) -> bool:
         return any(t["spec_id"] == spec_id for t in self.store.rows("tasks"))

@@ -156,40 +156,39 @@ class FactoryApp(App[None]):
 
     def flush(self) -> None:
         model = self.model
-        if model is None or not model.pending:
+        if model is None or not self.query(RunStatus):  # not connected yet, or closing
+            return
+        if not model.pending:
             self._show_header()
             return
         applied = model.apply()
+        agents = self.query_one(AgentsPane)
         with self.batch_update():
-            self._update_table(self.query_one(AgentsPane).table, model.take_changed("agents"),
-                               lambda: self.query_one(AgentsPane).refill(model.rows("agents")))
-            queue_changed = model.take_changed("queue") | model.take_changed("tasks") | \
-                model.take_changed("gates")
-            self._update_table(self.query_one(QueuePane).table, queue_changed,
-                               self.query_one(QueuePane).refill, resort=True)
-            self._update_table(self.query_one(InboxPane).table, queue_changed,
-                               self.query_one(InboxPane).refill, resort=True)
-            conflicts = model.take_changed("conflicts") | model.take_changed("branches")
-            if conflicts:
+            changed = model.take_changed("agents")
+            if any(not agents.table.has(key) for key in changed):
+                agents.refill(model.rows("agents"))
+            elif changed:
+                agents.table.rows_changed(changed)
+            entries = model.take_changed("queue")
+            # Task and gate rows only feed columns of queue entries (tokens, verdicts):
+            # repaint those rows, no re-sort.
+            shown = model.take_changed("tasks") | {
+                key.rsplit(":", 1)[0] for key in model.take_changed("gates")}
+            for pane in (self.query_one(QueuePane), self.query_one(InboxPane)):
+                if entries:
+                    pane.refill()
+                elif shown:
+                    pane.table.rows_changed(shown)
+            if model.take_changed("conflicts") | model.take_changed("branches"):
                 self.query_one(ConflictsPane).refill()
-            self.query_one(AgentsPane).timeline.add(applied)
+            agents.timeline.add(applied)
             self._show_header()
         if self.flushed_hooks:
-            newest = applied[-1].ts if applied else 0.0
-            self.call_after_refresh(self._painted, newest)
+            self.call_after_refresh(self._painted, applied[-1].ts)
 
     def _painted(self, newest: float) -> None:
         for hook in self.flushed_hooks:
             hook(newest)
-
-    def _update_table(self, table: RowsView, changed: set[str], refill: Any,
-                      resort: bool = False) -> None:
-        if not changed:
-            return
-        if resort or any(key not in table._index for key in changed):
-            refill()
-        else:
-            table.rows_changed(changed)
 
     def _show_header(self, force: bool = False) -> None:
         now = time.monotonic()

@@ -8,7 +8,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from agents.sandbox.base import Limits, SandboxContext, SandboxError
+from agents.sandbox.base import Limits, RunResult, Sandbox, SandboxContext, SandboxError
 
 
 @dataclass(frozen=True)
@@ -16,6 +16,16 @@ class BackendStatus:
     name: str
     works: bool
     reason: str
+
+
+async def _probe(sandbox: Sandbox, tmp: Path) -> tuple[RunResult, RunResult]:
+    """A write in the worktree and a look at the network devices, then close the sandbox."""
+    try:
+        ok = await sandbox.run(["sh", "-c", "echo ok > probe && cat probe"], cwd=tmp)
+        net = await sandbox.run(["sh", "-c", "cat /proc/net/dev | wc -l"], cwd=tmp)
+    finally:
+        await sandbox.close()
+    return ok, net
 
 
 async def _try_bwrap() -> BackendStatus:
@@ -27,11 +37,7 @@ async def _try_bwrap() -> BackendStatus:
         return BackendStatus("bwrap", False, str(exc))
     with tempfile.TemporaryDirectory(prefix="factory-doctor-") as tmp:
         sandbox = await backend.open(SandboxContext(worktree=Path(tmp), agent_id="doctor"))
-        try:
-            ok = await sandbox.run(["sh", "-c", "echo ok > probe && cat probe"], cwd=Path(tmp))
-            net = await sandbox.run(["sh", "-c", "cat /proc/net/dev | wc -l"], cwd=Path(tmp))
-        finally:
-            await sandbox.close()
+        ok, net = await _probe(sandbox, Path(tmp))
     if not ok.ok or ok.stdout.strip() != "ok":
         return BackendStatus("bwrap", False, f"a probe command failed: {ok.stderr.strip()}")
     return BackendStatus("bwrap", True, f"bubblewrap at {shutil.which('bwrap')}; writable "
@@ -73,11 +79,7 @@ async def _try_docker(image: str | None) -> BackendStatus:
                                                         agent_id="doctor"))
         except DockerUnavailable as exc:
             return BackendStatus("docker", False, f"dockerd {version} answers, but {exc}")
-        try:
-            ok = await sandbox.run(["sh", "-c", "echo ok > probe && cat probe"], cwd=Path(tmp))
-            net = await sandbox.run(["sh", "-c", "cat /proc/net/dev | wc -l"], cwd=Path(tmp))
-        finally:
-            await sandbox.close()
+        ok, net = await _probe(sandbox, Path(tmp))
     if not ok.ok or ok.stdout.strip() != "ok":
         return BackendStatus("docker", False, f"a probe command in {image} failed: "
                              f"{(ok.detail or ok.stderr).strip()}")

@@ -103,6 +103,9 @@ class RowsView(ScrollView, can_focus=True):
                 self.refresh()
                 return
 
+    def has(self, key: str) -> bool:
+        return key in self._index
+
     @property
     def selected_key(self) -> str | None:
         return self.keys[self.cursor] if 0 <= self.cursor < len(self.keys) else None
