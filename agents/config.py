@@ -45,6 +45,8 @@ class RunConfig(_Section):
     task_retries: int = Field(1, ge=0, le=10)
     stuck_repeats: int = Field(3, ge=2)
     stuck_idle_steps: int = Field(12, ge=1)
+    # How long an agent waits for a person to answer its question before the engine answers.
+    question_timeout_seconds: float = Field(600, gt=0)
 
 
 class BudgetLimit(_Section):
@@ -249,6 +251,9 @@ task_retries = 1
 stuck_repeats = 3
 # This many steps without any change to the worktree means stuck.
 stuck_idle_steps = 12
+# How long an agent waits for a person to answer its question (the console's inbox)
+# before the engine answers for them. Runs nobody supervises (headless) answer at once.
+question_timeout_seconds = 600
 
 # Budgets stop agents before a call would exceed them. Omit a key for no limit.
 [budgets.run]

@@ -254,6 +254,35 @@ class AgentFinished(_Event):
     summary: str = ""
 
 
+# -- questions to the supervisor ------------------------------------------------------------
+
+
+class QuestionAsked(_Event):
+    """An agent asks the person supervising the run; its loop waits for the answer.
+
+    The id is derived from the tool call (agent, step, call id), so an agent resumed after a
+    crash finds its own question again: asked once, one row in the inbox.
+    """
+
+    kind: Literal["question_asked"] = "question_asked"
+    question_id: str
+    # The agent's key: "<spec>/<task>" for a task's agent, "plan:<spec>" for a planner.
+    task_key: str
+    question: str
+    options: list[str] = []
+    step: int = 0
+    call_id: str = ""
+
+
+class QuestionAnswered(_Event):
+    kind: Literal["question_answered"] = "question_answered"
+    question_id: str
+    answer: str
+    by: Literal["person", "engine"]
+    # Engine answers only: why no person answered (nobody supervises, the wait timed out...).
+    why: str = ""
+
+
 # -- merge queue -----------------------------------------------------------------------------
 
 
@@ -342,6 +371,8 @@ Event = Annotated[
     | BudgetStop
     | AgentStuck
     | AgentFinished
+    | QuestionAsked
+    | QuestionAnswered
     | QueueEntered
     | ApprovalDecided
     | QueueReordered

@@ -37,9 +37,14 @@ TABLES: dict[str, tuple[str, tuple[str, ...]]] = {
     "queue": ("key", ("key", "spec_id", "task_id", "branch", "commit_sha", "position", "status",
                       "risk", "risk_reasons", "approval", "reason", "entered", "updated")),
     "conflicts": ("key", ("key", "a", "b", "a_head", "b_head", "status", "files", "updated")),
+    # status: pending (an agent waits), answered, or withdrawn (its agent stopped first).
+    "questions": ("id", ("id", "agent_id", "spec_id", "task_id", "task_key", "question",
+                         "options", "status", "answer", "answered_by", "why", "asked",
+                         "answered", "updated")),
 }
 
-JSON_COLUMNS = {"specs", "depends_on", "paths", "acceptance", "files", "risk_reasons"}
+JSON_COLUMNS = {"specs", "depends_on", "paths", "acceptance", "files", "risk_reasons",
+                "options"}
 
 Row = dict[str, Any]
 
@@ -231,6 +236,9 @@ def _spec_finished(s: State, e: ev.SpecFinished, ts: float) -> None:
 def _task_started(s: State, e: ev.TaskStarted, ts: float) -> None:
     _set_task(s, e, ts, status="running", attempt=e.attempt, agent_id=e.agent_id,
               branch=e.branch, worktree=e.worktree, base_commit=e.base_commit, reason="")
+    # An earlier attempt's agent that died waiting (its worktree lost) will never resume.
+    _withdraw_questions(s, ts, lambda q: q["spec_id"] == e.spec_id
+                        and q["task_id"] == e.task_id and q["agent_id"] != e.agent_id)
     if e.spec_id in s.tables["specs"]:
         s.row("specs", e.spec_id or "")["status"] = "running"
 
@@ -378,8 +386,11 @@ def _worktree_removed(s: State, e: ev.WorktreeRemoved, ts: float) -> None:
 def _agent_started(s: State, e: ev.AgentStarted, ts: float) -> None:
     a = s.row("agents", e.agent_id or "", step=0, tokens_in=0, tokens_out=0, cost=0.0,
               messages=0, started=ts)
+    # An agent resumed with its question still open goes straight back to waiting for it.
+    waiting = any(q["status"] == "pending" and q["agent_id"] == e.agent_id
+                  for q in s.tables["questions"].values())
     a.update(spec_id=e.spec_id, task_id=e.task_id, role=e.role, model=e.model,
-             status="running", finished=None, updated=ts)
+             status="waiting" if waiting else "running", finished=None, updated=ts)
     _count_message(s, e.agent_id or "", ts, len(e.messages))
 
 
@@ -424,6 +435,36 @@ def _tool_executed(s: State, e: ev.ToolExecuted, ts: float) -> None:
 def _agent_finished(s: State, e: ev.AgentFinished, ts: float) -> None:
     s.row("agents", e.agent_id or "").update(status=e.status, summary=e.summary, finished=ts,
                                              updated=ts)
+    # Nobody waits for these answers any more (a cancelled agent that resumes asks again).
+    _withdraw_questions(s, ts, lambda q: q["agent_id"] == e.agent_id)
+
+
+def _withdraw_questions(s: State, ts: float, which: Callable[[Row], bool]) -> None:
+    for qid, q in s.tables["questions"].items():
+        if q["status"] == "pending" and which(q):
+            s.row("questions", qid).update(status="withdrawn", updated=ts)
+
+
+@on("question_asked")
+def _question_asked(s: State, e: ev.QuestionAsked, ts: float) -> None:
+    # A question asked again (its agent was stopped and resumed) reopens its one row.
+    s.row("questions", e.question_id).update(
+        agent_id=e.agent_id, spec_id=e.spec_id, task_id=e.task_id, task_key=e.task_key,
+        question=e.question, options=e.options, status="pending", answer=None,
+        answered_by=None, why=None, asked=ts, answered=None, updated=ts)
+    agent = s.get("agents", e.agent_id or "")
+    if agent is not None:
+        s.row("agents", e.agent_id or "").update(status="waiting", updated=ts)
+
+
+@on("question_answered")
+def _question_answered(s: State, e: ev.QuestionAnswered, ts: float) -> None:
+    q = s.row("questions", e.question_id)
+    q.update(status="answered", answer=e.answer, answered_by=e.by, why=e.why, answered=ts,
+             updated=ts)
+    agent = s.get("agents", q["agent_id"] or "")
+    if agent is not None and agent["status"] == "waiting":
+        s.row("agents", q["agent_id"]).update(status="running", updated=ts)
 
 
 def apply(state: State, event: Any, ts: float) -> None:

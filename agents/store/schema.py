@@ -71,4 +71,12 @@ MIGRATIONS: list[str] = [
         files TEXT, updated REAL
     );
     """,
+    # 3: questions agents ask the person supervising the run (the console's inbox).
+    """
+    CREATE TABLE questions (
+        id TEXT PRIMARY KEY, agent_id TEXT, spec_id TEXT, task_id TEXT, task_key TEXT,
+        question TEXT, options TEXT, status TEXT, answer TEXT, answered_by TEXT, why TEXT,
+        asked REAL, answered REAL, updated REAL
+    );
+    """,
 ]
