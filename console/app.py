@@ -7,6 +7,7 @@ changed. That is what keeps a key press quick while thousands of events a second
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
@@ -32,6 +33,11 @@ from console.widgets.specs import SpecsPane
 from console.widgets.status import RunStatus
 
 FLUSH_SECONDS = 0.1
+# At most this much of a flush goes to applying events; the rest waits for a follow-up flush
+# a moment later, so keys are handled in between.
+APPLY_BUDGET = 0.012
+# Moving through the agents with a held arrow key loads only the agent it stops on.
+TIMELINE_DELAY = 0.12
 TABS = ("specs", "agents", "conflicts", "queue", "inbox")
 
 
@@ -77,6 +83,7 @@ class FactoryApp(App[None]):
         self.model: ViewModel | None = None
         self._unfollow: Any = None
         self._last_header = 0.0
+        self._catching_up = False
         self.first_frame_at: float | None = None
         self.first_frame_wall: float | None = None
         self.flushed_hooks: list[Any] = []  # benchmarks: called after a flush is painted
@@ -161,7 +168,10 @@ class FactoryApp(App[None]):
         if not model.pending:
             self._show_header()
             return
-        applied = model.apply()
+        applied = model.apply(APPLY_BUDGET)
+        if model.pending and not self._catching_up:
+            self._catching_up = True
+            self.set_timer(0.01, self._catch_up)
         agents = self.query_one(AgentsPane)
         with self.batch_update():
             changed = model.take_changed("agents")
@@ -183,8 +193,12 @@ class FactoryApp(App[None]):
                 self.query_one(ConflictsPane).refill()
             agents.timeline.add(applied)
             self._show_header()
-        if self.flushed_hooks:
+        if self.flushed_hooks and applied:
             self.call_after_refresh(self._painted, applied[-1].ts)
+
+    def _catch_up(self) -> None:
+        self._catching_up = False
+        self.flush()
 
     def _painted(self, newest: float) -> None:
         for hook in self.flushed_hooks:
@@ -301,6 +315,7 @@ class FactoryApp(App[None]):
 
     @work(exclusive=True, group="timeline", exit_on_error=False)
     async def load_timeline(self, agent_id: str) -> None:
+        await asyncio.sleep(TIMELINE_DELAY)  # a newer selection cancels this one meanwhile
         history: list[StoredEvent] = []
         after = 0
         while True:  # the newest lines are the ones kept; read all, the widget caps them
@@ -347,7 +362,7 @@ class FactoryApp(App[None]):
         approved = 0
         for key in keys:
             approved += await self._command(self.client.approve(key))
-        self.query_one(InboxPane).table.marked.clear()
+        self.query_one(InboxPane).table.clear_marks()
         if approved:
             self.notify(f"approved {approved} entr{'y' if approved == 1 else 'ies'}")
 
@@ -387,9 +402,8 @@ class FactoryApp(App[None]):
         table = self.query_one(InboxPane).table
         key = table.selected_key
         if key is not None:
-            table.marked.symmetric_difference_update({key})
+            table.toggle_mark(key)
             table.action_cursor(1)
-            table.refresh()
 
     # -- conflicts ---------------------------------------------------------------------------
 

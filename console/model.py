@@ -63,13 +63,20 @@ class ViewModel:
         if batch and batch[-1].id > self.last_id:
             self.pending.extend(e for e in batch if e.id > self.last_id)
 
-    def apply(self, limit: int = 50_000) -> list[StoredEvent]:
-        """Apply queued events to the rows; returns them for the timeline."""
+    def apply(self, budget: float | None = None) -> list[StoredEvent]:
+        """Apply queued events to the rows; returns them for the timeline.
+
+        With a budget (seconds), stop once it is spent and leave the rest queued, so that a
+        burst of events never holds a key press up for longer than that."""
         out: list[StoredEvent] = []
         pending = self.pending
         handlers = projections.HANDLERS
         state = self.state
-        while pending and len(out) < limit:
+        deadline = time.perf_counter() + budget if budget is not None else None
+        while pending:
+            if deadline is not None and len(out) % 256 == 255 and \
+                    time.perf_counter() > deadline:
+                break
             stored = pending.popleft()
             if stored.id <= self.last_id:
                 continue

@@ -24,7 +24,8 @@ AGENT_COLUMNS = [
     Column("tokens", 7, lambda r: fmt.tokens((r["tokens_in"] or 0) + (r["tokens_out"] or 0)),
            "right"),
     Column("USD", 9, lambda r: fmt.usd(r["cost"]), "right"),
-    Column("elapsed", 8, lambda r: fmt.elapsed(r["started"], r["finished"]), "right"),
+    Column("elapsed", 8, lambda r: fmt.elapsed(r["started"], r["finished"]), "right",
+           live=True),
     Column("last tool", 14, lambda r: r["last_tool"] or ""),
 ]
 

@@ -88,7 +88,7 @@ def inbox_columns(model: Any) -> list[Column]:
 
     return [
         Column("risk", 6, lambda r: r["risk"] or "", style=lambda r: fmt.state_style(r["risk"])),
-        Column("age", 7, lambda r: fmt.age(r["entered"]), "right"),
+        Column("age", 7, lambda r: fmt.age(r["entered"]), "right", live=True),
         Column("kind", 9, lambda r: "approval"),
         Column("entry", 26, lambda r: r["key"]),
         Column("title", 34, lambda r: task(r).get("title") or ""),

@@ -2,7 +2,9 @@
 
 DataTable keeps its own copy of every cell and redraws per cell update; with 2,000 agents
 changing many times a second that copy is the cost. Here a row is formatted when its line
-is painted, so an update is "refresh if visible" and nothing else.
+is painted, and the formatted line is kept until that row changes: an update repaints the
+lines of the changed rows that are on screen and nothing else, and a cursor move repaints
+two lines. Columns that depend on the clock (`live`) are repainted once a second.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ class Column:
     value: Callable[[Row], str]
     align: str = "left"
     style: Callable[[Row], str] | None = None
+    live: bool = False  # the value changes with the clock (an age, an elapsed time)
 
 
 def _fit(text: str, width: int, align: str) -> str:
@@ -60,6 +63,7 @@ class RowsView(ScrollView, can_focus=True):
     """
 
     cursor = reactive(0, repaint=False)
+    LIVE_SECONDS = 1.0
 
     class Selected(Message):
         def __init__(self, view: RowsView, key: str | None) -> None:
@@ -78,6 +82,24 @@ class RowsView(ScrollView, can_focus=True):
         self.rows: dict[str, Row] = {}
         self.marked: set[str] = set()
         self._index: dict[str, int] = {}
+        # Formatted lines of rows not under the cursor, full width, by key; and the styles
+        # they were made with (computing a widget's style walks its ancestors: once, not
+        # once per line).
+        self._lines: dict[str, Strip] = {}
+        self._styles: tuple[object, ...] | None = None
+
+    def on_mount(self) -> None:
+        if any(c.live for c in self.columns):
+            self.set_interval(self.LIVE_SECONDS, self._tick)
+
+    def _tick(self) -> None:
+        self._lines.clear()
+        self.refresh()
+
+    def notify_style_update(self) -> None:
+        super().notify_style_update()
+        self._styles = None
+        self._lines.clear()
 
     # -- data ------------------------------------------------------------------------------
 
@@ -88,20 +110,22 @@ class RowsView(ScrollView, can_focus=True):
         self.keys = keys
         self._index = {k: i for i, k in enumerate(keys)}
         self.virtual_size = Size(sum(c.width + 1 for c in self.columns), len(keys) + 1)
+        self._lines.clear()
         if selected in self._index:
             self.cursor = self._index[selected]
         self.cursor = max(0, min(self.cursor, len(keys) - 1))
         self.refresh()
 
     def rows_changed(self, keys: set[str]) -> None:
-        """Repaint only if one of these rows is on screen."""
+        """Forget these rows' lines and repaint the ones on screen."""
+        lines, index = self._lines, self._index
         top = int(self.scroll_offset.y)
-        bottom = top + self.size.height
+        bottom = top + self.size.height - 1
         for key in keys:
-            i = self._index.get(key)
-            if i is not None and top <= i + 1 < bottom + 1:
-                self.refresh()
-                return
+            lines.pop(key, None)
+            i = index.get(key)
+            if i is not None and top <= i < bottom:
+                self.refresh_line(i + 1)
 
     def has(self, key: str) -> bool:
         return key in self._index
@@ -112,25 +136,35 @@ class RowsView(ScrollView, can_focus=True):
 
     def select_key(self, key: str) -> None:
         if key in self._index:
-            self.cursor = self._index[key]
-            self._show_cursor()
+            self._move_to(self._index[key])
+
+    def toggle_mark(self, key: str) -> None:
+        self.marked.symmetric_difference_update({key})
+        self.rows_changed({key})
+
+    def clear_marks(self) -> None:
+        marked, self.marked = self.marked, set()
+        self.rows_changed(marked)
 
     # -- moving ----------------------------------------------------------------------------
 
     def action_cursor(self, delta: int) -> None:
-        if not self.keys:
-            return
-        self.cursor = max(0, min(len(self.keys) - 1, self.cursor + delta))
-        self._show_cursor()
+        if self.keys:
+            self._move_to(max(0, min(len(self.keys) - 1, self.cursor + delta)))
 
-    def _show_cursor(self) -> None:
+    def _move_to(self, index: int) -> None:
+        old, self.cursor = self.cursor, index
         top = int(self.scroll_offset.y)
         height = max(1, self.size.height - 1)
         if self.cursor < top:
             self.scroll_to(y=self.cursor, animate=False)
+            self.refresh()
         elif self.cursor >= top + height:
             self.scroll_to(y=self.cursor - height + 1, animate=False)
-        self.refresh()
+            self.refresh()
+        else:  # only the two lines the cursor left and reached change
+            self.refresh_line(old + 1)
+            self.refresh_line(self.cursor + 1)
         self.post_message(self.Selected(self, self.selected_key))
 
     def on_click(self, event: events.Click) -> None:
@@ -138,35 +172,50 @@ class RowsView(ScrollView, can_focus=True):
             return
         index = int(self.scroll_offset.y) + event.y - 1
         if 0 <= index < len(self.keys):
-            self.cursor = index
-            self._show_cursor()
+            self._move_to(index)
 
     # -- painting --------------------------------------------------------------------------
 
-    def render_line(self, y: int) -> Strip:
-        width = self.size.width
-        scroll_x = int(self.scroll_offset.x)
-        if y == 0:
-            text = " ".join(_fit(c.title, c.width, c.align) for c in self.columns)
-            style = self.get_component_rich_style("rows--header")
-            return Strip([Segment(text, style)]).crop(scroll_x, scroll_x + width) \
-                .extend_cell_length(width, style)
-        index = int(self.scroll_offset.y) + y - 1
-        if index >= len(self.keys):
-            return Strip.blank(width, self.rich_style)
-        key = self.keys[index]
-        row = self.rows.get(key)
-        base = self.rich_style
-        if index == self.cursor:
-            base = base + self.get_component_rich_style("rows--cursor")
-        elif key in self.marked:
-            base = base + self.get_component_rich_style("rows--marked")
+    def _get_styles(self) -> tuple[Style, Style, Style, Style]:
+        key = (self.has_focus, self.app.theme)
+        if self._styles is None or self._styles[0] != key:
+            base = self.rich_style
+            self._styles = (key, base, base + self.get_component_rich_style("rows--cursor"),
+                            base + self.get_component_rich_style("rows--marked"),
+                            self.get_component_rich_style("rows--header"))
+            self._lines.clear()
+        _, base, cursor, marked, header = self._styles
+        return base, cursor, marked, header  # type: ignore[return-value]
+
+    def _format(self, row: Row | None, base: Style, plain: bool) -> Strip:
         segments = []
         for column in self.columns:
             text = _fit(column.value(row) if row else "", column.width, column.align)
             style = base
-            if column.style is not None and row and index != self.cursor:
+            if column.style is not None and row and not plain:
                 style = base + Style.parse(column.style(row))
             segments.append(Segment(text, style))
             segments.append(Segment(" ", base))
-        return Strip(segments).crop(scroll_x, scroll_x + width).extend_cell_length(width, base)
+        return Strip(segments)
+
+    def render_line(self, y: int) -> Strip:
+        width = self.size.width
+        scroll_x = int(self.scroll_offset.x)
+        base, cursor, marked, header = self._get_styles()
+        if y == 0:
+            text = " ".join(_fit(c.title, c.width, c.align) for c in self.columns)
+            return Strip([Segment(text, header)]).crop(scroll_x, scroll_x + width) \
+                .extend_cell_length(width, header)
+        index = int(self.scroll_offset.y) + y - 1
+        if index >= len(self.keys):
+            return Strip.blank(width, base)
+        key = self.keys[index]
+        if index == self.cursor:
+            style, strip = cursor, self._format(self.rows.get(key), cursor, plain=True)
+        elif key in self.marked:
+            style, strip = marked, self._format(self.rows.get(key), marked, plain=False)
+        else:
+            style, strip = base, self._lines.get(key)  # type: ignore[assignment]
+            if strip is None:
+                strip = self._lines[key] = self._format(self.rows.get(key), base, plain=False)
+        return strip.crop(scroll_x, scroll_x + width).extend_cell_length(width, style)

@@ -35,4 +35,4 @@ class RunStatus(Static):
             text.append(f"  sandbox {sandbox}", style="dim")
         if lag > 1:
             text.append(f"  lag {lag:.1f}s", style="yellow")
-        self.update(text)
+        self.update(text, layout=False)  # one line, always: no layout pass
