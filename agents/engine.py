@@ -22,6 +22,7 @@ from agents.gitcmd import git
 from agents.landing import LandingStep, TestedLanding
 from agents.models import ModelRouter, api_key_from_env, replay_path
 from agents.orchestrator import Orchestrator, RunSummary
+from agents.questions import Answer, QuestionDesk
 from agents.queue.merge_queue import MergeQueue, retry_event
 from agents.sandbox.base import Limits, SandboxBackend
 from agents.sandbox.none import NoneBackend
@@ -103,7 +104,8 @@ class RunLock:
 
 class Factory:
     def __init__(self, root: Path, config: FactoryConfig, store: Store, workspace: Workspace,
-                 router: ModelRouter, backend: SandboxBackend) -> None:
+                 router: ModelRouter, backend: SandboxBackend, *,
+                 supervised: bool = False) -> None:
         self.root = root
         self.config = config
         self.store = store
@@ -111,6 +113,10 @@ class Factory:
         self.router = router
         self.backend = backend
         self.orchestrator: Orchestrator | None = None
+        # Agents' questions: awaited while a person supervises, answered by the engine when
+        # nobody does (headless runs, CI).
+        self.questions = QuestionDesk(store, config.run.question_timeout_seconds,
+                                      supervised=supervised)
         self._lock = RunLock(root / ".factory" / "run.lock")
 
     @classmethod
@@ -121,6 +127,7 @@ class Factory:
         *,
         backend: SandboxBackend | None = None,
         router: ModelRouter | None = None,
+        supervised: bool = False,
     ) -> Factory:
         root = root.resolve()
         config = config or load_config(root / CONFIG_NAME)
@@ -129,7 +136,7 @@ class Factory:
         _load_replays(root, router)
         backend = backend or make_sandbox_backend(config)
         store = await Store.open(config.store_path)
-        return cls(root, config, store, workspace, router, backend)
+        return cls(root, config, store, workspace, router, backend, supervised=supervised)
 
     async def close(self) -> None:
         await self.store.close()
@@ -205,7 +212,7 @@ class Factory:
         )
         self.orchestrator = Orchestrator(
             config=self.config, store=self.store, workspace=self.ws, router=self.router,
-            backend=self.backend, lander=lander, run_id=run_id,
+            backend=self.backend, lander=lander, run_id=run_id, questions=self.questions,
         )
         status = "failed"
         try:
@@ -249,6 +256,20 @@ class Factory:
             await self.orchestrator.retry(key)
         else:
             await self.store.append(retry_event(self.store, key))
+
+    @property
+    def supervised(self) -> bool:
+        return self.questions.supervised
+
+    def supervise(self, on: bool = True) -> None:
+        """Say whether a person is watching (a console holds this factory). Agents' questions
+        wait for a person only then; turning it off answers the waiting ones at once."""
+        self.questions.supervise(on)
+
+    async def answer(self, question_id: str, text: str) -> Answer:
+        """A person answers an agent's question; the waiting agent continues with it. Works
+        without a run too: the agent finds the answer when it resumes."""
+        return await self.questions.answer(question_id, text)
 
     async def save_spec(self, path: Path, text: str) -> list[LintFinding]:
         """Write a spec atomically, record it, and return the lint's findings for it."""

@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from agents.errors import FactoryError
 from agents.landing import LandingRequest, LandingStep
 from agents.models import ModelRouter
 from agents.planner import SUBMIT_PLAN_SPEC, PlanCollector, plan_digest, planner_messages
+from agents.questions import QuestionDesk
 from agents.queue.merge_queue import MergeQueue, retry_event
 from agents.runtime import AgentLimits, AgentResult, AgentRunner
 from agents.sandbox.base import Limits, SandboxBackend, SandboxContext
@@ -40,6 +42,10 @@ from agents.workspace import (
 
 TERMINAL = {"landed", "rejected", "failed", "blocked", "cancelled"}
 READ_ONLY_TOOLS = ["read_file", "list_files", "search_code"]
+# A spec that leaves a decision open is best settled before it is split into tasks.
+PLANNER_TOOLS = [*READ_ONLY_TOOLS, "ask"]
+# An agent row in these states has a conversation that a restart continues.
+AGENT_ALIVE = ("running", "waiting")
 
 
 class _NoCommands:
@@ -56,6 +62,37 @@ class _NoCommands:
 
     async def close(self) -> None:
         return None
+
+
+class Slot:
+    """One of the run's concurrency slots, held by one agent, lent back while it waits for a
+    person: a question nobody has answered yet must not hold up agents that could work."""
+
+    def __init__(self, slots: asyncio.Semaphore) -> None:
+        self._slots = slots
+        self._held = False
+
+    async def __aenter__(self) -> Slot:
+        await self._slots.acquire()
+        self._held = True
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._held:
+            self._held = False
+            self._slots.release()
+
+    @asynccontextmanager
+    async def lent(self) -> AsyncIterator[None]:
+        if self._held:
+            self._held = False
+            self._slots.release()
+        try:
+            yield
+        finally:
+            # Cancelled while taking it back: not held, so the exit does not release it.
+            await self._slots.acquire()
+            self._held = True
 
 
 @dataclass
@@ -82,6 +119,7 @@ class Orchestrator:
         backend: SandboxBackend,
         lander: LandingStep,
         run_id: str,
+        questions: QuestionDesk | None = None,
     ) -> None:
         self.config = config
         self.store = store
@@ -91,6 +129,7 @@ class Orchestrator:
         self.lander = lander
         self.queue = MergeQueue(lander, store, config.queue.approval)
         self.run_id = run_id
+        self.questions = questions or QuestionDesk(store, config.run.question_timeout_seconds)
         self.live = False
         self._late: set[asyncio.Task[None]] = set()
         self._specs: dict[str, Spec] = {}
@@ -227,20 +266,21 @@ class Orchestrator:
         collector = PlanCollector(spec)
         attempt = sum(1 for a in self.store.rows("agents")
                       if a["spec_id"] == spec.id and a["role"] == "planner"
-                      and a["status"] != "running") + 1
+                      and a["status"] not in AGENT_ALIVE) + 1
         agent_id = f"plan.{spec.id}.{attempt}"
         tools = ToolContext(worktree=self.ws.root, sandbox=_NoCommands(),
                             test_command=self.config.repo.test_command)
-        runner = AgentRunner(
-            store=self.store, router=self.router, tools=tools, agent_id=agent_id,
-            spec_id=spec.id, task_id=None, role="planner", key=f"plan:{spec.id}",
-            opening=planner_messages(spec, text), limits=self.limits,
-            budget=self.budget_for(spec.id, agent_id), tool_names=READ_ONLY_TOOLS,
-            custom_tools={"submit_plan": collector}, extra_specs=[SUBMIT_PLAN_SPEC],
-        )
         await self._recover_plan(agent_id, collector)
         if collector.tasks is None:
-            async with self.slots:
+            async with Slot(self.slots) as slot:
+                runner = AgentRunner(
+                    store=self.store, router=self.router, tools=tools, agent_id=agent_id,
+                    spec_id=spec.id, task_id=None, role="planner", key=f"plan:{spec.id}",
+                    opening=planner_messages(spec, text), limits=self.limits,
+                    budget=self.budget_for(spec.id, agent_id), tool_names=PLANNER_TOOLS,
+                    custom_tools={"submit_plan": collector}, extra_specs=[SUBMIT_PLAN_SPEC],
+                    questions=self.questions, waiting=slot.lent,
+                )
                 result = await runner.run()
         else:
             result = AgentResult("finished", "plan recovered from the record")
@@ -304,10 +344,10 @@ class Orchestrator:
                 await self.emit(ev.TaskBlocked(spec_id=spec.id, task_id=task_id,
                                                reason="the run's budget is spent"))
                 return
-            async with self.slots:
-                await self._attempt(spec, row)
+            async with Slot(self.slots) as slot:
+                await self._attempt(spec, row, slot)
 
-    async def _attempt(self, spec: Spec, row: dict[str, Any]) -> None:
+    async def _attempt(self, spec: Spec, row: dict[str, Any], slot: Slot) -> None:
         """One agent attempt (fresh or resumed) ending in a commit or a recorded failure."""
         task_id = row["task_id"]
         ids = {"spec_id": spec.id, "task_id": task_id}
@@ -341,7 +381,7 @@ class Orchestrator:
         if agent_row is not None and agent_row["status"] == "finished":
             result = AgentResult("finished", agent_row["summary"] or "", agent_row["step"])
         else:
-            result = await self._run_agent(spec, row, agent_id, wt.path)
+            result = await self._run_agent(spec, row, agent_id, wt.path, slot)
         attempt = (self.store.get("tasks", task_key(spec.id, task_id)) or row)["attempt"] or 1
         if result.status != "finished":
             retry = attempt <= self.config.run.task_retries and result.status not in (
@@ -372,7 +412,7 @@ class Orchestrator:
                                           "any file"))
 
     async def _run_agent(self, spec: Spec, row: dict[str, Any], agent_id: str,
-                         worktree: Path) -> AgentResult:
+                         worktree: Path, slot: Slot) -> AgentResult:
         sandbox = await self.backend.open(SandboxContext(
             worktree=worktree, agent_id=agent_id,
             read_only=[worktree / ".git", worktree / ".factory.toml"],
@@ -387,6 +427,7 @@ class Orchestrator:
                 spec_id=spec.id, task_id=row["task_id"], role=row["role"] or "implementer",
                 key=task_key(spec.id, row["task_id"]), opening=task_messages(spec, row),
                 limits=self.limits, budget=self.budget_for(spec.id, agent_id),
+                questions=self.questions, waiting=slot.lent,
             )
             job = asyncio.ensure_future(runner.run())
             self.agent_tasks[task_key(spec.id, row["task_id"])] = job

@@ -3,7 +3,10 @@
 Every step is recorded before the next begins, and the conversation is rebuilt from those
 records on resume, so an interrupted agent continues from its last step. The loop guards the
 budget (it stops before a call that would exceed it) and itself (a repeated identical call,
-or many steps that change nothing, end the agent as stuck instead of burning money).
+or many steps that change nothing, end the agent as stuck instead of burning money). An
+`ask` call goes to the question desk, which records the question and returns its answer
+(a person's, or the engine's when nobody can answer); a resumed agent whose last call was
+an unanswered `ask` simply asks the desk again and finds the same question.
 """
 
 from __future__ import annotations
@@ -17,8 +20,10 @@ from typing import Any, Literal, Protocol
 
 from agents import events as ev
 from agents.models import Completion, ModelError, ModelRouter
+from agents.questions import Asking, QuestionDesk, QuestionError, Waiting
 from agents.store import Store
 from agents.tools import ToolContext, ToolOutcome, call_tool, tool_specs
+from agents.tools.registry import TOOLS, Ask, parse_arguments
 
 AgentStatus = Literal["finished", "failed", "stuck", "budget", "step_limit", "cancelled"]
 
@@ -69,6 +74,8 @@ class AgentRunner:
         tool_names: list[str] | None = None,
         custom_tools: dict[str, Callable[[dict[str, Any]], ToolOutcome]] | None = None,
         extra_specs: list[dict[str, Any]] | None = None,
+        questions: QuestionDesk | None = None,
+        waiting: Waiting | None = None,
     ) -> None:
         self.store = store
         self.router = router
@@ -81,7 +88,13 @@ class AgentRunner:
         self.opening = opening
         self.limits = limits
         self.budget = budget
-        self.specs = tool_specs(tool_names) + (extra_specs or [])
+        names = list(TOOLS) if tool_names is None else tool_names
+        if questions is None:  # nobody to ask: do not offer the tool
+            names = [n for n in names if n != "ask"]
+        self.specs = tool_specs(names) + (extra_specs or [])
+        self.questions = questions
+        # Entered while the agent waits for a person (the orchestrator lends its slot).
+        self.waiting = waiting
         self.custom_tools = custom_tools or {}
         self._ids = {"spec_id": spec_id, "task_id": task_id, "agent_id": agent_id}
 
@@ -176,7 +189,7 @@ class AgentRunner:
             last: asyncio.Future[int] | None = None
             for call_id, name, arguments in calls:
                 started = time.perf_counter()
-                outcome = await self._call_tool(name, arguments)
+                outcome = await self._call_tool(name, arguments, step, call_id)
                 duration = time.perf_counter() - started
                 messages.append({"role": "tool", "tool_call_id": call_id,
                                  "content": outcome.content})
@@ -221,7 +234,10 @@ class AgentRunner:
             on_retry=on_retry,
         )
 
-    async def _call_tool(self, name: str, arguments: str) -> ToolOutcome:
+    async def _call_tool(self, name: str, arguments: str, step: int, call_id: str) \
+            -> ToolOutcome:
+        if name == "ask" and self.questions is not None:
+            return await self._ask(arguments, step, call_id)
         custom = self.custom_tools.get(name)
         if custom is None:
             return await call_tool(self.tools, name, arguments)
@@ -232,6 +248,20 @@ class AgentRunner:
         if not isinstance(parsed, dict):
             return ToolOutcome(f"arguments for {name} must be a JSON object", is_error=True)
         return custom(parsed)
+
+    async def _ask(self, arguments: str, step: int, call_id: str) -> ToolOutcome:
+        assert self.questions is not None
+        args = parse_arguments("ask", arguments)
+        if not isinstance(args, Ask):
+            assert isinstance(args, ToolOutcome)
+            return args
+        who = Asking(agent_id=self.agent_id, spec_id=self.spec_id, task_id=self.task_id,
+                     key=self.key, step=step, call_id=call_id)
+        try:
+            answer = await self.questions.ask(who, args.question, args.options, self.waiting)
+        except QuestionError as exc:  # not expected; the model hears of it, the run goes on
+            return ToolOutcome(f"the question could not be asked: {exc}", is_error=True)
+        return ToolOutcome(answer.for_model())
 
     @staticmethod
     def _unanswered(messages: list[dict[str, Any]]) -> list[tuple[str, str, str]] | None:

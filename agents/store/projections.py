@@ -258,6 +258,8 @@ def _task_blocked(s: State, e: ev.TaskBlocked, ts: float) -> None:
 @on("task_cancelled")
 def _task_cancelled(s: State, e: ev.TaskCancelled, ts: float) -> None:
     _set_task(s, e, ts, status="cancelled", reason=e.reason)
+    _withdraw_questions(s, ts, lambda q: q["spec_id"] == e.spec_id
+                        and q["task_id"] == e.task_id)
     _spec_counts(s, e.spec_id, ts)
 
 
@@ -389,6 +391,10 @@ def _agent_started(s: State, e: ev.AgentStarted, ts: float) -> None:
     # An agent resumed with its question still open goes straight back to waiting for it.
     waiting = any(q["status"] == "pending" and q["agent_id"] == e.agent_id
                   for q in s.tables["questions"].values())
+    # One agent works a task (or plans a spec) at a time: one that replaced an agent which
+    # stopped while waiting (a planner stopped with its run starts afresh) takes over.
+    _withdraw_questions(s, ts, lambda q: q["spec_id"] == e.spec_id
+                        and q["task_id"] == e.task_id and q["agent_id"] != e.agent_id)
     a.update(spec_id=e.spec_id, task_id=e.task_id, role=e.role, model=e.model,
              status="waiting" if waiting else "running", finished=None, updated=ts)
     _count_message(s, e.agent_id or "", ts, len(e.messages))
@@ -435,8 +441,10 @@ def _tool_executed(s: State, e: ev.ToolExecuted, ts: float) -> None:
 def _agent_finished(s: State, e: ev.AgentFinished, ts: float) -> None:
     s.row("agents", e.agent_id or "").update(status=e.status, summary=e.summary, finished=ts,
                                              updated=ts)
-    # Nobody waits for these answers any more (a cancelled agent that resumes asks again).
-    _withdraw_questions(s, ts, lambda q: q["agent_id"] == e.agent_id)
+    # An agent stopped with the run (cancelled) resumes with the next one and goes on
+    # waiting; an agent that ended for good has nobody waiting for its answers.
+    if e.status != "cancelled":
+        _withdraw_questions(s, ts, lambda q: q["agent_id"] == e.agent_id)
 
 
 def _withdraw_questions(s: State, ts: float, which: Callable[[Row], bool]) -> None:

@@ -7,15 +7,16 @@ sandbox; file tools stay in-process and confine themselves (see paths.py).
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from agents.sandbox.base import Limits, RunResult, Sandbox
 from agents.tools.paths import PROTECTED_NAMES, PathDenied, resolve_inside
@@ -101,6 +102,21 @@ class Finish(_Args):
     """Declare the task done; the engine then commits the worktree."""
 
     summary: str = Field(min_length=1)
+
+
+_Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
+
+
+class Ask(_Args):
+    """Ask the person supervising the run a question, and wait for the answer. Ask only
+    about a decision the spec leaves open and the code cannot settle. When nobody can
+    answer, the engine says so at once: then decide yourself and state your assumption in
+    the finish summary."""
+
+    question: _Text = Field(max_length=2000)
+    options: list[Annotated[_Text, Field(max_length=200)]] = Field(
+        default_factory=list, max_length=10,
+        description="Answers the person may pick from (they may also write their own)")
 
 
 def _clip(text: str, limit: int = MAX_RESULT) -> str:
@@ -222,6 +238,13 @@ async def _finish(ctx: ToolContext, a: Finish) -> ToolOutcome:
     return ToolOutcome("finished", finished=True, summary=a.summary)
 
 
+async def _ask(ctx: ToolContext, a: Ask) -> ToolOutcome:
+    # The agent's loop answers `ask` itself (it knows who is asking); reaching here means
+    # the caller has nobody to put the question to.
+    return ToolOutcome("nobody can be asked here: decide yourself and state your assumption "
+                       "in the finish summary", is_error=True)
+
+
 ToolFn = Callable[[ToolContext, Any], Awaitable[ToolOutcome]]
 TOOLS: dict[str, tuple[type[_Args], ToolFn]] = {
     "read_file": (ReadFile, _read_file),
@@ -232,6 +255,7 @@ TOOLS: dict[str, tuple[type[_Args], ToolFn]] = {
     "run": (Run, _run),
     "run_tests": (RunTests, _run_tests),
     "finish": (Finish, _finish),
+    "ask": (Ask, _ask),
 }
 
 
@@ -255,7 +279,8 @@ def _build_specs(names: list[str] | None) -> list[dict[str, Any]]:
         schema = model.model_json_schema()
         schema.pop("title", None)
         specs.append({"type": "function", "function": {
-            "name": name, "description": (model.__doc__ or "").strip(), "parameters": schema,
+            "name": name, "description": inspect.cleandoc(model.__doc__ or ""),
+            "parameters": schema,
         }})
     return specs
 
@@ -271,14 +296,14 @@ def _validation_message(name: str, exc: ValidationError) -> str:
     return f"invalid arguments for {name}: " + "; ".join(parts)
 
 
-async def call_tool(ctx: ToolContext, name: str, arguments: str | dict[str, Any]) -> ToolOutcome:
-    """Run one tool call; every failure is returned as an error outcome for the model."""
+def parse_arguments(name: str, arguments: str | dict[str, Any]) -> _Args | ToolOutcome:
+    """A tool call's validated arguments, or the error outcome that goes back to the model."""
     entry = TOOLS.get(name)
     if entry is None:
         return ToolOutcome(
             f"unknown tool {name!r}; available tools: {', '.join(TOOLS)}", is_error=True
         )
-    model, fn = entry
+    model = entry[0]
     if isinstance(arguments, str):
         try:
             parsed = json.loads(arguments) if arguments.strip() else {}
@@ -289,9 +314,17 @@ async def call_tool(ctx: ToolContext, name: str, arguments: str | dict[str, Any]
     if not isinstance(parsed, dict):
         return ToolOutcome(f"arguments for {name} must be a JSON object", is_error=True)
     try:
-        args = model.model_validate(parsed)
+        return model.model_validate(parsed)
     except ValidationError as exc:
         return ToolOutcome(_validation_message(name, exc), is_error=True)
+
+
+async def call_tool(ctx: ToolContext, name: str, arguments: str | dict[str, Any]) -> ToolOutcome:
+    """Run one tool call; every failure is returned as an error outcome for the model."""
+    args = parse_arguments(name, arguments)
+    if isinstance(args, ToolOutcome):
+        return args
+    fn = TOOLS[name][1]
     try:
         outcome = await fn(ctx, args)
     except PathDenied as exc:
