@@ -3,7 +3,7 @@
 The project is a tiny text-utilities package with its own unittest suite. The trajectory is
 written so that the run shows what a factory meets in practice: several agents at once, two
 branches that conflict, one that imports a package the project never declared, one that
-breaks an existing test, and work that lands.
+breaks an existing test, an agent that asks the supervisor a question, and work that lands.
 """
 
 from __future__ import annotations
@@ -223,11 +223,11 @@ def _task(id_: str, title: str, paths: list[str], instructions: str,
 
 
 def _work(read: str, *edits: tuple[str, dict[str, Any]], summary: str,
-          pad: int = 0) -> list[dict[str, Any]]:
-    turns = [
-        _turn(1800, 90, ("list_files", {"path": "."})),
-        _turn(2300, 110, ("read_file", {"path": read})),
-    ]
+          pad: int = 0, ask: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    turns = [_turn(1800, 90, ("list_files", {"path": "."}))]
+    if ask is not None:  # on screen it waits in the inbox; headless, the engine answers
+        turns.append(_turn(2000, 70, ("ask", ask)))
+    turns.append(_turn(2300, 110, ("read_file", {"path": read})))
     looks = ["def ", "import", "return", "class ", "test_"]
     turns += [_turn(2300, 120, ("search_code", {"pattern": looks[i % len(looks)],
                                                 "path": "textkit"})) for i in range(pad)]
@@ -403,7 +403,11 @@ def trajectory() -> dict[str, Any]:
             "textkit/slug.py",
             ("edit_file", {"path": "textkit/slug.py", "search": SLUG_OLD, "replace": SLUG_MAX}),
             ("write_file", {"path": "tests/test_slug_length.py", "content": TEST_SLUG_LENGTH}),
-            summary="slugify takes max_length and never ends with a hyphen.",
+            summary="slugify takes max_length and never ends with a hyphen. Assumed: "
+            "max_length counts the whole slug, separators included.",
+            ask={"question": "Should max_length count the whole slug, hyphens included, or "
+                 "only its letters and digits?",
+                 "options": ["the whole slug", "letters and digits only"]},
         ),
         "slug/separator": _work(
             "textkit/slug.py",

@@ -67,6 +67,11 @@ async def test_demo_run_lands_rejects_and_records(tmp_path: Path) -> None:
     assert "test_hyphenated_is_one_word" in rejected["stats/fast-count"].reason
     loser = (SLUG_PAIR - {winner}).pop()
     assert "textkit/slug.py" in rejected[loser].reason
+    # Nobody supervises a headless run: the engine answered the demo's one question at once.
+    asked, = [e for e in events if e.kind == "question_asked"]
+    answered, = [e for e in events if e.kind == "question_answered"]
+    assert asked.task_key == "slug/max-length" and asked.options  # type: ignore[union-attr]
+    assert (answered.question_id, answered.by) == (asked.question_id, "engine")  # type: ignore[union-attr]
 
     db = root / ".factory" / "factory.db"
     assert verify_chain(db).ok

@@ -201,3 +201,14 @@ async def test_fallback_model_after_retries_run_out(store: Store, server: Script
     turn = next(e.event for e in await store.read_events(agent_id="s.t.1")
                 if e.event.kind == "agent_turn")
     assert turn.model == "openai/gpt-4o-mini"  # type: ignore[union-attr]
+
+
+async def test_ask_is_not_offered_without_anyone_to_ask(store: Store, server: ScriptedServer,
+                                                        repo: Path) -> None:
+    server.script(call("ask", {"question": "Tabs or spaces?"}), call("finish", {"summary": "x"}))
+    result = await (await runner(store, server, repo)).run()
+    assert result.status == "finished"
+    assert "ask" not in [t["function"]["name"] for t in server.requests[0]["tools"]]
+    reply = server.requests[1]["messages"][-1]["content"]
+    assert reply.startswith("nobody can be asked here: decide yourself")
+    assert not store.rows("questions")
