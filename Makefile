@@ -7,10 +7,14 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test lint bench clean sysdeps
 
+# Bytecode is compiled at install (as pip does; uv does not by default): where
+# PYTHONDONTWRITEBYTECODE is set, nothing else ever writes it, and every start, the console's
+# included, would compile textual and the rest from source again.
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check uv
-	$(BIN)/uv pip install --quiet --python $(BIN)/python -e '.[dev]'
+	$(BIN)/uv pip install --quiet --compile-bytecode --python $(BIN)/python -e '.[dev]'
+	$(BIN)/python -m compileall -q agents console
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -11,7 +11,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from textual import on, work
 from textual.app import App, ComposeResult, SystemCommand
@@ -20,9 +20,6 @@ from textual.screen import Screen
 from textual.widgets import Footer, Input, OptionList, TabbedContent, TabPane
 
 from agents.errors import FactoryError
-from agents.store.store import StoredEvent
-from console.client import FactoryClient
-from console.model import ViewModel
 from console.screens import DiffScreen, HelpScreen, QuitScreen, ReasonScreen
 from console.themes import DEFAULT_THEME, load_themes, remember_theme, remembered_theme
 from console.widgets.agents import AgentsPane
@@ -31,6 +28,11 @@ from console.widgets.queue import InboxPane, QueuePane
 from console.widgets.rows import RowsView
 from console.widgets.specs import SpecsPane
 from console.widgets.status import RunStatus
+
+if TYPE_CHECKING:  # engine modules load on connect, after the first frame is on screen
+    from agents.store.store import StoredEvent
+    from console.client import FactoryClient
+    from console.model import ViewModel
 
 FLUSH_SECONDS = 0.1
 # At most this much of a flush goes to applying events; the rest waits for a follow-up flush
@@ -86,6 +88,8 @@ class FactoryApp(App[None]):
         self._catching_up = False
         self.first_frame_at: float | None = None
         self.first_frame_wall: float | None = None
+        self.data_frame_wall: float | None = None  # the first frame showing the factory's state
+        self.connect_error: FactoryError | None = None
         self.flushed_hooks: list[Any] = []  # benchmarks: called after a flush is painted
 
     # -- building ----------------------------------------------------------------------------
@@ -116,9 +120,23 @@ class FactoryApp(App[None]):
         for error in errors:
             self.notify(error, title="theme skipped", severity="warning", timeout=10)
         self._pick_theme([t.name for t in themes])
+        self.query_one(RunStatus).connecting()
+        # Paint the console first, then connect: opening the engine (its modules, the store,
+        # git) takes longer than drawing the screen, and a person should see it start.
+        self.call_after_refresh(self._first_frame)
+        self.call_after_refresh(lambda: self.run_worker(self._open, group="connect"))
+
+    async def _open(self) -> None:
         if self.client is None:
             assert self._connect is not None
-            self.client = await self._connect()
+            try:
+                self.client = await self._connect()
+            except FactoryError as exc:
+                self.connect_error = exc
+                self.exit(return_code=1, message=str(exc))
+                return
+        from console.model import ViewModel
+
         snap = await self.client.snapshot()
         self.model = ViewModel.from_snapshot(snap)
         self._unfollow = self.client.follow(self.model.receive)
@@ -126,13 +144,16 @@ class FactoryApp(App[None]):
         self._show_header(force=True)
         self.set_interval(self.flush_seconds, self.flush)
         self.load_specs()
-        self.call_after_refresh(self._first_frame)
+        self.call_after_refresh(self._data_frame)
         if self.start_run:
             await self._command(self.client.run(), "run started")
 
     def _first_frame(self) -> None:
         self.first_frame_at = time.perf_counter()
         self.first_frame_wall = time.time()
+
+    def _data_frame(self) -> None:
+        self.data_frame_wall = time.time()
 
     def _pick_theme(self, names: list[str]) -> None:
         wanted = self.requested_theme or remembered_theme() or DEFAULT_THEME
@@ -304,6 +325,9 @@ class FactoryApp(App[None]):
         await self._command(self.client.run([spec_id]), f"run of {spec_id} started")
 
     async def action_run_all(self) -> None:
+        if self.client is None:
+            self.notify("still connecting to the factory", severity="warning")
+            return
         await self._command(self.client.run(None), "run started")
 
     # -- agents ------------------------------------------------------------------------------

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import json
 import os
 import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -125,24 +127,31 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 async def _console(root: Path, theme: str | None, *, start_run: bool = False,
                    approval: str | None = None) -> int:
+    from console.app import FactoryApp
+
+    app = FactoryApp(connect=lambda: connect_in_process(root, approval), theme=theme,
+                     start_run=start_run)
+    await app.run_async()
+    if app.connect_error is not None:
+        raise app.connect_error
+    run_error = getattr(app.client, "run_error", None)
+    if run_error is not None:
+        raise run_error
+    return 0
+
+
+async def connect_in_process(root: Path, approval: str | None = None) -> Any:
+    """Open the factory of `root` on the console's loop (the engine's modules load here, after
+    the console's first frame; in a thread, so that the console keeps answering keys)."""
+    await asyncio.to_thread(importlib.import_module, "agents.engine")
     from agents.config import load_config
     from agents.engine import Factory
-    from console.app import FactoryApp
     from console.client import InProcessClient
 
     config = load_config(root / CONFIG_NAME)
     if approval is not None:
         config.queue.approval = approval  # type: ignore[assignment]
-    factory = await Factory.open(root, config)
-    client = InProcessClient(factory)
-    try:
-        app = FactoryApp(client, theme=theme, start_run=start_run)
-        await app.run_async()
-    finally:
-        await client.close()
-    if client.run_error is not None:
-        raise client.run_error
-    return 0
+    return InProcessClient(await Factory.open(root, config))
 
 
 def cmd_console(args: argparse.Namespace) -> int:

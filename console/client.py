@@ -16,14 +16,16 @@ import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from agents.errors import FactoryError
-from agents.specs import LintFinding, lint_spec
-from agents.store.projections import TABLES, Row, State
-from agents.store.store import StoredEvent
 
-Listener = Callable[[list[StoredEvent]], None]
+if TYPE_CHECKING:  # the engine's modules load when a client connects, after the first frame
+    from agents.specs import LintFinding
+    from agents.store.projections import Row, State
+    from agents.store.store import StoredEvent
+
+Listener = Callable[["list[StoredEvent]"], None]
 
 
 @dataclass
@@ -38,6 +40,8 @@ class Snapshot:
     sandbox: str = ""
 
     def state(self) -> State:
+        from agents.store.projections import State
+
         state = State()
         for table, rows in self.tables.items():
             state.tables[table].update(rows)
@@ -92,6 +96,8 @@ class InProcessClient:
         self.run_error: BaseException | None = None
 
     async def snapshot(self) -> Snapshot:
+        from agents.store.projections import TABLES
+
         store = self.factory.store
         # Rows are replaced, never mutated in place for lists, so a shallow copy per row
         # is a consistent picture as of the last prepared event.
@@ -109,6 +115,8 @@ class InProcessClient:
         return await self.factory.store.read_events(after, limit, agent_id)
 
     async def spec_files(self) -> list[SpecFile]:
+        from agents.specs import lint_spec
+
         folder = self.factory.config.specs_path
 
         def read() -> list[SpecFile]:

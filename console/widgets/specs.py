@@ -4,14 +4,16 @@ findings beside it (select one to jump to its line)."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual.widgets import Label, OptionList, TextArea
 from textual.widgets.option_list import Option
 
-from agents.specs import LintFinding, lint_score
-from console.client import SpecFile
+if TYPE_CHECKING:
+    from agents.specs import LintFinding
+    from console.client import SpecFile
 
 
 class SpecsPane(Horizontal):
@@ -75,10 +77,16 @@ class SpecsPane(Horizontal):
         lint.add_options([Option(f"{f.line:>4} {f.severity[0].upper()} {f.code} {f.message}")
                           for f in findings] or [Option("no findings", disabled=True)])
         self.query_one("#lint-title", Label).update(
-            f"lint: score {lint_score(findings)} · {len(findings)} finding(s)")
+            f"lint: score {_score(findings)} · {len(findings)} finding(s)")
 
     def jump_to(self, index: int) -> None:
         if 0 <= index < len(self.findings):
             line = max(0, self.findings[index].line - 1)
             self.editor.move_cursor((line, 0), center=True)
             self.editor.focus()
+
+
+def _score(findings: list[LintFinding]) -> int:
+    from agents.specs import lint_score  # pydantic: loaded when a spec is shown, not at start
+
+    return lint_score(findings)

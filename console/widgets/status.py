@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from rich.text import Text
 from textual.widgets import Static
 
 from console import format as fmt
-from console.model import Totals
+
+if TYPE_CHECKING:
+    from console.model import Totals
 
 
 class RunStatus(Static):
     DEFAULT_CSS = """
     RunStatus { height: 1; background: $panel; color: $text; padding: 0 1; }
     """
+
+    def connecting(self) -> None:
+        self.update(Text.assemble((" CONNECTING ", "bold reverse"), "  opening the factory…"),
+                    layout=False)
 
     def show(self, t: Totals, budget_tokens: int | None, budget_usd: float | None,
              sandbox: str, lag: float) -> None:

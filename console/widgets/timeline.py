@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.text import Text
 from textual.widgets import RichLog
 
-from agents.store.store import StoredEvent
+if TYPE_CHECKING:
+    from agents.store.store import StoredEvent
 
 FOLD_LINES = 4
 MAX_LINES = 3000
