@@ -4,8 +4,8 @@ Only what a toolchain needs is mounted, read-only: /usr (and the merged-/usr lin
 list of files from /etc, and the Python installation the engine runs on. The worktree is the
 only writable path besides a private /tmp; its `.git` file and `.factory.toml` are bound
 read-only on top of it, and the repository's own `.git` folder is not there at all. No
-network (a fresh, empty network namespace), a fresh pid namespace, no capabilities, a
-scrubbed environment, and pids/memory cgroups per command.
+network (a fresh, empty network namespace), a fresh pid namespace, no capabilities, kernel
+settings (/proc/sys) read-only, a scrubbed environment, and pids/memory cgroups per command.
 """
 
 from __future__ import annotations
@@ -88,7 +88,12 @@ class BwrapSandbox:
         for name in ETC_FILES:
             if (Path("/etc") / name).exists():
                 args += ["--ro-bind", f"/etc/{name}", f"/etc/{name}"]
-        args += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
+        # Commands run as uid 0 of a user namespace that maps it to the host's uid: when
+        # that is root, writable kernel settings (core_pattern, which runs a program as root
+        # on the host) would accept their writes.
+        args += ["--proc", "/proc", "--ro-bind", "/proc/sys", "/proc/sys",
+                 "--ro-bind-try", "/proc/sysrq-trigger", "/proc/sysrq-trigger",
+                 "--dev", "/dev", "--tmpfs", "/tmp"]
         for path in self.ro_paths:
             if path.exists():
                 args += ["--ro-bind", str(path), str(path)]

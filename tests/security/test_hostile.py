@@ -217,6 +217,15 @@ async def test_mount(arena: Arena) -> None:
     assert "MOUNTED" not in out.content
 
 
+async def test_write_a_kernel_setting(arena: Arena) -> None:
+    # Commands are uid 0 of a user namespace mapped to the engine's uid: when that is the
+    # host's root, a writable /proc/sys would take their writes (core_pattern runs a program
+    # as root on the host). Writing the current value back changes nothing if it went through.
+    out = await run(arena, "v=$(cat /proc/sys/kernel/core_pattern) && "
+                    "printf '%s\\n' \"$v\" > /proc/sys/kernel/core_pattern && echo WROTE")
+    assert "WROTE" not in out.content
+
+
 async def test_private_tmp_does_not_reach_the_host(arena: Arena) -> None:
     marker = Path("/tmp") / f"factory-hostile-{os.getpid()}"
     out = await run(arena, f"echo x > {marker} && echo WROTE")
