@@ -2,18 +2,30 @@
 
 Only what a toolchain needs is mounted, read-only: /usr (and the merged-/usr links), a short
 list of files from /etc, and the Python installation the engine runs on. The worktree is the
-only writable path besides a private /tmp; its `.git` file and `.factory.toml` are bound
-read-only on top of it, and the repository's own `.git` folder is not there at all. No
-network (a fresh, empty network namespace), a fresh pid namespace, no capabilities, kernel
-settings (/proc/sys) read-only, a scrubbed environment, and pids/memory cgroups per command.
+only writable path besides a private /tmp (and /dev/shm); its `.git` file and
+`.factory.toml` are bound read-only on top of it, and the repository's own `.git` folder is
+not there at all. No network (a fresh, empty network namespace), a fresh pid namespace, no
+capabilities, no nested user namespaces, kernel settings (/proc/sys) read-only, a scrubbed
+environment, and pids/memory cgroups for the agent.
+
+One sandbox per agent, set up once: bubblewrap's namespaces and mounts cost several
+milliseconds each time, so its pid 1 is a launcher (agents/sandbox/launcher.py) that starts
+each command inside the namespaces and cgroups already made. After each command the engine
+kills whatever the command left running (the cgroup sweep) and the launcher wipes the
+scratch space, so each command starts from the same state a sandbox of its own would give.
+The sandbox is made again when the launcher is gone or when what it mounted changed (the
+worktree or a read-only path was replaced, created or removed).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
+import json
 import os
 import shutil
 import stat
+import subprocess
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -22,7 +34,15 @@ from pathlib import Path
 from agents.sandbox import cgroups
 from agents.sandbox.base import Limits, RunResult, SandboxContext, SandboxError
 from agents.sandbox.env import scrubbed_env
-from agents.sandbox.launcher import Launcher, discard_fds, make_pipe
+from agents.sandbox.launcher import (
+    LAUNCHER,
+    LAUNCHER_PATH,
+    Exit,
+    Launcher,
+    LauncherGone,
+    discard_fds,
+    make_pipe,
+)
 from agents.sandbox.process import supervise
 
 # The dynamic linker's cache, the alternatives links under /usr/bin, and user names.
@@ -58,6 +78,32 @@ def strip_setuid(root: Path) -> list[str]:
     return found
 
 
+MountKey = tuple[tuple[str, int, int], ...]
+
+
+def _identity(path: Path) -> tuple[str, int, int]:
+    """Which file a path names now: a bind mount keeps the one it was made from."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        try:
+            st = os.lstat(path)
+        except OSError:
+            return (str(path), -1, -1)
+    return (str(path), st.st_dev, st.st_ino)
+
+
+@functools.cache
+def _supports(binary: str, option: str) -> bool:
+    """Whether this bubblewrap knows an option (older ones lack --disable-userns)."""
+    try:
+        text = subprocess.run([binary, "--help"], capture_output=True, text=True,
+                              timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return option in text
+
+
 class BwrapSandbox:
     name = "bwrap"
 
@@ -73,12 +119,30 @@ class BwrapSandbox:
                                     memory_mb=limits.memory_mb,
                                     max_processes=limits.max_processes)
         self.launcher: Launcher | None = None
+        # The sandbox's own processes (bubblewrap and the launcher, by host pid): the
+        # only ones the sweep after each command leaves alive.
+        self.keep: frozenset[int] = frozenset()
+        self.mounted: MountKey = ()
+        self.oom_seen = 0  # the group's OOM-kill count when the last command ended
+        # One command at a time: the sweep after a command ends everything but the sandbox.
+        self.lock = asyncio.Lock()
 
-    def command(self, argv: Sequence[str], cwd: Path, env: Mapping[str, str]) -> list[str]:
+    def mount_key(self) -> MountKey:
+        return tuple(_identity(p) for p in [self.ctx.worktree, *self.ctx.read_only])
+
+    def command(self, info_fd: int, program_fd: int) -> list[str]:
+        """bubblewrap's command line, up to the `--` after which the launcher comes.
+
+        bubblewrap reports the sandbox's pid 1 (the launcher) on info_fd and copies the
+        launcher's program from program_fd.
+        """
         worktree = self.ctx.worktree.resolve()
-        args = [self.binary, "--unshare-all", "--die-with-parent", "--new-session",
-                "--cap-drop", "ALL", "--clearenv",
-                "--ro-bind", "/usr", "/usr"]
+        args = [self.binary, "--unshare-all", "--unshare-user", "--die-with-parent",
+                "--new-session", "--as-pid-1", "--cap-drop", "ALL", "--clearenv",
+                "--info-fd", str(info_fd)]
+        if _supports(self.binary, "--disable-userns"):
+            args.append("--disable-userns")
+        args += ["--ro-bind", "/usr", "/usr"]
         for link in ("bin", "lib", "lib32", "lib64", "libx32", "sbin"):
             path = Path("/") / link
             if path.is_symlink():
@@ -92,8 +156,10 @@ class BwrapSandbox:
         # that is root, writable kernel settings (core_pattern, which runs a program as root
         # on the host) would accept their writes.
         args += ["--proc", "/proc", "--ro-bind", "/proc/sys", "/proc/sys",
-                 "--ro-bind-try", "/proc/sysrq-trigger", "/proc/sysrq-trigger",
-                 "--dev", "/dev", "--tmpfs", "/tmp"]
+                 "--ro-bind-try", "/proc/sysrq-trigger", "/proc/sysrq-trigger"]
+        # /dev itself read-only; /dev/shm and message queues are scratch space, like /tmp.
+        args += ["--dev", "/dev", "--tmpfs", "/dev/shm", "--mqueue", "/dev/mqueue",
+                 "--remount-ro", "/dev", "--tmpfs", "/tmp"]
         for path in self.ro_paths:
             if path.exists():
                 args += ["--ro-bind", str(path), str(path)]
@@ -101,11 +167,60 @@ class BwrapSandbox:
         for path in self.ctx.read_only:
             if path.exists() or path.is_symlink():
                 args += ["--ro-bind", str(path), str(path)]
-        for key, value in env.items():
-            args += ["--setenv", key, value]
+        # The launcher's program and environment; each command gets the env the engine sends.
+        args += ["--ro-bind-data", str(program_fd), LAUNCHER_PATH,
+                 "--setenv", "PATH", "/usr/bin:/bin"]
         # The sandbox's own root (where bwrap made the mount points) is read-only too.
-        args += ["--remount-ro", "/", "--chdir", str(cwd.resolve()), "--", *argv]
+        args += ["--remount-ro", "/", "--chdir", "/", "--"]
         return args
+
+    async def _start(self) -> Launcher:
+        if self.launcher is not None:
+            await self.launcher.close()
+            self.launcher = None
+        self.group.kill_all()  # whatever an earlier sandbox of this agent left
+        mounted = self.mount_key()
+        info_read, info_write = os.pipe()
+        program_read, program_write = os.pipe()
+        try:
+            with os.fdopen(program_write, "wb") as program:  # far less than a pipe holds
+                program.write(LAUNCHER.encode())
+            launcher = await Launcher.start(self.command(info_write, program_read),
+                                            self.group.join,
+                                            pass_fds=(info_write, program_read))
+            os.set_blocking(info_read, False)
+            info = json.loads(os.read(info_read, 65536))
+        except (OSError, ValueError) as exc:
+            raise LauncherGone(f"bubblewrap did not report its sandbox: {exc}") from exc
+        finally:
+            discard_fds(info_read, info_write, program_read)
+        inner = int(info["child-pid"])
+        try:
+            launcher.watch(inner)
+        except OSError as exc:
+            await launcher.close()
+            raise LauncherGone(f"the sandbox's launcher exited: {exc}") from exc
+        self.launcher, self.mounted = launcher, mounted
+        self.keep = frozenset({launcher.proc.pid, inner})
+        self.oom_seen = self.group.oom_kills()
+        return launcher
+
+    async def _ready(self) -> Launcher:
+        """The running sandbox, made (again) when it is gone, was not wiped or mounts stale
+        paths."""
+        launcher = self.launcher
+        if launcher is not None and await launcher.settle() \
+                and self.mounted == self.mount_key():
+            return launcher
+        return await self._start()
+
+    def _sweep(self) -> None:
+        """Kill whatever runs in the agent's cgroup besides the sandbox itself."""
+        count = self.group.task_count()
+        # The sandbox's own processes are single-threaded: no more tasks, nothing else.
+        if count is not None and count <= len(self.keep):
+            return
+        self.group.kill_all(keep=self.keep)
 
     async def run(
         self,
@@ -117,27 +232,53 @@ class BwrapSandbox:
     ) -> RunResult:
         limits = limits or self.limits
         full_env = scrubbed_env(self.ctx.env_allow, extra=env)
-        command = self.command(argv, cwd, full_env)
-        group = self.group
-        kills = group.oom_kills()
-        if self.launcher is None or self.launcher.proc.returncode is not None:
-            # Started once, inside the agent's groups: commands inherit them for free.
-            # (Started again if a memory kill took it down.)
-            self.launcher = await Launcher.start(group.join)
         wall = min(timeout, limits.wall_seconds) if timeout else limits.wall_seconds
+        async with self.lock:
+            started = time.perf_counter()
+            try:
+                launcher = await self._ready()
+            except LauncherGone as exc:
+                return RunResult(None, "", str(exc), time.perf_counter() - started,
+                                 "denied", f"could not start the sandbox: {exc}")
+            try:
+                result = await self._run(launcher, argv, cwd, full_env, limits, wall)
+            except LauncherGone:
+                # The request never reached it (it died since the last command): the
+                # command has not run, so it can run once in a new sandbox.
+                try:
+                    launcher = await self._start()
+                except LauncherGone as exc:
+                    return RunResult(None, "", str(exc), time.perf_counter() - started,
+                                     "denied", f"could not start the sandbox: {exc}")
+                result = await self._run(launcher, argv, cwd, full_env, limits, wall)
+        stripped = strip_setuid(self.ctx.worktree)
+        if stripped:
+            return RunResult(result.exit_code, result.stdout, result.stderr, result.duration,
+                             "denied", "removed the setuid/setgid bit from "
+                             + ", ".join(stripped[:5]))
+        return result
+
+    async def _run(self, launcher: Launcher, argv: Sequence[str], cwd: Path,
+                   env: Mapping[str, str], limits: Limits, wall: float) -> RunResult:
+        """One command in the running sandbox. Raises LauncherGone only when the request
+        could not be sent (the command did not start)."""
         started = time.perf_counter()
         out_read, out_write = make_pipe()
         err_read, err_write = make_pipe()
         try:
-            pid, exited = await self.launcher.spawn(command, cwd, {"PATH": "/usr/bin:/bin"},
-                                                    out_write, err_write)
-        except (OSError, ConnectionError) as exc:
-            discard_fds(out_read, out_write, err_read, err_write)
+            exited = await launcher.spawn(argv, cwd.resolve(), env, out_write, err_write)
+        except LauncherGone:
+            discard_fds(out_read, err_read)
+            raise
+        except OSError as exc:
+            discard_fds(out_read, err_read)
             return RunResult(None, "", str(exc), time.perf_counter() - started, "denied",
-                             f"could not start the sandbox: {exc}")
-        discard_fds(out_write, err_write)
+                             f"could not start {argv[0]!r}: {exc}")
+        finally:
+            discard_fds(out_write, err_write)
         loop = asyncio.get_running_loop()
         transports = []
+        outcome: list[Exit | BaseException] = []
         try:
             streams = []
             for fd in (out_read, err_read):
@@ -147,30 +288,45 @@ class BwrapSandbox:
                     os.fdopen(fd, "rb", 0))
                 transports.append(transport)
                 streams.append(reader)
-            result = await supervise(pid, streams[0], streams[1], exited, limits, wall,
-                                     started)
+            result = await supervise(streams[0], streams[1], _exit_code(exited, outcome),
+                                     limits, wall, started, self._sweep)
+        except BaseException:
+            self._sweep()  # supervise did not get to it (cancelled, say)
+            raise
         finally:
             for transport in transports:
                 transport.close()
-            group.kill_all(keep=self.launcher.proc.pid)
-        stripped = strip_setuid(self.ctx.worktree)
-        if stripped:
-            return RunResult(result.exit_code, result.stdout, result.stderr, result.duration,
-                             "denied", "removed the setuid/setgid bit from "
-                             + ", ".join(stripped[:5]))
-        if group.oom_kills() > kills:
+        oom, self.oom_seen = self.oom_seen, self.group.oom_kills()
+        if self.oom_seen > oom:
             return RunResult(None, result.stdout, result.stderr, result.duration, "memory",
                              f"killed at the {limits.memory_mb} MB memory limit")
-        if result.stop == "exit" and result.exit_code == 1 and \
-                result.stderr.startswith("bwrap:"):
-            return RunResult(1, result.stdout, result.stderr, result.duration, "denied",
-                             result.stderr.strip())
+        problem = outcome[0] if outcome else None
+        if isinstance(problem, LauncherGone):
+            return RunResult(None, result.stdout, result.stderr, result.duration, "denied",
+                             "the sandbox ended while the command ran")
+        if isinstance(problem, BaseException):
+            return RunResult(None, "", str(problem), result.duration, "denied",
+                             f"could not start {argv[0]!r}: {problem}")
         return result
 
     async def close(self) -> None:
         if self.launcher is not None:
             await self.launcher.close()
+            self.launcher = None
         self.group.remove()
+
+
+async def _exit_code(exited: asyncio.Future[Exit],
+                     outcome: list[Exit | BaseException]) -> int | None:
+    """The command's exit code; None (and why, in `outcome`) when it did not start or its
+    sandbox went away under it."""
+    try:
+        result = await exited
+    except OSError as exc:
+        outcome.append(exc)
+        return None
+    outcome.append(result)
+    return result.code
 
 
 class BwrapBackend:

@@ -1,4 +1,4 @@
-"""Per-command process and memory ceilings through Linux control groups.
+"""Per-agent process and memory ceilings through Linux control groups.
 
 A process-count rlimit does not bind root, and a pid namespace does not cap how many
 processes exist, so fork bombs are stopped by a `pids` cgroup; memory bombs by a `memory`
@@ -14,6 +14,7 @@ import itertools
 import os
 import signal
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,11 +38,19 @@ def _own_paths() -> dict[str, str]:
 
 @dataclass
 class CgroupLimits:
-    """The cgroup directories that confine one command."""
+    """The cgroup directories that confine one agent's sandbox and every command in it."""
 
     dirs: list[Path]
     memory_dir: Path | None
     v2: bool
+
+    def task_count(self) -> int | None:
+        """How many tasks (threads included) the pids controller counts in the group: one
+        small read, where listing the processes takes one per group."""
+        try:
+            return int(_read(self.dirs[0] / "pids.current"))  # v1: pids comes first
+        except (OSError, ValueError):
+            return None
 
     def procs_files(self) -> list[Path]:
         return [d / "cgroup.procs" for d in self.dirs]
@@ -52,7 +61,7 @@ class CgroupLimits:
             return 0
         name = "memory.events" if self.v2 else "memory.oom_control"
         try:
-            for line in (self.memory_dir / name).read_text().splitlines():
+            for line in _read(self.memory_dir / name).splitlines():
                 key, _, value = line.partition(" ")
                 if key == "oom_kill":
                     return int(value)
@@ -66,18 +75,26 @@ class CgroupLimits:
         for procs in self.procs_files():
             procs.write_text(pid)
 
-    def kill_all(self, keep: int | None = None) -> None:
-        """SIGKILL everything still alive in the groups (what a command left behind).
+    def pids(self) -> set[int]:
+        """Every process in the groups (ones that just exited may still be listed)."""
+        found: set[int] = set()
+        for procs in self.procs_files():
+            with contextlib.suppress(OSError, ValueError):
+                found.update(int(p) for p in procs.read_text().split())
+        return found
+
+    def kill_all(self, keep: Collection[int] = ()) -> None:
+        """SIGKILL everything still alive in the groups (what a command left behind), except
+        the processes in `keep` (the sandbox's own).
 
         Processes that have already exited may stay listed for a moment while the kernel
         reaps them; they are not waited for.
         """
         for attempt in range(200):
-            pids = set()
-            for procs in self.procs_files():
-                with contextlib.suppress(OSError, ValueError):
-                    pids.update(int(p) for p in procs.read_text().split())
-            alive = [pid for pid in pids if pid != keep and _alive(pid)]
+            others = self.pids().difference(keep)
+            if not others:
+                return
+            alive = [pid for pid in others if _alive(pid)]
             if not alive:
                 return
             for pid in alive:
@@ -96,6 +113,16 @@ class CgroupLimits:
                     break
                 except OSError:
                     time.sleep(0.01)
+
+
+def _read(path: Path) -> str:
+    """A small control file, read with the fewest system calls (this is on every command's
+    path)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return os.read(fd, 4096).decode()
+    finally:
+        os.close(fd)
 
 
 def _alive(pid: int) -> bool:

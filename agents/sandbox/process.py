@@ -12,6 +12,7 @@ import signal
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from agents.sandbox.base import Limits, RunResult, StopReason
 
@@ -70,8 +71,9 @@ async def run_process(
             detail=f"could not start {argv[0]!r}: {exc}",
         )
     assert proc.stdout is not None and proc.stderr is not None
-    return await supervise(proc.pid, proc.stdout, proc.stderr, proc.wait(), limits, wall,
-                           started)
+    pid = proc.pid
+    return await supervise(proc.stdout, proc.stderr, proc.wait(), limits, wall, started,
+                           lambda: _killpg(pid))
 
 
 def _killpg(pid: int) -> None:
@@ -82,19 +84,23 @@ def _killpg(pid: int) -> None:
 
 
 async def supervise(
-    pid: int,
     stdout: asyncio.StreamReader,
     stderr: asyncio.StreamReader,
-    exited: Awaitable[int],
+    exited: Awaitable[int | None],
     limits: Limits,
     wall: float,
     started: float,
+    kill: Callable[[], None],
 ) -> RunResult:
-    """Collect a started command's output under the limits; kill its group when it must stop.
+    """Collect a started command's output under the limits; `kill` it when it must stop.
 
-    The command leads its own process group (pid), so killing the group reaches whatever
-    it started too.
+    `kill` ends the command and everything it started (its process group, or the sandbox's
+    cgroup sweep). It is also called once the command itself has exited: what it left
+    running in the background would otherwise hold its pipes open (and the command would
+    only end at the wall-clock limit) or keep using CPU.
     """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wall
     out, err = bytearray(), bytearray()
     budget = [limits.output_bytes]
     overflow = asyncio.Event()
@@ -104,19 +110,29 @@ async def supervise(
     flooded = asyncio.ensure_future(overflow.wait())
     stop: StopReason = "exit"
     detail = ""
+    swept = False  # whether kill() ran after the command's own exit
     try:
-        done, _ = await asyncio.wait({readers, flooded}, timeout=wall,
-                                     return_when=asyncio.FIRST_COMPLETED)
+        waiting: set[asyncio.Future[Any]] = {readers, flooded, exit_code}
+        while not readers.done() and not overflow.is_set():
+            done, _ = await asyncio.wait(waiting, timeout=max(0.0, deadline - loop.time()),
+                                         return_when=asyncio.FIRST_COMPLETED)
+            if not done:
+                break
+            if exit_code in done:
+                # The leader is gone: end what it left behind, then read to the end.
+                kill()
+                swept = True
+                waiting.discard(exit_code)
         if overflow.is_set():
             stop, detail = "output_cap", f"output exceeded {limits.output_bytes} bytes"
-        elif not done:
+        elif not readers.done():
             stop, detail = "timeout", f"killed after {wall:g} s"
     finally:
         flooded.cancel()
         if stop != "exit":
-            _killpg(pid)
+            kill()
         if not readers.done():
-            # The group is dead (or the command finished): its pipes close promptly.
+            # Everything that held the pipes is dead (or the command finished): they close.
             try:
                 await asyncio.wait_for(readers, timeout=5)
             except (TimeoutError, asyncio.CancelledError):
@@ -124,11 +140,11 @@ async def supervise(
         try:
             code = await asyncio.wait_for(asyncio.shield(exit_code), timeout=10)
         except TimeoutError:
-            _killpg(pid)
+            kill()
             code = await exit_code
         # Descendants that outlived the leader would keep pipes or CPU busy.
-        if stop == "exit":
-            _killpg(pid)
+        if stop == "exit" and not swept:
+            kill()
     return RunResult(
         exit_code=code if stop == "exit" else None,
         stdout=out.decode("utf-8", "replace"),

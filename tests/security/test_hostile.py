@@ -226,6 +226,19 @@ async def test_write_a_kernel_setting(arena: Arena) -> None:
     assert "WROTE" not in out.content
 
 
+async def test_take_over_pid_1(arena: Arena) -> None:
+    # Whatever is pid 1 outlives each command: no command may trace it, read its memory or
+    # its environment, use its file descriptors, or kill it.
+    out = await run(arena, "python3 -c \"import ctypes; libc = ctypes.CDLL(None); "
+                    "print('ATTACHED' if libc.ptrace(16, 1, 0, 0) == 0 else 'refused')\"; "
+                    "head -c 16 /proc/1/mem && echo READMEM; tr '\\0' '\\n' < /proc/1/environ; "
+                    "for fd in /proc/1/fd/*; do cat $fd < /dev/null && echo OPENED $fd; done; "
+                    "kill -9 1; kill -TERM 1; kill -INT 1")
+    assert "ATTACHED" not in out.content and "READMEM" not in out.content
+    assert "OPENED" not in out.content and "PATH=" not in out.content
+    assert (await run(arena, "echo alive")).content.count("alive") == 1
+
+
 async def test_private_tmp_does_not_reach_the_host(arena: Arena) -> None:
     marker = Path("/tmp") / f"factory-hostile-{os.getpid()}"
     out = await run(arena, f"echo x > {marker} && echo WROTE")
