@@ -24,7 +24,7 @@ from console.screens import DiffScreen, HelpScreen, QuitScreen, ReasonScreen
 from console.themes import DEFAULT_THEME, load_themes, remember_theme, remembered_theme
 from console.widgets.agents import AgentsPane
 from console.widgets.conflicts import ConflictsPane
-from console.widgets.queue import InboxPane, QueuePane
+from console.widgets.queue import QUESTION, InboxPane, QueuePane, is_question
 from console.widgets.rows import RowsView
 from console.widgets.specs import SpecsPane
 from console.widgets.status import RunStatus
@@ -201,12 +201,13 @@ class FactoryApp(App[None]):
             elif changed:
                 agents.table.rows_changed(changed)
             entries = model.take_changed("queue")
+            asked = model.take_changed("questions")
             # Task and gate rows only feed columns of queue entries (tokens, verdicts):
             # repaint those rows, no re-sort.
             shown = model.take_changed("tasks") | {
                 key.rsplit(":", 1)[0] for key in model.take_changed("gates")}
             for pane in (self.query_one(QueuePane), self.query_one(InboxPane)):
-                if entries:
+                if entries or (asked and isinstance(pane, InboxPane)):
                     pane.refill()
                 elif shown:
                     pane.table.rows_changed(shown)
@@ -382,6 +383,9 @@ class FactoryApp(App[None]):
             keys = sorted(self.query_one(InboxPane).table.marked)
         else:
             key = self._selected_entry()
+            if is_question(key):
+                self._ask_answer(str(key))
+                return
             keys = [key] if key else []
         approved = 0
         for key in keys:
@@ -390,9 +394,28 @@ class FactoryApp(App[None]):
         if approved:
             self.notify(f"approved {approved} entr{'y' if approved == 1 else 'ies'}")
 
+    def _ask_answer(self, key: str) -> None:
+        row = self.query_one(InboxPane).table.rows.get(key)
+        if row is None:
+            return
+        question_id = key[len(QUESTION):]
+
+        async def answered(text: str | None) -> None:
+            if text:
+                await self._command(self.client.answer(question_id, text),
+                                    f"answered {row['agent_id']}")
+
+        self.push_screen(ReasonScreen(
+            f"{row['agent_id']} ({row['task_key']}) asks: {row['question']}",
+            placeholder="your answer, or an option's number", ok="Answer",
+            empty="an answer cannot be empty", choices=list(row["options"] or [])), answered)
+
     def action_reject(self) -> None:
         key = self._selected_entry()
         if key is None:
+            return
+        if is_question(key):
+            self.notify("a question is answered (a), not rejected", severity="warning")
             return
 
         async def rejected(reason: str | None) -> None:
@@ -415,6 +438,8 @@ class FactoryApp(App[None]):
         key = self._selected_entry()
         if key is None:
             return
+        if is_question(key):
+            key = self.query_one(InboxPane).table.rows[key]["task_key"]
         try:
             diff = await self.client.diff(key)
         except FactoryError as exc:
@@ -425,7 +450,9 @@ class FactoryApp(App[None]):
     def action_mark(self) -> None:
         table = self.query_one(InboxPane).table
         key = table.selected_key
-        if key is not None:
+        if is_question(key):
+            self.notify("questions are answered one at a time (a)", severity="warning")
+        elif key is not None:
             table.toggle_mark(key)
             table.action_cursor(1)
 

@@ -73,6 +73,8 @@ class FactoryClient(Protocol):
 
     async def approve(self, key: str) -> None: ...
 
+    async def answer(self, question_id: str, text: str) -> None: ...
+
     async def reject(self, key: str, reason: str) -> None: ...
 
     async def move(self, key: str, delta: int) -> None: ...
@@ -91,6 +93,8 @@ class InProcessClient:
 
     def __init__(self, factory: Any) -> None:
         self.factory = factory
+        # A console is a person watching: agents' questions wait for them while it is open.
+        factory.supervise(True)
         self.root: Path = factory.root
         self._run: asyncio.Task[Any] | None = None
         self.run_error: BaseException | None = None
@@ -160,6 +164,9 @@ class InProcessClient:
     async def approve(self, key: str) -> None:
         await self.factory.approve(key)
 
+    async def answer(self, question_id: str, text: str) -> None:
+        await self.factory.answer(question_id, text)
+
     async def reject(self, key: str, reason: str) -> None:
         await self.factory.reject(key, reason)
 
@@ -187,4 +194,5 @@ class InProcessClient:
                 await self._run
             except (asyncio.CancelledError, Exception):
                 pass
+        self.factory.supervise(False)
         await self.factory.close()

@@ -36,7 +36,8 @@ def age(ts: float | None) -> str:
 STATE_STYLES = {
     "running": "bold", "landed": "green", "finished": "green", "rejected": "red",
     "failed": "red", "stuck": "red", "budget": "red", "blocked": "yellow",
-    "awaiting_approval": "yellow", "landing": "cyan", "queued": "cyan", "conflict": "red",
+    "awaiting_approval": "yellow", "waiting": "bold magenta", "landing": "cyan",
+    "queued": "cyan", "conflict": "red",
     "clean": "green", "closed": "dim", "high": "red", "medium": "yellow", "low": "green",
 }
 

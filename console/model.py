@@ -30,6 +30,7 @@ class Totals:
     landed: int = 0
     rejected: int = 0
     awaiting: int = 0
+    questions: int = 0
     run_status: str = "idle"
 
     @property
@@ -105,7 +106,7 @@ class ViewModel:
         t = Totals()
         agents = self.state.tables["agents"].values()
         t.agents_total = len(agents)
-        t.agents_active = sum(1 for a in agents if a["status"] == "running")
+        t.agents_active = sum(1 for a in agents if a["status"] in ("running", "waiting"))
         tasks = self.state.tables["tasks"].values()
         t.tasks_total = len(tasks)
         t.tasks_done = sum(1 for x in tasks if x["status"] in ("landed", "rejected", "failed",
@@ -114,6 +115,8 @@ class ViewModel:
         t.rejected = sum(1 for x in tasks if x["status"] == "rejected")
         t.awaiting = sum(1 for q in self.state.tables["queue"].values()
                          if q["status"] == "awaiting_approval")
+        t.questions = sum(1 for q in self.state.tables["questions"].values()
+                          if q["status"] == "pending")
         runs = sorted(self.state.tables["runs"].values(), key=lambda r: r["started"] or 0)
         if runs:
             t.run_status = runs[-1]["status"] or "idle"

@@ -19,7 +19,7 @@ HELP = """\
 | ctrl+r | run or re-plan the open spec |
 | p | pause / follow the agent timeline |
 | / | filter agents (`state:running spec:stats text`) |
-| a | approve the selected (inbox: the marked) entries |
+| a | approve the selected (inbox: the marked) entries; answer the selected question |
 | x | reject the selected entry, with a reason |
 | [ / ] | move the selected queue entry up / down |
 | r | retry a rejected entry |
@@ -53,7 +53,7 @@ class HelpScreen(ModalScreen[None]):
 
 
 class ReasonScreen(ModalScreen[str | None]):
-    """Ask why; an empty reason is not accepted (a rejection must say why)."""
+    """Ask for a line of text that may not be empty: why a rejection, or an agent's answer."""
 
     BINDINGS = [Binding("escape", "cancel", "Cancel")]
     DEFAULT_CSS = """
@@ -63,16 +63,25 @@ class ReasonScreen(ModalScreen[str | None]):
     ReasonScreen Horizontal { height: auto; }
     """
 
-    def __init__(self, title: str) -> None:
+    def __init__(self, title: str, *, placeholder: str = "reason (required)",
+                 ok: str = "Reject", empty: str = "a rejection needs a reason",
+                 choices: list[str] | None = None) -> None:
         super().__init__()
         self.title_text = title
+        self.placeholder = placeholder
+        self.ok = ok
+        self.empty = empty
+        self.choices = choices or []
 
     def compose(self) -> ComposeResult:
         with Vertical():
             yield Label(self.title_text)
-            yield Input(placeholder="reason (required)", id="reason")
+            for number, choice in enumerate(self.choices, start=1):
+                yield Label(f"  {number}. {choice}")
+            yield Input(placeholder=self.placeholder, id="reason")
             with Horizontal():
-                yield Button("Reject", variant="error", id="ok")
+                yield Button(self.ok, variant="error" if self.ok == "Reject" else "primary",
+                             id="ok")
                 yield Button("Cancel", id="cancel")
 
     def on_input_submitted(self) -> None:
@@ -87,8 +96,10 @@ class ReasonScreen(ModalScreen[str | None]):
     def _submit(self) -> None:
         reason = self.query_one("#reason", Input).value.strip()
         if not reason:
-            self.notify("a rejection needs a reason", severity="warning")
+            self.notify(self.empty, severity="warning")
             return
+        if reason.isdigit() and 1 <= int(reason) <= len(self.choices):
+            reason = self.choices[int(reason) - 1]  # an option picked by its number
         self.dismiss(reason)
 
     def action_cancel(self) -> None:

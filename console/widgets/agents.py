@@ -74,8 +74,9 @@ class AgentsPane(Vertical):
     def refill(self, rows: dict[str, dict[str, Any]]) -> None:
         words = self.filter_words()
         keys = [k for k, r in rows.items() if not words or matches(r, words)]
-        # Running agents first, then the most recent.
-        keys.sort(key=lambda k: (rows[k]["status"] != "running", -(rows[k]["started"] or 0)))
+        # Live agents (running, or waiting for an answer) first, then the most recent.
+        keys.sort(key=lambda k: (rows[k]["status"] not in ("running", "waiting"),
+                                -(rows[k]["started"] or 0)))
         self.table.set_rows(rows, keys)
 
     def set_paused(self, paused: bool) -> None:

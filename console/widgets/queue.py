@@ -82,19 +82,38 @@ class QueuePane(Vertical):
         self.table.set_rows(rows, open_first)
 
 
+QUESTION = "?"  # inbox keys of questions start with it; approvals are keyed by task
+
+
+def is_question(key: str | None) -> bool:
+    return bool(key) and key.startswith(QUESTION)  # type: ignore[union-attr]
+
+
 def inbox_columns(model: Any) -> list[Column]:
     def task(r: dict[str, Any]) -> dict[str, Any]:
-        return model.rows("tasks").get(r["key"]) or {}
+        return model.rows("tasks").get(r.get("task_key") or r["key"]) or {}
+
+    def asked(r: dict[str, Any]) -> bool:
+        return "question" in r
+
+    def why(r: dict[str, Any]) -> str:
+        if asked(r):
+            options = r["options"] or []
+            return f"{r['agent_id']} asks" + (f" (options: {' | '.join(options)})"
+                                              if options else "")
+        return "; ".join(r["risk_reasons"] or []) or "policy: always"
 
     return [
-        Column("risk", 6, lambda r: r["risk"] or "", style=lambda r: fmt.state_style(r["risk"])),
-        Column("age", 7, lambda r: fmt.age(r["entered"]), "right", live=True),
-        Column("kind", 9, lambda r: "approval"),
-        Column("entry", 26, lambda r: r["key"]),
-        Column("title", 34, lambda r: task(r).get("title") or ""),
+        Column("risk", 6, lambda r: "ask" if asked(r) else r["risk"] or "",
+               style=lambda r: "bold magenta" if asked(r) else fmt.state_style(r["risk"])),
+        Column("age", 7, lambda r: fmt.age(r["asked"] if asked(r) else r["entered"]), "right",
+               live=True),
+        Column("kind", 9, lambda r: "question" if asked(r) else "approval"),
+        Column("entry", 26, lambda r: r["task_key"] if asked(r) else r["key"]),
+        Column("title", 34, lambda r: r["question"] if asked(r) else task(r).get("title") or ""),
         Column("tokens", 7, lambda r: fmt.tokens(task(r).get("tokens")), "right"),
         Column("USD", 9, lambda r: fmt.usd(task(r).get("cost")), "right"),
-        Column("why", 60, lambda r: "; ".join(r["risk_reasons"] or []) or "policy: always"),
+        Column("why", 60, why),
     ]
 
 
@@ -108,8 +127,8 @@ class InboxPane(Vertical):
         self.model = model
 
     def compose(self) -> ComposeResult:
-        yield Static("space mark · a approve (marked, or the selected) · x reject · "
-                     "v view diff", id="inbox-help")
+        yield Static("space mark · a approve (marked, or the selected) or answer a question · "
+                     "x reject · v view diff", id="inbox-help")
         yield RowsView(inbox_columns(self.model), id="inbox-table")
 
     @property
@@ -117,9 +136,15 @@ class InboxPane(Vertical):
         return self.query_one("#inbox-table", RowsView)
 
     def refill(self) -> None:
-        rows = self.model.rows("queue")
-        waiting = [k for k, r in rows.items() if r["status"] == "awaiting_approval"]
-        waiting.sort(key=lambda k: (RISK_ORDER.get(rows[k]["risk"] or "", 3),
-                                    rows[k]["entered"] or 0))
+        """Questions first (an agent is stopped until one is answered), oldest first; then
+        approvals by risk and age."""
+        queue = self.model.rows("queue")
+        rows = {k: r for k, r in queue.items() if r["status"] == "awaiting_approval"}
+        questions = {QUESTION + k: r for k, r in self.model.rows("questions").items()
+                     if r["status"] == "pending"}
+        waiting = sorted(rows, key=lambda k: (RISK_ORDER.get(rows[k]["risk"] or "", 3),
+                                              rows[k]["entered"] or 0))
+        asked = sorted(questions, key=lambda k: questions[k]["asked"] or 0)
+        rows.update(questions)
         self.table.marked &= set(waiting)
-        self.table.set_rows(rows, waiting)
+        self.table.set_rows(rows, asked + waiting)

@@ -37,6 +37,8 @@ class RunStatus(Static):
         text.append(f"  merge rate {rate:.0%}" if rate is not None else "  merge rate -")
         if t.awaiting:
             text.append(f"  approvals {t.awaiting}", style="bold yellow")
+        if t.questions:
+            text.append(f"  questions {t.questions}", style="bold magenta")
         if sandbox == "none":
             text.append("  UNSANDBOXED", style="bold red reverse")
         elif sandbox:

@@ -74,6 +74,14 @@ def describe(stored: StoredEvent) -> Text | None:
                    style="bold red")
     elif kind == "agent_stuck":
         out.append(f"STUCK: {e.reason}", style="bold red")
+    elif kind == "question_asked":
+        out.append(f"step {e.step} ASKS: {e.question[:300]}", style="bold magenta")
+        if e.options:
+            out.append("\n  options: " + " | ".join(e.options), style="magenta")
+    elif kind == "question_answered":
+        who = "a person" if e.by == "person" else f"the engine ({e.why})"
+        out.append(f"answered by {who}: ", style="magenta")
+        out.append(e.answer[:300])
     elif kind == "agent_finished":
         out.append(f"finished: {e.status}", style="bold green" if e.status == "finished"
                    else "bold red")

@@ -73,8 +73,13 @@ def history() -> list[ev.Event]:
             ids = {"spec_id": spec, "task_id": task}
             outcome = outcomes[task]
             agent = _agent(spec, task, files, 3, "finished")
-            if outcome == "running":
+            if outcome == "running":  # and waiting for a person's answer
                 events.extend(agent[:-1])
+                events.append(ev.QuestionAsked(
+                    **ids, agent_id=f"{spec}.{task}.1", question_id="q-0123456789",
+                    task_key=f"{spec}/{task}", step=4, call_id="c4",
+                    question="Should `python -m textkit` read stdin when no file is given?",
+                    options=["yes, read stdin", "no, print usage"]))
                 continue
             events.extend(agent)
             branch = f"factory/{spec}/{task}"

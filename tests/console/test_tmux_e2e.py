@@ -1,8 +1,9 @@
 """End to end: the real `factory demo` command in a real terminal (tmux), driven by keys.
 
 The test starts `factory demo PATH` in its own tmux server, waits for the run's branches to
-queue for approval, edits and saves a spec in the editor, approves an inbox entry, watches
-it land (or be rejected by a gate) in the queue pane and quits. Every wait polls the
+queue for approval, edits and saves a spec in the editor, answers an agent's question and
+approves an entry in the inbox, watches it land (or be rejected by a gate) in the queue pane
+and quits. Every wait polls the
 screen (`tmux capture-pane`), and a wait that times out shows the last screen it saw.
 """
 
@@ -101,7 +102,7 @@ def header(screen: str) -> dict[str, int]:
     for name, pattern in (("active", r"agents (\d+) active/"), ("agents", r"active/(\d+)"),
                           ("done", r"tasks (\d+)/"), ("tasks", r"tasks \d+/(\d+)"),
                           ("landed", r"landed (\d+)"), ("rejected", r"rejected (\d+)"),
-                          ("approvals", r"approvals (\d+)")):
+                          ("approvals", r"approvals (\d+)"), ("questions", r"questions (\d+)")):
         match = re.search(pattern, line)
         if match:
             found[name] = int(match.group(1))
@@ -324,9 +325,25 @@ def test_demo_in_a_real_terminal(tmp_path: Path) -> None:
         term.wait_for(lambda s: " 5 Inbox " in footer(s), 10,
                       "the focus to leave the editor (pane keys back in the footer)")
 
-        # Inbox: once nothing changes on its own, pick the second entry and approve it.
+        # Inbox: an agent's question comes first (its agent waits); answer it by picking
+        # the first option by its number.
         term.keys("5")
         term.wait_for(INBOX_HEADING, 10)
+        term.wait_for(lambda s: any("question" in line for _, line in
+                                    table_rows(s, INBOX_HEADING)), 90,
+                      "the demo agent's question in the inbox")
+        term.keys("Home")
+        wait_until(term, lambda: inbox_cursor(term), 0, "the inbox cursor row")
+        term.keys("a")
+        term.wait_for(" asks: ", 10, "the answer dialog")
+        term.type("1")
+        term.keys("Enter")
+        term.wait_for(lambda s: re.search(r"answered [\w.-]+\.\d", s), 10,
+                      "the 'answered <agent>' notification")
+        term.wait_for(lambda s: "questions" not in header(s) and "landed" in header(s), 10,
+                      "the header to show no pending question")
+
+        # Then, once nothing changes on its own, pick the second entry and approve it.
         settled = wait_settled(term, 90)
         waiting = settled["approvals"]
         term.wait_for(lambda s: len(inbox_keys(s)) == waiting, 10,
