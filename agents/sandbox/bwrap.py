@@ -20,11 +20,14 @@ worktree or a read-only path was replaced, created or removed).
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import errno
 import functools
 import json
 import os
 import shutil
 import stat
+import struct
 import subprocess
 import sys
 import time
@@ -56,11 +59,27 @@ def toolchain_paths() -> list[Path]:
     return sorted(p for p in paths if not str(p).startswith("/usr"))
 
 
+SETUID_BITS = stat.S_ISUID | stat.S_ISGID
+
+
+def _strip(path: str, root: Path, found: list[str]) -> None:
+    """Clear the setuid/setgid bits of one regular file, if it has them."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    if stat.S_ISREG(mode) and mode & SETUID_BITS:
+        os.chmod(path, stat.S_IMODE(mode) & ~SETUID_BITS)
+        found.append(os.path.relpath(path, root))
+
+
 def strip_setuid(root: Path) -> list[str]:
     """Clear setuid/setgid bits a command set in the worktree.
 
     Inside the sandbox they grant nothing (no capabilities, no_new_privs), but the worktree
     lives on the host's disk, where a root-owned setuid file would be a way up for anyone.
+    Only the worktree's own `.git` is skipped (a pointer file, or metadata bound read-only);
+    a `.git` directory a command made further down is walked like any other.
     """
     found: list[str] = []
     stack = [root]
@@ -68,14 +87,130 @@ def strip_setuid(root: Path) -> list[str]:
         with os.scandir(stack.pop()) as entries:
             for entry in entries:
                 if entry.is_dir(follow_symlinks=False):
-                    if entry.name != ".git":
+                    if entry.path != str(root / ".git"):
                         stack.append(Path(entry.path))
                 elif entry.is_file(follow_symlinks=False):
-                    mode = entry.stat(follow_symlinks=False).st_mode
-                    if mode & (stat.S_ISUID | stat.S_ISGID):
-                        os.chmod(entry.path, stat.S_IMODE(mode) & ~(stat.S_ISUID | stat.S_ISGID))
-                        found.append(os.path.relpath(entry.path, root))
+                    _strip(entry.path, root, found)
     return found
+
+
+# inotify(7), which the standard library does not wrap.
+_IN_ATTRIB, _IN_MOVED_FROM, _IN_MOVED_TO, _IN_CREATE = 0x4, 0x40, 0x80, 0x100
+_IN_DELETE_SELF, _IN_MOVE_SELF, _IN_Q_OVERFLOW, _IN_IGNORED = 0x400, 0x800, 0x4000, 0x8000
+_IN_ONLYDIR, _IN_DONT_FOLLOW, _IN_ISDIR = 0x1000000, 0x2000000, 0x40000000
+_IN_WATCH = (_IN_ATTRIB | _IN_CREATE | _IN_MOVED_TO | _IN_MOVED_FROM | _IN_MOVE_SELF
+             | _IN_DELETE_SELF | _IN_ONLYDIR | _IN_DONT_FOLLOW)
+_IN_EVENT = struct.Struct("iIII")  # wd, mask, cookie, len; then len bytes of name
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(None, use_errno=True)
+
+
+class SetuidGuard:
+    """`strip_setuid` that looks only where the worktree changed since the last check.
+
+    A full walk costs a stat per file (about 10 us here: 20 ms on every command for a
+    2000-file worktree). inotify reports every file created, moved in or chmod-ed in a
+    watched directory, and the system call that makes a change queues its event, so once a
+    command and everything it started are dead, one non-blocking read holds them all. A new
+    directory is walked in full (files may have appeared in it before its watch); whatever
+    the bookkeeping cannot follow (a watched directory moved, the event queue overflowed, no
+    inotify or no watch left) means a full walk and fresh watches, as before.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root.resolve()
+        self.fd: int | None = None
+        self.dirs: dict[int, Path] = {}
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+        self.fd = None
+        self.dirs.clear()
+
+    def reset(self) -> list[str]:
+        """A full walk that also (re)places the watches."""
+        self.close()
+        fd = _libc().inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+        if fd < 0:
+            return strip_setuid(self.root)
+        self.fd = fd
+        found: list[str] = []
+        try:
+            self._watch(self.root, found)
+        except OSError:
+            self.close()  # out of watches, say: full walks from now on
+            return strip_setuid(self.root)
+        return found
+
+    def _watch(self, top: Path, found: list[str]) -> None:
+        """Watch every directory from top down, then look at what is already there."""
+        assert self.fd is not None
+        stack = [top]
+        while stack:
+            folder = stack.pop()
+            wd = _libc().inotify_add_watch(self.fd, os.fsencode(folder), _IN_WATCH)
+            if wd < 0:
+                err = ctypes.get_errno()
+                if err in (errno.ENOENT, errno.ENOTDIR):
+                    continue  # gone (or replaced) since it was listed
+                raise OSError(err, os.strerror(err), str(folder))
+            self.dirs[wd] = folder
+            with os.scandir(folder) as entries:
+                for entry in entries:
+                    if entry.is_dir(follow_symlinks=False):
+                        if entry.path != str(self.root / ".git"):
+                            stack.append(Path(entry.path))
+                    elif entry.is_file(follow_symlinks=False):
+                        _strip(entry.path, self.root, found)
+
+    def _events(self) -> list[tuple[Path, str, int]] | None:
+        """Everything queued since the last read; None when only a full walk will do."""
+        assert self.fd is not None
+        events: list[tuple[Path, str, int]] = []
+        while True:
+            try:
+                data = os.read(self.fd, 1 << 16)
+            except BlockingIOError:
+                return events
+            offset = 0
+            while offset < len(data):
+                wd, mask, _, size = _IN_EVENT.unpack_from(data, offset)
+                name = os.fsdecode(data[offset + _IN_EVENT.size:
+                                        offset + _IN_EVENT.size + size].rstrip(b"\0"))
+                offset += _IN_EVENT.size + size
+                if mask & (_IN_Q_OVERFLOW | _IN_MOVE_SELF) or \
+                        (mask & _IN_MOVED_FROM and mask & _IN_ISDIR):
+                    return None  # lost events, or paths under a moved directory changed
+                if mask & _IN_IGNORED:
+                    self.dirs.pop(wd, None)
+                elif wd in self.dirs and name:
+                    events.append((self.dirs[wd], name, mask))
+                elif mask & _IN_DELETE_SELF and wd in self.dirs \
+                        and self.dirs[wd] == self.root:
+                    return None
+
+    def check(self) -> list[str]:
+        """Clear the bits wherever something changed; the files it cleared."""
+        if self.fd is None:
+            return self.reset()
+        events = self._events()
+        if events is None:
+            return self.reset()
+        found: list[str] = []
+        try:
+            for folder, name, mask in events:
+                path = folder / name
+                if not mask & _IN_ISDIR:
+                    _strip(str(path), self.root, found)
+                elif mask & (_IN_CREATE | _IN_MOVED_TO) and path != self.root / ".git":
+                    self._watch(path, found)
+        except OSError:
+            return found + self.reset()
+        return found
 
 
 MountKey = tuple[tuple[str, int, int], ...]
@@ -124,6 +259,7 @@ class BwrapSandbox:
         self.keep: frozenset[int] = frozenset()
         self.mounted: MountKey = ()
         self.oom_seen = 0  # the group's OOM-kill count when the last command ended
+        self.setuid = SetuidGuard(ctx.worktree)
         # One command at a time: the sweep after a command ends everything but the sandbox.
         self.lock = asyncio.Lock()
 
@@ -201,6 +337,7 @@ class BwrapSandbox:
             await launcher.close()
             raise LauncherGone(f"the sandbox's launcher exited: {exc}") from exc
         self.launcher, self.mounted = launcher, mounted
+        self.setuid.reset()  # a full walk, and watches from here on
         self.keep = frozenset({launcher.proc.pid, inner})
         self.oom_seen = self.group.oom_kills()
         return launcher
@@ -251,7 +388,7 @@ class BwrapSandbox:
                     return RunResult(None, "", str(exc), time.perf_counter() - started,
                                      "denied", f"could not start the sandbox: {exc}")
                 result = await self._run(launcher, argv, cwd, full_env, limits, wall)
-        stripped = strip_setuid(self.ctx.worktree)
+        stripped = self.setuid.check()
         if stripped:
             return RunResult(result.exit_code, result.stdout, result.stderr, result.duration,
                              "denied", "removed the setuid/setgid bit from "
@@ -314,6 +451,7 @@ class BwrapSandbox:
             await self.launcher.close()
             self.launcher = None
         self.group.remove()
+        self.setuid.close()
 
 
 async def _exit_code(exited: asyncio.Future[Exit],

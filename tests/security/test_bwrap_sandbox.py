@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from agents.sandbox.base import Limits, RunResult, SandboxContext
-from agents.sandbox.bwrap import BwrapBackend, BwrapSandbox
+from agents.sandbox.bwrap import BwrapBackend, BwrapSandbox, SetuidGuard
 from tests.conftest import PROJECT, git, make_repo
 
 LIMITS = Limits(wall_seconds=10, memory_mb=256, max_processes=64, output_bytes=200_000)
@@ -155,3 +155,53 @@ async def test_close_leaves_nothing_behind(worktree: Path) -> None:
     await box.close()
     assert not any(Path(f"/proc/{pid}").exists() for pid in keep)
     assert not any(d.exists() for d in dirs)
+
+
+def _setuid_file(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("#!/bin/sh\n")
+    path.chmod(0o4755)
+
+
+def _mode(path: Path) -> int:
+    return path.stat().st_mode & 0o7777
+
+
+def test_setuid_guard_finds_bits_wherever_they_were_set(tmp_path: Path) -> None:
+    root = tmp_path / "wt"
+    (root / "a" / "b").mkdir(parents=True)
+    (root / "a" / "b" / "old.sh").write_text("x")
+    (root / ".git").write_text("gitdir: elsewhere\n")
+    guard = SetuidGuard(root)
+    assert guard.reset() == [] and guard.fd is not None
+    (root / "a" / "b" / "old.sh").chmod(0o6755)  # an existing file
+    _setuid_file(root / "new" / "deep" / "x")  # in directories made since
+    _setuid_file(root / "sub" / ".git" / "hook")  # a .git a command made is no hiding place
+    fd = os.open(root / "a" / "made", os.O_CREAT | os.O_WRONLY, 0o4755)  # born with it
+    os.close(fd)
+    os.link(root / "a" / "b" / "old.sh", root / "a" / "link")
+    found = guard.check()
+    assert sorted(found) == ["a/b/old.sh", "a/made", "new/deep/x", "sub/.git/hook"]
+    assert all(_mode(p) & 0o6000 == 0 for p in root.rglob("*") if p.is_file())
+    (root / "a" / "link").chmod(0o4700)  # through another name of the same file
+    assert guard.check() in (["a/link"], ["a/b/old.sh"])  # either name: it is one file
+    assert _mode(root / "a" / "link") == 0o700
+    assert guard.check() == []  # nothing changed since
+
+
+def test_setuid_guard_walks_again_when_it_cannot_follow(tmp_path: Path) -> None:
+    root = tmp_path / "wt"
+    (root / "a" / "b").mkdir(parents=True)
+    guard = SetuidGuard(root)
+    guard.reset()
+    (root / "a").rename(root / "z")  # every path below the moved directory changed
+    _setuid_file(root / "z" / "b" / "x")
+    assert guard.check() == ["z/b/x"]
+    _setuid_file(root / "z" / "b" / "y")  # and the new watches follow the new paths
+    assert guard.check() == ["z/b/y"]
+    limit = int(Path("/proc/sys/fs/inotify/max_queued_events").read_text())
+    for n in range(limit + 10):  # more events than the queue holds: a full walk
+        (root / f"f{n}").touch()
+    _setuid_file(root / "z" / "last")
+    assert "z/last" in guard.check()
+    guard.close()
