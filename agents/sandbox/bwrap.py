@@ -388,7 +388,7 @@ class BwrapSandbox:
                     return RunResult(None, "", str(exc), time.perf_counter() - started,
                                      "denied", f"could not start the sandbox: {exc}")
                 result = await self._run(launcher, argv, cwd, full_env, limits, wall)
-        stripped = self.setuid.check()
+            stripped = self.setuid.check()
         if stripped:
             return RunResult(result.exit_code, result.stdout, result.stderr, result.duration,
                              "denied", "removed the setuid/setgid bit from "

@@ -35,6 +35,7 @@ import os
 import select
 import signal
 import socket
+import subprocess
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -240,6 +241,9 @@ class Launcher:
                 str(MAX_REQUEST), pass_fds=(theirs.fileno(), *pass_fds), preexec_fn=preexec,
                 stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
                 stderr=asyncio.subprocess.PIPE)
+        except (OSError, subprocess.SubprocessError) as exc:
+            ours.close()  # no bubblewrap, say, or the cgroup refused the process
+            raise LauncherGone(f"the sandbox did not start: {exc}") from exc
         except BaseException:
             ours.close()
             raise
@@ -276,7 +280,7 @@ class Launcher:
         the launcher reported it); then whether the launcher can take the next one."""
         last = self._last
         if last is not None and not last.done():
-            with contextlib.suppress(TimeoutError):
+            with contextlib.suppress(TimeoutError, OSError):  # how it ended is not ours
                 await asyncio.wait_for(asyncio.shield(last), timeout)
             if not last.done():
                 return False
