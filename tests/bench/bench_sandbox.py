@@ -6,7 +6,10 @@ the difference and the ratio (goals: bwrap under 10 ms extra; docker exec under 
 extra). Rounds alternate between baseline and backends so that machine drift hits all of
 them. Docker runs each command by exec in one long-lived container, from the image given
 (default: the host-toolchain image, built here if it is missing, since nothing is pulled).
-Usage: python tests/bench/bench_sandbox.py [--runs N] [--image IMAGE]
+`--files N` fills the worktree with N small files first (per-file work after each command,
+such as looking for setuid bits, shows there; the default, 0, is an empty worktree).
+Usage: python tests/bench/bench_sandbox.py [--runs N] [--image IMAGE] [--files N]
+       [--backends bwrap,docker]
 """
 
 from __future__ import annotations
@@ -39,11 +42,21 @@ def docker_backend(limits: Limits, image: str, root: Path) -> SandboxBackend:
         return make_backend("docker", limits=limits, image=image, root=root)
 
 
-async def main(runs: int, image: str) -> None:
+def fill(work: Path, files: int) -> None:
+    """A worktree of `files` small files, twenty to a directory, like a source tree."""
+    for n in range(files):
+        folder = work / f"pkg{n // 20}"
+        folder.mkdir(exist_ok=True)
+        (folder / f"mod{n % 20}.py").write_text("x = 1\n")
+
+
+async def main(runs: int, image: str, files: int = 0,
+               backends: tuple[str, ...] = ("bwrap", "docker")) -> None:
     work = Path(tempfile.mkdtemp(prefix="factory-bench-sandbox-"))
+    fill(work, files)
     limits = Limits()
     sandboxes = {}
-    for name in ("bwrap", "docker"):
+    for name in backends:
         try:
             backend = (docker_backend(limits, image, work) if name == "docker"
                        else make_backend("bwrap", limits=limits))
@@ -67,7 +80,8 @@ async def main(runs: int, image: str) -> None:
                 times.setdefault((name, label), []).append(time.perf_counter() - started)
     for sandbox in sandboxes.values():
         await sandbox.close()
-    print(f"per-command wall time, median of {runs} alternating runs (ms)")
+    print(f"per-command wall time, median of {runs} alternating runs (ms)"
+          + (f", worktree of {files} files" if files else ""))
     print(f"{'command':<16}{'plain (baseline)':>18}" + "".join(
         f"{name:>12}{'extra':>10}{'ratio':>8}" for name in sandboxes))
     extra: dict[str, float] = {}
@@ -90,5 +104,9 @@ if __name__ == "__main__":
     parser.add_argument("--runs", type=int, default=40)
     parser.add_argument("--image", default="factory-sandbox:local",
                         help="docker image to run commands in (default: the local one)")
+    parser.add_argument("--files", type=int, default=0,
+                        help="small files to put in the worktree first (default: none)")
+    parser.add_argument("--backends", default="bwrap,docker",
+                        help="comma-separated backends to measure (default: bwrap,docker)")
     args = parser.parse_args()
-    asyncio.run(main(args.runs, args.image))
+    asyncio.run(main(args.runs, args.image, args.files, tuple(args.backends.split(","))))
