@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from textual import on, work
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
+from textual.lazy import Lazy
 from textual.screen import Screen
 from textual.widgets import Footer, Input, OptionList, TabbedContent, TabPane
 
@@ -99,14 +100,16 @@ class FactoryApp(App[None]):
         with TabbedContent(initial="specs", id="tabs"):
             with TabPane("Specs [1]", id="specs"):
                 yield SpecsPane(id="specs-pane")
+            # The hidden panes are mounted just after the first frame (Lazy): styling all
+            # their widgets up front would hold that frame back.
             with TabPane("Agents [2]", id="agents"):
-                yield AgentsPane(id="agents-pane")
+                yield Lazy(AgentsPane(id="agents-pane"))
             with TabPane("Conflicts [3]", id="conflicts"):
-                yield ConflictsPane(self, id="conflicts-pane")
+                yield Lazy(ConflictsPane(self, id="conflicts-pane"))
             with TabPane("Queue [4]", id="queue"):
-                yield QueuePane(self, id="queue-pane")
+                yield Lazy(QueuePane(self, id="queue-pane"))
             with TabPane("Inbox [5]", id="inbox"):
-                yield InboxPane(self, id="inbox-pane")
+                yield Lazy(InboxPane(self, id="inbox-pane"))
         yield Footer()
 
     def rows(self, table: str) -> dict[str, dict[str, Any]]:
@@ -137,11 +140,15 @@ class FactoryApp(App[None]):
                 return
         from console.model import ViewModel
 
+        # The Lazy panes mount just after the first frame; Lazy offers no event to wait on.
+        while not self.query(InboxPane) or not self.query(AgentsPane):  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
         snap = await self.client.snapshot()
         self.model = ViewModel.from_snapshot(snap)
         self._unfollow = self.client.follow(self.model.receive)
         self.refill_all()
         self._show_header(force=True)
+        self.refresh_bindings()  # the panes' keys apply now that there is something to act on
         self.set_interval(self.flush_seconds, self.flush)
         self.load_specs()
         self.call_after_refresh(self._data_frame)
@@ -255,7 +262,8 @@ class FactoryApp(App[None]):
         focus = {"specs": "#spec-editor", "agents": "#agents-table",
                  "conflicts": "#pairs-table", "queue": "#queue-table",
                  "inbox": "#inbox-table"}[tab]
-        self.query_one(focus).focus()
+        for widget in self.query(focus):  # absent for a moment after start (Lazy)
+            widget.focus()
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         """Show each pane's keys in the footer only where they apply."""
@@ -265,6 +273,8 @@ class FactoryApp(App[None]):
                  "reject": ("queue", "inbox"), "move": ("queue",), "retry": ("queue",),
                  "diff": ("queue", "inbox"), "mark": ("inbox",)}
         if action in where and tab not in where[action]:
+            return False
+        if action in where and self.model is None:  # not connected: the panes are empty
             return False
         return True
 
