@@ -175,3 +175,89 @@ async def test_not_a_store_is_a_clear_error(tmp_path: Path) -> None:
     bad.write_bytes(b"this is not sqlite" * 100)
     with pytest.raises(StoreError, match="not a Factory store"):
         await Store.open(bad)
+
+
+# Identifiers that JSON has to escape, or carries as raw UTF-8: the indexed columns are read
+# back out of each row's JSON by SQLite, so they must come out exactly as Python wrote them.
+AWKWARD = ['quote"d', "back\\slash", "tab\tnew\nline\r", "\x01\x1f\x7f", "é ß 中文",
+           "emoji 😀 𝄞", "sep\u2028\u2029", "slash/ and \\u0041 literally", "", " "]
+
+
+def _awkward_events(names: list[str]) -> list[ev.Event]:
+    return [ev.AgentNote(spec_id=name, task_id=f"t{name}", agent_id=f"{name}a", step=1,
+                         message={"role": "user", "content": name}) for name in names]
+
+
+def _columns(path: Path) -> list[tuple[object, ...]]:
+    conn = sqlite3.connect(path)
+    try:
+        return conn.execute("SELECT id, kind, spec_id, task_id, agent_id, data FROM events "
+                            "ORDER BY id").fetchall()
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("bulk", [True, False], ids=["one-statement", "row-by-row"])
+async def test_awkward_ids_are_stored_exactly(tmp_path: Path, bulk: bool) -> None:
+    path = tmp_path / "f.db"
+    store = await Store.open(path)
+    store._bulk = bulk
+    events = _awkward_events(AWKWARD)
+    # A NUL sends its batch row by row even when one statement could take it (SQLite's JSON
+    # functions stop a string at \u0000); the batch after it goes in one statement again.
+    await store.append(*events[:5])
+    await store.append(*_awkward_events(["nul\x00inside"]))
+    await store.append(*events[5:])
+    for agent in ("nul\x00insidea", "emoji 😀 𝄞a"):
+        [mine] = await store.read_events(agent_id=agent)
+        assert mine.event.agent_id == agent
+    await store.close()
+    written = [e for e in events[:5]] + _awkward_events(["nul\x00inside"]) + events[5:]
+    assert [row[1:5] for row in _columns(path)] == [
+        (e.kind, e.spec_id, e.task_id, e.agent_id) for e in written
+    ]
+    assert [row[5] for row in _columns(path)] == [e.model_dump_json() for e in written]
+    report = verify_chain(path)
+    assert report.ok and report.events == len(written)
+
+
+async def test_one_statement_and_row_by_row_write_the_same_rows(tmp_path: Path) -> None:
+    written = []
+    for bulk in (True, False):
+        path = tmp_path / f"{bulk}.db"
+        store = await Store.open(path)
+        store._bulk = bulk
+        await store.append(*_plan())
+        await store.append(*_awkward_events(AWKWARD))
+        await store.close()
+        assert verify_chain(path).ok and compare_projections(path) == []
+        written.append(_columns(path))
+    assert written[0] == written[1]
+
+
+async def test_a_failed_batch_fails_its_appends_and_the_store_recovers(tmp_path: Path) -> None:
+    path = tmp_path / "f.db"
+    store = await Store.open(path)
+    await store.append(*_plan())
+    await store.close()
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TRIGGER refuse BEFORE INSERT ON events "
+                 "WHEN NEW.kind = 'notice' AND NEW.data LIKE '%refuse me%' "
+                 "BEGIN SELECT RAISE(ABORT, 'refused'); END")
+    conn.commit()
+    conn.close()
+    store = await Store.open(path)
+    try:
+        with pytest.raises(sqlite3.IntegrityError, match="refused"):
+            await store.append(ev.RunFinished(run_id="r1", status="done"),
+                               ev.Notice(message="refuse me"))
+        # Nothing of the failed batch is on disk or in memory; the next batch continues the
+        # chain where the last committed one ended.
+        await store.flush()
+        assert store.get("runs", "r1")["status"] == "running"  # type: ignore[index]
+        assert await store.append(ev.Notice(message="fine")) == 8
+    finally:
+        await store.close()
+    report = verify_chain(path)
+    assert report.ok and report.events == 8
+    assert compare_projections(path) == []

@@ -16,6 +16,7 @@ import struct
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from itertools import accumulate
 from pathlib import Path
 from typing import Any
 
@@ -29,12 +30,34 @@ from agents.store.schema import MIGRATIONS
 GENESIS = bytes(32)
 MAX_BATCH = 10000
 MAX_QUEUED = 2
+WRITER_CACHE_KIB = 64 * 1024
+WAL_CHECKPOINT_PAGES = 8192
 _PACK = struct.Struct("<qd")
 
 _INSERT_EVENT = (
     "INSERT INTO events (id, ts, kind, spec_id, task_id, agent_id, data, prev_hash, hash) "
     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
+# A whole batch of events in one statement, so that SQLite inserts every row in a single
+# sqlite3_step with the GIL released. executemany takes the GIL back after every row, and
+# while the event loop was busy preparing the next batch each of those waits could last the
+# interpreter's switch interval: the two threads took turns instead of overlapping. Every
+# value travels exactly, as bytes: ids count up from ?1, ?2 is the batch's time, ?3 holds the
+# previous row's hash and then each row's own (32 bytes each), ?4 every row's JSON back to
+# back, ?5 a JSON array of their lengths. SQLite reads the indexed columns out of each row's
+# JSON, the very bytes that are hashed, so Python builds nothing per row for them.
+_INSERT_EVENTS = (
+    "INSERT INTO events (id, ts, kind, spec_id, task_id, agent_id, data, prev_hash, hash) "
+    "SELECT ?1 + n, ?2, json_extract(d, '$.kind'), json_extract(d, '$.spec_id'), "
+    "json_extract(d, '$.task_id'), json_extract(d, '$.agent_id'), d, "
+    "substr(?3, 32 * n + 1, 32), substr(?3, 32 * n + 33, 32) "
+    "FROM (SELECT key AS n, CAST(substr(?4, sum(value) OVER (ORDER BY key) - value + 1, value) "
+    "AS TEXT) AS d FROM json_each(?5))"
+)
+# SQLite's JSON functions end a string at an escaped NUL (seen in 3.40), so a batch whose
+# JSON holds one goes row by row. So does one too large for a single value.
+_ESCAPED_NUL = b"\\u0000"
+_BULK_MAX_BYTES = 256 << 20
 _UPSERT = {
     table: f"INSERT OR REPLACE INTO {table} ({', '.join(cols)}) "
     f"VALUES ({', '.join('?' for _ in cols)})"
@@ -46,9 +69,16 @@ class StoreError(FactoryError):
     pass
 
 
+# Copying a fresh hash object is cheaper than making one: with OpenSSL 3, hashlib.sha256()
+# looks the algorithm up again on every call (Python 3.11), and every event is hashed.
+_SHA256 = hashlib.sha256()
+
+
 def chain_hash(prev: bytes, event_id: int, ts: float, data: bytes) -> bytes:
     """The hash of one row: what makes an edited or removed row detectable."""
-    return hashlib.sha256(prev + _PACK.pack(event_id, ts) + data).digest()
+    digest = _SHA256.copy()
+    digest.update(prev + _PACK.pack(event_id, ts) + data)
+    return digest.digest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,10 +91,38 @@ class StoredEvent:
 Listener = Callable[[list[StoredEvent]], None]
 
 
+@dataclass(frozen=True, slots=True)
+class _EventRows:
+    """One batch's event rows: _INSERT_EVENTS' parameters, and the events for the slow path."""
+
+    first_id: int
+    ts: float
+    events: list[Event]
+    hashes: bytes
+    data: bytes
+    sizes: list[int]
+
+    def bulk(self) -> bool:
+        return _ESCAPED_NUL not in self.data and len(self.data) <= _BULK_MAX_BYTES
+
+    def params(self) -> tuple[Any, ...]:
+        return (self.first_id, self.ts, self.hashes, self.data, json.dumps(self.sizes))
+
+    def rows(self) -> list[tuple[Any, ...]]:
+        """The same rows as executemany parameters."""
+        hashes, data, ts, out = self.hashes, self.data, self.ts, []
+        for i, (e, end, size) in enumerate(zip(self.events, accumulate(self.sizes), self.sizes,
+                                               strict=True)):
+            out.append((self.first_id + i, ts, e.kind, e.spec_id, e.task_id, e.agent_id,
+                        data[end - size:end].decode(), hashes[32 * i:32 * i + 32],
+                        hashes[32 * i + 32:32 * i + 64]))
+        return out
+
+
 @dataclass
 class _Prepared:
     batch: list[tuple[list[Event], asyncio.Future[int]]]
-    rows: list[tuple[Any, ...]]
+    events: _EventRows
     stored: list[StoredEvent]
     dirty: dict[str, list[tuple[Any, ...]]]
     last_id: int
@@ -96,6 +154,35 @@ def _load_state(conn: sqlite3.Connection) -> tuple[projections.State, int, bytes
     head = conn.execute("SELECT last_id, last_hash FROM chain_head WHERE one = 1").fetchone()
     last_id, last_hash = (head[0], bytes(head[1])) if head else (0, GENESIS)
     return state, last_id, last_hash
+
+
+def _can_bulk_insert(conn: sqlite3.Connection) -> bool:
+    try:
+        conn.execute(f"EXPLAIN {_INSERT_EVENTS}", (None,) * 5).fetchall()
+    except sqlite3.OperationalError:
+        return False
+    return True
+
+
+def _setup(
+    conn: sqlite3.Connection, path: Path, readonly: bool
+) -> tuple[projections.State, int, bytes, bool]:
+    """Everything opening needs from the database, in one trip to its thread."""
+    conn.execute("PRAGMA busy_timeout = 10000")
+    if not readonly:
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        # The writer's working set: a batch's new pages plus the index pages it touches.
+        # With SQLite's default 2 MiB a batch of a few MiB spills to the WAL mid-transaction
+        # and reads pages back, writing about twice the data and reading as much again.
+        # Pages are allocated as used, so a small store never takes all of it.
+        conn.execute(f"PRAGMA cache_size = {-WRITER_CACHE_KIB}")
+        # Checkpoint (copy the WAL into the database, two fsyncs) every ~32 MiB of WAL
+        # rather than SQLite's ~4 MiB, which with large batches was after nearly every one.
+        conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_CHECKPOINT_PAGES}")
+        _migrate(conn, path)
+    state, last_id, last_hash = _load_state(conn)
+    return state, last_id, last_hash, _can_bulk_insert(conn)
 
 
 class Store:
@@ -131,6 +218,9 @@ class Store:
         self._recovery: asyncio.Future[None] | None = None
         self._idle = asyncio.Event()
         self._idle.set()
+        # Whether this SQLite can run _INSERT_EVENTS (JSON functions, window functions);
+        # without them batches go row by row.
+        self._bulk = True
 
     @classmethod
     async def open(cls, path: Path | str, *, readonly: bool = False) -> Store:
@@ -149,18 +239,18 @@ class Store:
             thread.daemon = True
         conn = await pending
         try:
-            await conn.execute("PRAGMA busy_timeout = 10000")
-            if not readonly:
-                await conn.execute("PRAGMA journal_mode = WAL")
-                await conn.execute("PRAGMA synchronous = NORMAL")
-                await conn._execute(_migrate, conn._conn, path)  # type: ignore[attr-defined]
-            state, last_id, last_hash = await conn._execute(  # type: ignore[attr-defined]
-                _load_state, conn._conn  # type: ignore[attr-defined]
+            state, last_id, last_hash, bulk = await conn._execute(  # type: ignore[attr-defined]
+                _setup, conn._conn, path, readonly  # type: ignore[attr-defined]
             )
         except sqlite3.DatabaseError as exc:
             await conn.close()
             raise StoreError(f"{path}: not a Factory store or damaged: {exc}") from exc
-        return cls(path, conn, state, last_id, last_hash, readonly)
+        except BaseException:
+            await conn.close()
+            raise
+        store = cls(path, conn, state, last_id, last_hash, readonly)
+        store._bulk = bulk
+        return store
 
     # -- writing ---------------------------------------------------------------------------
 
@@ -231,7 +321,7 @@ class Store:
     def _submit(self, prepared: _Prepared) -> None:
         prepared.write = asyncio.ensure_future(
             self._conn._execute(  # type: ignore[attr-defined]
-                self._write_batch, prepared.rows, prepared.dirty, prepared.last_id,
+                self._write_batch, prepared.events, prepared.dirty, prepared.last_id,
                 prepared.last_hash,
             )
         )
@@ -264,7 +354,7 @@ class Store:
 
     def _resolve(self, prepared: _Prepared) -> None:
         self.last_id, self._last_hash = prepared.last_id, prepared.last_hash
-        done = prepared.last_id - len(prepared.rows)
+        done = prepared.last_id - len(prepared.events.events)
         for events, fut in prepared.batch:
             done += len(events)
             if not fut.done():
@@ -276,24 +366,27 @@ class Store:
     def _prepare(self, batch: list[tuple[list[Event], asyncio.Future[int]]]) -> _Prepared:
         ts = time.time()
         state = self.state
-        last_id, last_hash = self._prepared_id, self._prepared_hash
-        rows: list[tuple[Any, ...]] = []
-        append = rows.append
-        sha256, pack = hashlib.sha256, _PACK.pack
+        first_id = last_id = self._prepared_id
+        last_hash = self._prepared_hash
+        hashes, datas = [last_hash], []
+        sha256, pack = _SHA256.copy, _PACK.pack
         flat = [e for events, _ in batch for e in events]
+        # The one per-event loop: serialise once, hash those very bytes, keep them for the row.
         for event in flat:
             last_id += 1
             data = event.__pydantic_serializer__.to_json(event)
-            digest = sha256(last_hash + pack(last_id, ts) + data).digest()
-            append((last_id, ts, event.kind, event.spec_id, event.task_id, event.agent_id,
-                    data.decode(), last_hash, digest))
-            last_hash = digest
+            digest = sha256()
+            digest.update(last_hash + pack(last_id, ts) + data)
+            last_hash = digest.digest()
+            hashes.append(last_hash)
+            datas.append(data)
         projections.apply_batch(state, flat, ts)
         stored: list[StoredEvent] = []
         if self._listeners:
-            first = last_id - len(rows) + 1
-            stored = [StoredEvent(first + i, ts, e) for i, e in enumerate(flat)]
+            stored = [StoredEvent(first_id + 1 + i, ts, e) for i, e in enumerate(flat)]
         self._prepared_id, self._prepared_hash = last_id, last_hash
+        rows = _EventRows(first_id + 1, ts, flat, b"".join(hashes), b"".join(datas),
+                          list(map(len, datas)))
         # Rows are encoded here, on the loop's thread: the live dicts keep changing after.
         dirty = {table: [projections.encode_row(table, r) for r in changed]
                  for table, changed in state.take_dirty().items()}
@@ -301,7 +394,7 @@ class Store:
 
     def _write_batch(
         self,
-        rows: list[tuple[Any, ...]],
+        events: _EventRows,
         dirty: dict[str, list[tuple[Any, ...]]],
         last_id: int,
         last_hash: bytes,
@@ -313,10 +406,14 @@ class Store:
             # A batch continues the chain exactly where the last committed one ended; if an
             # earlier batch failed, this one must not commit on top of the gap.
             head = conn.execute("SELECT last_id FROM chain_head WHERE one = 1").fetchone()
-            expected = rows[0][0] - 1 if rows else last_id
-            if (head[0] if head else 0) != expected:
+            if (head[0] if head else 0) != events.first_id - 1:
                 raise StoreError(f"{self.path}: an earlier batch failed; not writing after it")
-            conn.executemany(_INSERT_EVENT, rows)
+            if not events.events:
+                pass
+            elif self._bulk and events.bulk():
+                conn.execute(_INSERT_EVENTS, events.params())
+            else:
+                conn.executemany(_INSERT_EVENT, events.rows())
             for table, encoded in dirty.items():
                 conn.executemany(_UPSERT[table], encoded)
             conn.execute(
