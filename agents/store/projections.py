@@ -511,16 +511,28 @@ def _as_json(value: Any) -> str:
     return text
 
 
-_ENCODERS: dict[str, list[bool]] = {
-    table: [c in JSON_COLUMNS for c in cols] for table, (_, cols) in TABLES.items()
+# Where each table's JSON columns are. The store encodes every row a batch touched, on the
+# event loop, so this runs thousands of times per busy batch: visit only those columns.
+_JSON_AT: dict[str, tuple[int, ...]] = {
+    table: tuple(i for i, c in enumerate(cols) if c in JSON_COLUMNS)
+    for table, (_, cols) in TABLES.items()
 }
 
 
 def encode_row(table: str, row: Row) -> tuple[Any, ...]:
-    values = list(row.values()) if len(row) == len(_ENCODERS[table]) else \
-        [row[c] for c in TABLES[table][1]]
-    return tuple(_as_json(v) if is_json and v is not None else v
-                 for v, is_json in zip(values, _ENCODERS[table], strict=True))
+    # Rows are created with every column, in order (State.row), so their values are the
+    # columns unless something added a key.
+    columns, at = TABLES[table][1], _JSON_AT[table]
+    if len(row) != len(columns):
+        values = [row[c] for c in columns]
+    elif not at:
+        return tuple(row.values())
+    else:
+        values = list(row.values())
+    for i in at:
+        if values[i] is not None:
+            values[i] = _as_json(values[i])
+    return tuple(values)
 
 
 def decode_row(table: str, values: Iterable[Any]) -> Row:
