@@ -91,6 +91,7 @@ class Workspace:
         self._objects = self.common_dir / "objects"
         # Git objects never change, so what was read once can be kept.
         self._object_cache: dict[bytes, bytes] = {}
+        self._tree_cache: dict[bytes, list[tuple[bytes, int, str]]] = {}
         self._ignores: dict[Path, list[str]] = {}
         # Concurrent `git worktree add`s read each other's half-written records and fail.
         self.add_lock = asyncio.Lock()
@@ -192,7 +193,7 @@ class Workspace:
 
     def _tree_files(self, tree: bytes, prefix: str) -> list[tuple[str, bytes, int]]:
         out: list[tuple[str, bytes, int]] = []
-        for binsha, mode, name in tree_entries_from_data(self._read(tree)):
+        for binsha, mode, name in self._entries(tree):
             rel = f"{prefix}{name}"
             if mode == TREE_MODE:
                 out.extend(self._tree_files(binsha, rel + "/"))
@@ -355,11 +356,22 @@ class Workspace:
             self._object_cache[binsha] = found
         return found
 
+    def _entries(self, tree: bytes) -> list[tuple[bytes, int, str]]:
+        """A tree's entries, parsed (and their names checked) once per tree: every agent of
+        a run starts from the same base, and trees never change."""
+        found = self._tree_cache.get(tree)
+        if found is None:
+            found = tree_entries_from_data(self._read(tree))
+            if len(self._tree_cache) > 5_000:
+                self._tree_cache.clear()
+            self._tree_cache[tree] = found
+        return found
+
     def _rewrite_tree(self, tree: bytes | None, changes: dict[str, tuple[bytes, int] | None]) \
             -> bytes | None:
         entries: dict[str, tuple[bytes, int]] = {}
         if tree is not None:
-            for binsha, mode, name in tree_entries_from_data(self._read(tree)):
+            for binsha, mode, name in self._entries(tree):
                 entries[name] = (binsha, mode)
         nested: dict[str, dict[str, tuple[bytes, int] | None]] = {}
         for rel, change in changes.items():
@@ -396,7 +408,7 @@ class Workspace:
             if current is None:
                 return []
             found = None
-            for binsha, mode, name in tree_entries_from_data(self._read(current)):
+            for binsha, mode, name in self._entries(current):
                 if name == part:
                     found = (binsha, mode)
                     break
