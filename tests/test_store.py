@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
+import threading
 from pathlib import Path
 
 import pytest
 
 from agents import events as ev
 from agents.store import Store, StoreError
+from agents.store import store as store_module
 from agents.store.audit import compare_projections, verify_chain
 
 
@@ -87,8 +90,6 @@ async def test_listeners_get_committed_batches(store: Store) -> None:
 
 
 async def test_concurrent_appends_keep_one_chain(tmp_path: Path) -> None:
-    import asyncio
-
     path = tmp_path / "f.db"
     store = await Store.open(path)
     await asyncio.gather(*(store.append(ev.Notice(message=f"n{i}")) for i in range(500)))
@@ -260,4 +261,71 @@ async def test_a_failed_batch_fails_its_appends_and_the_store_recovers(tmp_path:
         await store.close()
     report = verify_chain(path)
     assert report.ok and report.events == 8
+    assert compare_projections(path) == []
+
+
+async def test_a_flood_is_prepared_in_slices_and_written_in_few_batches(tmp_path: Path) -> None:
+    path = tmp_path / "f.db"
+    store = await Store.open(path)
+    transactions: list[int] = []
+    seen: list[int] = []
+    store.subscribe(lambda batch: (transactions.append(len(batch)),
+                                   seen.extend(e.id for e in batch)))
+    notes = [ev.Notice(message=f"n{i}") for i in range(5 * store_module.MAX_SLICE + 7)]
+    # Keep the database thread busy while the flood is prepared, one slice per turn of the
+    # loop: what is prepared while the writer is busy waits in one open batch.
+    release = threading.Event()
+    busy = asyncio.ensure_future(store._conn._execute(release.wait))  # type: ignore[attr-defined]
+    await asyncio.sleep(0)  # now queued on the database thread, ahead of any write
+    try:
+        first, rest = store.append_many(_plan()), store.append_many(notes)
+        turns = 0
+        while store.prepared_id < 7 + len(notes):
+            await asyncio.sleep(0)
+            turns += 1
+        assert turns >= 5  # the loop was never held for the whole flood
+    finally:
+        release.set()
+    await busy
+    assert await first == 7 and await rest == 7 + len(notes)
+    await store.close()
+    assert seen == list(range(1, 8 + len(notes)))
+    assert len(transactions) == store_module.MAX_QUEUED + 1
+    assert verify_chain(path).ok and compare_projections(path) == []
+
+
+async def test_batches_behind_a_failed_one_fail_and_the_store_recovers(tmp_path: Path) -> None:
+    path = tmp_path / "f.db"
+    store = await Store.open(path)
+    await store.append(*_plan())
+    await store.close()
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TRIGGER refuse BEFORE INSERT ON events "
+                 "WHEN NEW.data LIKE '%refuse me%' BEGIN SELECT RAISE(ABORT, 'refused'); END")
+    conn.commit()
+    conn.close()
+    store = await Store.open(path)
+    try:
+        doomed = store.append_many([ev.RunFinished(run_id="r1", status="done"),
+                                    ev.Notice(message="refuse me")])
+        await asyncio.sleep(0)  # its batch is on its way to the database thread
+        behind = [store.append_many([ev.Notice(message=f"n{i}")] * store_module.MAX_SLICE)
+                  for i in range(4)]
+        with pytest.raises(sqlite3.IntegrityError, match="refused"):
+            await doomed
+        # What was prepared on top of the failed batch fails with it; what was still waiting
+        # to be prepared goes in after the projections are re-read.
+        outcomes = await asyncio.gather(*behind, return_exceptions=True)
+        written = [o for o in outcomes if not isinstance(o, BaseException)]
+        assert all(isinstance(o, StoreError)
+                   for o in outcomes if isinstance(o, BaseException))
+        assert written == sorted(written)
+        await store.flush()
+        assert store.get("runs", "r1")["status"] == "running"  # type: ignore[index]
+        last = await store.append(ev.Notice(message="fine"))
+        assert last == 8 + len(written) * store_module.MAX_SLICE
+    finally:
+        await store.close()
+    report = verify_chain(path)
+    assert report.ok and report.events == last
     assert compare_projections(path) == []

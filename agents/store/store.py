@@ -1,9 +1,10 @@
 """The one writer of Factory's SQLite store.
 
-Appends are queued and committed in batches by a single writer task: each batch inserts its
-events (hash-chained), the projection rows it changed, the conversation messages it added and
-the new chain head, all in one transaction. Opening a store reads the projection tables and
-the chain head; it never replays the log.
+Appends are queued, prepared on the event loop a slice at a time (serialised, hash-chained,
+applied to the in-memory projections) and committed in batches on the connection's thread:
+each batch inserts its events, the projection rows it changed and the new chain head, all in
+one transaction, and only then are its appends acknowledged. Opening a store reads the
+projection tables and the chain head; it never replays the log.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import json
 import sqlite3
 import struct
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from itertools import accumulate
@@ -28,7 +30,13 @@ from agents.store import projections
 from agents.store.schema import MIGRATIONS
 
 GENESIS = bytes(32)
-MAX_BATCH = 10000
+# Appends are prepared (serialised, hashed, applied to the projections) on the event loop a
+# slice at a time, so that a flood of them never holds the loop for long; the slices
+# prepared while the database thread is busy go into one transaction, up to MAX_BATCH
+# events. The busier the writer, the larger its transactions: a batch's projection rows are
+# encoded and written once, however many of its events touched them.
+MAX_SLICE = 2000
+MAX_BATCH = 50000
 MAX_QUEUED = 2
 WRITER_CACHE_KIB = 64 * 1024
 WAL_CHECKPOINT_PAGES = 8192
@@ -120,13 +128,17 @@ class _EventRows:
 
 
 @dataclass
-class _Prepared:
-    batch: list[tuple[list[Event], asyncio.Future[int]]]
-    events: _EventRows
+class _Batch:
+    """One transaction: slices of appends prepared on the loop, then written in one go."""
+
+    items: list[tuple[list[Event], asyncio.Future[int]]]
+    slices: list[_EventRows]
     stored: list[StoredEvent]
-    dirty: dict[str, list[tuple[Any, ...]]]
-    last_id: int
-    last_hash: bytes
+    count: int = 0
+    # Set when the batch is closed and handed to the database thread.
+    dirty: dict[str, list[tuple[Any, ...]]] | None = None
+    last_id: int = 0
+    last_hash: bytes = GENESIS
     write: asyncio.Future[None] | None = None
 
 
@@ -205,14 +217,15 @@ class Store:
         # Where the next prepared batch continues the chain (ahead of last_id while writing).
         self._prepared_id, self._prepared_hash = last_id, last_hash
         self.readonly = readonly
-        self._pending: list[tuple[list[Event], asyncio.Future[int]]] = []
+        self._pending: deque[tuple[list[Event], asyncio.Future[int]]] = deque()
         self._listeners: list[Listener] = []
         self._closed = False
         # Batches handed to the database thread and not finished yet, in order. Up to
         # MAX_QUEUED are handed over at once so that the thread goes from one commit to the
-        # next without waiting for the event loop; beyond that, appends gather into one
-        # larger batch (group commit).
-        self._queued: list[_Prepared] = []
+        # next without waiting for the event loop; meanwhile the slices prepared gather in
+        # the open batch (group commit).
+        self._queued: list[_Batch] = []
+        self._open: _Batch | None = None
         self._reloading = False
         self._kick_scheduled = False
         self._recovery: asyncio.Future[None] | None = None
@@ -266,19 +279,16 @@ class Store:
             raise StoreError(f"{self.path}: store is closed")
         loop = asyncio.get_running_loop()
         items = list(events)
-        # Large appends go in batch-sized chunks so that preparing one chunk overlaps with
-        # writing the previous one.
+        # Large appends go in slice-sized chunks, prepared one turn of the loop at a time.
         futures: list[asyncio.Future[int]] = []
-        for start in range(0, max(len(items), 1), MAX_BATCH):
+        for start in range(0, max(len(items), 1), MAX_SLICE):
             fut: asyncio.Future[int] = loop.create_future()
-            self._pending.append((items[start:start + MAX_BATCH], fut))
+            self._pending.append((items[start:start + MAX_SLICE], fut))
             futures.append(fut)
         self._idle.clear()
-        if not self._kick_scheduled:
-            # Kick when the caller next yields: appends made until then (a model turn and
-            # the results of the tools it called) share one transaction.
-            self._kick_scheduled = True
-            loop.call_soon(self._scheduled_kick)
+        # Kick when the caller next yields: appends made until then (a model turn and the
+        # results of the tools it called) share one transaction.
+        self._schedule_kick()
         if len(futures) == 1:
             return futures[0]
         combined: asyncio.Future[int] = loop.create_future()
@@ -296,49 +306,73 @@ class Store:
             f.add_done_callback(_done)
         return combined
 
-    def _take_batch(self) -> list[tuple[list[Event], asyncio.Future[int]]]:
-        batch, size = [], 0
-        while self._pending and size < MAX_BATCH:
-            item = self._pending.pop(0)
-            batch.append(item)
-            size += len(item[0])
-        return batch
+    def _schedule_kick(self) -> None:
+        if not self._kick_scheduled:
+            self._kick_scheduled = True
+            asyncio.get_running_loop().call_soon(self._scheduled_kick)
 
     def _scheduled_kick(self) -> None:
         self._kick_scheduled = False
         self._kick()
 
     def _kick(self) -> None:
-        """Hand pending appends to the database thread; called on append and on completion,
-        so a write starts at once rather than when some writer task is next scheduled."""
+        """Move appends along: hand the open batch to the database thread when it has room,
+        and prepare one more slice. Called on append and when a write completes, so a write
+        starts at once rather than when some writer task is next scheduled; it schedules
+        itself again, rather than looping, while there is more to prepare, so that other
+        work on the loop runs between slices."""
         if self._reloading:
             return
-        while self._pending and len(self._queued) < MAX_QUEUED:
-            self._submit(self._prepare(self._take_batch()))
-        if not self._queued and not self._pending:
+        if self._open is not None and len(self._queued) < MAX_QUEUED:
+            self._submit(self._close_batch(self._open))
+            self._open = None
+        if self._pending and (self._open is None or self._open.count < MAX_BATCH):
+            if self._open is None:
+                self._open = _Batch([], [], [])
+            self._prepare_slice(self._open, self._take_slice())
+            if len(self._queued) < MAX_QUEUED:
+                self._submit(self._close_batch(self._open))
+                self._open = None
+            if self._pending:
+                self._schedule_kick()
+        if not self._queued and not self._pending and self._open is None:
             self._idle.set()
 
-    def _submit(self, prepared: _Prepared) -> None:
-        prepared.write = asyncio.ensure_future(
+    def _take_slice(self) -> list[tuple[list[Event], asyncio.Future[int]]]:
+        taken, size = [], 0
+        while self._pending and size < MAX_SLICE:
+            item = self._pending.popleft()
+            taken.append(item)
+            size += len(item[0])
+        return taken
+
+    def _submit(self, batch: _Batch) -> None:
+        batch.write = asyncio.ensure_future(
             self._conn._execute(  # type: ignore[attr-defined]
-                self._write_batch, prepared.events, prepared.dirty, prepared.last_id,
-                prepared.last_hash,
+                self._write_batch, batch.slices, batch.dirty, batch.last_id, batch.last_hash
             )
         )
-        self._queued.append(prepared)
-        prepared.write.add_done_callback(self._written)
+        self._queued.append(batch)
+        batch.write.add_done_callback(self._written)
 
     def _written(self, write: asyncio.Future[None]) -> None:
-        prepared = self._queued.pop(0)
-        assert prepared.write is write
+        batch = self._queued.pop(0)
+        assert batch.write is write
         error = write.exception() if not write.cancelled() else asyncio.CancelledError()
         if error is None and not self._reloading:
-            self._resolve(prepared)
+            self._resolve(batch)
             self._kick()
             return
-        for _, fut in prepared.batch:
+        behind = StoreError(f"{self.path}: an earlier batch failed")
+        for _, fut in batch.items:
             if not fut.done():
-                fut.set_exception(error or StoreError(f"{self.path}: an earlier batch failed"))
+                fut.set_exception(error or behind)
+        # The open batch was prepared on top of the failed one's projections and chain.
+        if self._open is not None:
+            for _, fut in self._open.items:
+                if not fut.done():
+                    fut.set_exception(behind)
+            self._open = None
         # Batches queued behind a failed one find the chain head unmoved and fail too; once
         # the last of them is back, the projections are re-read from what is on disk.
         self._reloading = True
@@ -352,25 +386,26 @@ class Store:
             self._reloading = False
             self._kick()
 
-    def _resolve(self, prepared: _Prepared) -> None:
-        self.last_id, self._last_hash = prepared.last_id, prepared.last_hash
-        done = prepared.last_id - len(prepared.events.events)
-        for events, fut in prepared.batch:
+    def _resolve(self, batch: _Batch) -> None:
+        self.last_id, self._last_hash = batch.last_id, batch.last_hash
+        done = batch.last_id - batch.count
+        for events, fut in batch.items:
             done += len(events)
             if not fut.done():
                 fut.set_result(done)
-        if prepared.stored:
+        if batch.stored:
             for listener in list(self._listeners):
-                listener(prepared.stored)
+                listener(batch.stored)
 
-    def _prepare(self, batch: list[tuple[list[Event], asyncio.Future[int]]]) -> _Prepared:
+    def _prepare_slice(
+        self, batch: _Batch, items: list[tuple[list[Event], asyncio.Future[int]]]
+    ) -> None:
         ts = time.time()
-        state = self.state
         first_id = last_id = self._prepared_id
         last_hash = self._prepared_hash
         hashes, datas = [last_hash], []
         sha256, pack = _SHA256.copy, _PACK.pack
-        flat = [e for events, _ in batch for e in events]
+        flat = [e for events, _ in items for e in events]
         # The one per-event loop: serialise once, hash those very bytes, keep them for the row.
         for event in flat:
             last_id += 1
@@ -380,21 +415,25 @@ class Store:
             last_hash = digest.digest()
             hashes.append(last_hash)
             datas.append(data)
-        projections.apply_batch(state, flat, ts)
-        stored: list[StoredEvent] = []
+        projections.apply_batch(self.state, flat, ts)
         if self._listeners:
-            stored = [StoredEvent(first_id + 1 + i, ts, e) for i, e in enumerate(flat)]
+            batch.stored.extend(StoredEvent(first_id + 1 + i, ts, e) for i, e in enumerate(flat))
         self._prepared_id, self._prepared_hash = last_id, last_hash
-        rows = _EventRows(first_id + 1, ts, flat, b"".join(hashes), b"".join(datas),
-                          list(map(len, datas)))
+        batch.slices.append(_EventRows(first_id + 1, ts, flat, b"".join(hashes), b"".join(datas),
+                                       list(map(len, datas))))
+        batch.items.extend(items)
+        batch.count += len(flat)
+
+    def _close_batch(self, batch: _Batch) -> _Batch:
         # Rows are encoded here, on the loop's thread: the live dicts keep changing after.
-        dirty = {table: [projections.encode_row(table, r) for r in changed]
-                 for table, changed in state.take_dirty().items()}
-        return _Prepared(batch, rows, stored, dirty, last_id, last_hash)
+        batch.dirty = {table: [projections.encode_row(table, r) for r in changed]
+                       for table, changed in self.state.take_dirty().items()}
+        batch.last_id, batch.last_hash = self._prepared_id, self._prepared_hash
+        return batch
 
     def _write_batch(
         self,
-        events: _EventRows,
+        slices: list[_EventRows],
         dirty: dict[str, list[tuple[Any, ...]]],
         last_id: int,
         last_hash: bytes,
@@ -406,14 +445,15 @@ class Store:
             # A batch continues the chain exactly where the last committed one ended; if an
             # earlier batch failed, this one must not commit on top of the gap.
             head = conn.execute("SELECT last_id FROM chain_head WHERE one = 1").fetchone()
-            if (head[0] if head else 0) != events.first_id - 1:
+            if (head[0] if head else 0) != last_id - sum(len(s.events) for s in slices):
                 raise StoreError(f"{self.path}: an earlier batch failed; not writing after it")
-            if not events.events:
-                pass
-            elif self._bulk and events.bulk():
-                conn.execute(_INSERT_EVENTS, events.params())
-            else:
-                conn.executemany(_INSERT_EVENT, events.rows())
+            for rows in slices:
+                if not rows.events:
+                    continue
+                if self._bulk and rows.bulk():
+                    conn.execute(_INSERT_EVENTS, rows.params())
+                else:
+                    conn.executemany(_INSERT_EVENT, rows.rows())
             for table, encoded in dirty.items():
                 conn.executemany(_UPSERT[table], encoded)
             conn.execute(
