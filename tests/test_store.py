@@ -329,3 +329,19 @@ async def test_batches_behind_a_failed_one_fail_and_the_store_recovers(tmp_path:
     report = verify_chain(path)
     assert report.ok and report.events == last
     assert compare_projections(path) == []
+
+
+@pytest.mark.parametrize("max_parameters", [999, 32766], ids=["old-sqlite", "sqlite-3.32+"])
+async def test_many_projection_rows_in_one_batch(tmp_path: Path, max_parameters: int) -> None:
+    path = tmp_path / "f.db"
+    store = await Store.open(path)
+    store._upsert_rows = store_module._upsert_rows(max_parameters)
+    rows = store_module.MAX_UPSERT_ROWS + 7  # more than one statement, the last one padded
+    await store.append(*_plan(), *_awkward_events([f"agent {i}" for i in range(rows)]))
+    await store.close()
+    assert compare_projections(path) == []
+    again = await Store.open(path)
+    try:
+        assert len(again.rows("agents")) == rows + 1
+    finally:
+        await again.close()

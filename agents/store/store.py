@@ -10,6 +10,7 @@ projection tables and the chain head; it never replays the log.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
 import sqlite3
@@ -17,7 +18,7 @@ import struct
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import accumulate
 from pathlib import Path
 from typing import Any
@@ -66,11 +67,38 @@ _INSERT_EVENTS = (
 # JSON holds one goes row by row. So does one too large for a single value.
 _ESCAPED_NUL = b"\\u0000"
 _BULK_MAX_BYTES = 256 << 20
-_UPSERT = {
-    table: f"INSERT OR REPLACE INTO {table} ({', '.join(cols)}) "
-    f"VALUES ({', '.join('?' for _ in cols)})"
+# Projection rows go in multi-row statements rather than through executemany. Each statement
+# costs the database thread one wait for the GIL (it lets go while SQLite works), and while
+# the loop is busy preparing the next batch that wait lasts the interpreter's switch interval:
+# executemany paid it for every row. A table's rows go in statements of MAX_UPSERT_ROWS (fewer
+# if SQLite allows fewer parameters), the last one rounded up to a power of two, so that few
+# distinct statements are ever prepared.
+MAX_UPSERT_ROWS = 1024
+_UPSERT_HEAD = {
+    table: (f"INSERT OR REPLACE INTO {table} ({', '.join(cols)}) VALUES ",
+            f"({', '.join('?' for _ in cols)})")
     for table, (_, cols) in projections.TABLES.items()
 }
+
+
+@functools.cache
+def _upsert_sql(table: str, rows: int) -> str:
+    head, row = _UPSERT_HEAD[table]
+    return head + ", ".join([row] * rows)
+
+
+def _upsert(conn: sqlite3.Connection, table: str, rows: list[tuple[Any, ...]], most: int) -> None:
+    done, total = 0, len(rows)
+    while done < total:
+        n = min(most, total - done)
+        size = 1 << (n - 1).bit_length()
+        chunk = rows[done:done + n]
+        values = [v for row in chunk for v in row]
+        # Fill the statement by repeating the last row: replacing a row with itself changes
+        # nothing, and one statement of the next size up costs less than several smaller.
+        values.extend(chunk[-1] * (size - n))
+        conn.execute(_upsert_sql(table, size), values)
+        done += n
 
 
 class StoreError(FactoryError):
@@ -129,14 +157,23 @@ class _EventRows:
 
 @dataclass
 class _Batch:
-    """One transaction: slices of appends prepared on the loop, then written in one go."""
+    """One transaction: slices of appends prepared on the loop, then written in one go.
 
-    items: list[tuple[list[Event], asyncio.Future[int]]]
-    slices: list[_EventRows]
-    stored: list[StoredEvent]
-    count: int = 0
+    Its events share one time, the batch's opening: with one time, they go in one statement,
+    and every statement costs the database thread a wait for the GIL while the loop is busy.
+    """
+
+    first_id: int
+    ts: float
+    items: list[tuple[list[Event], asyncio.Future[int]]] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+    # The previous row's hash and then each event's; each event's JSON.
+    hashes: list[bytes] = field(default_factory=list)
+    datas: list[bytes] = field(default_factory=list)
+    stored: list[StoredEvent] = field(default_factory=list)
     # Set when the batch is closed and handed to the database thread.
-    dirty: dict[str, list[tuple[Any, ...]]] | None = None
+    rows: _EventRows | None = None
+    dirty: dict[str, list[tuple[Any, ...]]] = field(default_factory=dict)
     last_id: int = 0
     last_hash: bytes = GENESIS
     write: asyncio.Future[None] | None = None
@@ -168,6 +205,17 @@ def _load_state(conn: sqlite3.Connection) -> tuple[projections.State, int, bytes
     return state, last_id, last_hash
 
 
+def _upsert_rows(max_parameters: int) -> dict[str, int]:
+    """Rows per upsert statement, by table: a power of two within SQLite's parameter limit
+    (32766 by default since 3.32, 999 before)."""
+    out = {}
+    for table, (_, cols) in projections.TABLES.items():
+        fits = max(1, min(MAX_UPSERT_ROWS, max_parameters // len(cols)))
+        out[table] = 1 << (fits.bit_length() - 1)
+    return out
+
+
+
 def _can_bulk_insert(conn: sqlite3.Connection) -> bool:
     try:
         conn.execute(f"EXPLAIN {_INSERT_EVENTS}", (None,) * 5).fetchall()
@@ -178,7 +226,7 @@ def _can_bulk_insert(conn: sqlite3.Connection) -> bool:
 
 def _setup(
     conn: sqlite3.Connection, path: Path, readonly: bool
-) -> tuple[projections.State, int, bytes, bool]:
+) -> tuple[projections.State, int, bytes, bool, dict[str, int]]:
     """Everything opening needs from the database, in one trip to its thread."""
     conn.execute("PRAGMA busy_timeout = 10000")
     if not readonly:
@@ -194,7 +242,8 @@ def _setup(
         conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_CHECKPOINT_PAGES}")
         _migrate(conn, path)
     state, last_id, last_hash = _load_state(conn)
-    return state, last_id, last_hash, _can_bulk_insert(conn)
+    limit = conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+    return state, last_id, last_hash, _can_bulk_insert(conn), _upsert_rows(limit)
 
 
 class Store:
@@ -234,6 +283,8 @@ class Store:
         # Whether this SQLite can run _INSERT_EVENTS (JSON functions, window functions);
         # without them batches go row by row.
         self._bulk = True
+        # Rows per upsert statement, by table: a power of two within SQLite's parameter limit.
+        self._upsert_rows = _upsert_rows(999)
 
     @classmethod
     async def open(cls, path: Path | str, *, readonly: bool = False) -> Store:
@@ -252,7 +303,7 @@ class Store:
             thread.daemon = True
         conn = await pending
         try:
-            state, last_id, last_hash, bulk = await conn._execute(  # type: ignore[attr-defined]
+            state, last_id, last_hash, bulk, upsert_rows = await conn._execute(  # type: ignore[attr-defined]
                 _setup, conn._conn, path, readonly  # type: ignore[attr-defined]
             )
         except sqlite3.DatabaseError as exc:
@@ -262,7 +313,7 @@ class Store:
             await conn.close()
             raise
         store = cls(path, conn, state, last_id, last_hash, readonly)
-        store._bulk = bulk
+        store._bulk, store._upsert_rows = bulk, upsert_rows
         return store
 
     # -- writing ---------------------------------------------------------------------------
@@ -326,9 +377,9 @@ class Store:
         if self._open is not None and len(self._queued) < MAX_QUEUED:
             self._submit(self._close_batch(self._open))
             self._open = None
-        if self._pending and (self._open is None or self._open.count < MAX_BATCH):
+        if self._pending and (self._open is None or len(self._open.events) < MAX_BATCH):
             if self._open is None:
-                self._open = _Batch([], [], [])
+                self._open = _Batch(self._prepared_id + 1, time.time())
             self._prepare_slice(self._open, self._take_slice())
             if len(self._queued) < MAX_QUEUED:
                 self._submit(self._close_batch(self._open))
@@ -349,7 +400,7 @@ class Store:
     def _submit(self, batch: _Batch) -> None:
         batch.write = asyncio.ensure_future(
             self._conn._execute(  # type: ignore[attr-defined]
-                self._write_batch, batch.slices, batch.dirty, batch.last_id, batch.last_hash
+                self._write_batch, batch.rows, batch.dirty, batch.last_id, batch.last_hash
             )
         )
         self._queued.append(batch)
@@ -388,7 +439,7 @@ class Store:
 
     def _resolve(self, batch: _Batch) -> None:
         self.last_id, self._last_hash = batch.last_id, batch.last_hash
-        done = batch.last_id - batch.count
+        done = batch.first_id - 1
         for events, fut in batch.items:
             done += len(events)
             if not fut.done():
@@ -400,10 +451,10 @@ class Store:
     def _prepare_slice(
         self, batch: _Batch, items: list[tuple[list[Event], asyncio.Future[int]]]
     ) -> None:
-        ts = time.time()
-        first_id = last_id = self._prepared_id
-        last_hash = self._prepared_hash
-        hashes, datas = [last_hash], []
+        ts, last_id, last_hash = batch.ts, self._prepared_id, self._prepared_hash
+        hashes, datas = batch.hashes, batch.datas
+        if not hashes:
+            hashes.append(last_hash)
         sha256, pack = _SHA256.copy, _PACK.pack
         flat = [e for events, _ in items for e in events]
         # The one per-event loop: serialise once, hash those very bytes, keep them for the row.
@@ -417,14 +468,16 @@ class Store:
             datas.append(data)
         projections.apply_batch(self.state, flat, ts)
         if self._listeners:
-            batch.stored.extend(StoredEvent(first_id + 1 + i, ts, e) for i, e in enumerate(flat))
+            first = self._prepared_id + 1
+            batch.stored.extend(StoredEvent(first + i, ts, e) for i, e in enumerate(flat))
         self._prepared_id, self._prepared_hash = last_id, last_hash
-        batch.slices.append(_EventRows(first_id + 1, ts, flat, b"".join(hashes), b"".join(datas),
-                                       list(map(len, datas))))
+        batch.events.extend(flat)
         batch.items.extend(items)
-        batch.count += len(flat)
 
     def _close_batch(self, batch: _Batch) -> _Batch:
+        batch.rows = _EventRows(batch.first_id, batch.ts, batch.events, b"".join(batch.hashes),
+                                b"".join(batch.datas), list(map(len, batch.datas)))
+        batch.hashes, batch.datas = [], []
         # Rows are encoded here, on the loop's thread: the live dicts keep changing after.
         batch.dirty = {table: [projections.encode_row(table, r) for r in changed]
                        for table, changed in self.state.take_dirty().items()}
@@ -433,7 +486,7 @@ class Store:
 
     def _write_batch(
         self,
-        slices: list[_EventRows],
+        rows: _EventRows,
         dirty: dict[str, list[tuple[Any, ...]]],
         last_id: int,
         last_hash: bytes,
@@ -445,17 +498,16 @@ class Store:
             # A batch continues the chain exactly where the last committed one ended; if an
             # earlier batch failed, this one must not commit on top of the gap.
             head = conn.execute("SELECT last_id FROM chain_head WHERE one = 1").fetchone()
-            if (head[0] if head else 0) != last_id - sum(len(s.events) for s in slices):
+            if (head[0] if head else 0) != rows.first_id - 1:
                 raise StoreError(f"{self.path}: an earlier batch failed; not writing after it")
-            for rows in slices:
-                if not rows.events:
-                    continue
-                if self._bulk and rows.bulk():
-                    conn.execute(_INSERT_EVENTS, rows.params())
-                else:
-                    conn.executemany(_INSERT_EVENT, rows.rows())
+            if not rows.events:
+                pass
+            elif self._bulk and rows.bulk():
+                conn.execute(_INSERT_EVENTS, rows.params())
+            else:
+                conn.executemany(_INSERT_EVENT, rows.rows())
             for table, encoded in dirty.items():
-                conn.executemany(_UPSERT[table], encoded)
+                _upsert(conn, table, encoded, self._upsert_rows[table])
             conn.execute(
                 "INSERT OR REPLACE INTO chain_head (one, last_id, last_hash) VALUES (1, ?, ?)",
                 (last_id, last_hash),
