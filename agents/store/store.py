@@ -88,6 +88,7 @@ def _upsert_sql(table: str, rows: int) -> str:
 
 
 def _upsert(conn: sqlite3.Connection, table: str, rows: list[tuple[Any, ...]], most: int) -> None:
+    """Write a table's changed rows, at most `most` per statement."""
     done, total = 0, len(rows)
     while done < total:
         n = min(most, total - done)
@@ -213,7 +214,6 @@ def _upsert_rows(max_parameters: int) -> dict[str, int]:
         fits = max(1, min(MAX_UPSERT_ROWS, max_parameters // len(cols)))
         out[table] = 1 << (fits.bit_length() - 1)
     return out
-
 
 
 def _can_bulk_insert(conn: sqlite3.Connection) -> bool:
