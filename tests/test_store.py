@@ -345,3 +345,29 @@ async def test_many_projection_rows_in_one_batch(tmp_path: Path, max_parameters:
         assert len(again.rows("agents")) == rows + 1
     finally:
         await again.close()
+
+
+async def test_a_full_open_batch_waits_for_the_writer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Past MAX_BATCH_BYTES the open batch stops growing: the rest of a flood waits, unprepared,
+    # until the writer takes the batch, so memory stays bounded however far the writer lags.
+    monkeypatch.setattr(store_module, "MAX_BATCH_BYTES", 1)
+    path = tmp_path / "f.db"
+    store = await Store.open(path)
+    notes = [ev.Notice(message=f"n{i}") for i in range(6 * store_module.MAX_SLICE)]
+    release = threading.Event()
+    busy = asyncio.ensure_future(store._conn._execute(release.wait))  # type: ignore[attr-defined]
+    await asyncio.sleep(0)
+    try:
+        flood = store.append_many(notes)
+        for _ in range(20):
+            await asyncio.sleep(0)
+        # Two batches handed over, one open and full, the rest not prepared.
+        assert store.prepared_id == (store_module.MAX_QUEUED + 1) * store_module.MAX_SLICE
+    finally:
+        release.set()
+    await busy
+    assert await flood == len(notes)
+    await store.close()
+    assert verify_chain(path).ok

@@ -34,10 +34,12 @@ GENESIS = bytes(32)
 # Appends are prepared (serialised, hashed, applied to the projections) on the event loop a
 # slice at a time, so that a flood of them never holds the loop for long; the slices
 # prepared while the database thread is busy go into one transaction, up to MAX_BATCH
-# events. The busier the writer, the larger its transactions: a batch's projection rows are
-# encoded and written once, however many of its events touched them.
+# events or MAX_BATCH_BYTES of their JSON. The busier the writer, the larger its
+# transactions: a batch's projection rows are encoded and written once, however many of its
+# events touched them.
 MAX_SLICE = 2000
 MAX_BATCH = 50000
+MAX_BATCH_BYTES = 64 << 20
 MAX_QUEUED = 2
 WRITER_CACHE_KIB = 64 * 1024
 WAL_CHECKPOINT_PAGES = 8192
@@ -171,6 +173,7 @@ class _Batch:
     # The previous row's hash and then each event's; each event's JSON.
     hashes: list[bytes] = field(default_factory=list)
     datas: list[bytes] = field(default_factory=list)
+    size: int = 0
     stored: list[StoredEvent] = field(default_factory=list)
     # Set when the batch is closed and handed to the database thread.
     rows: _EventRows | None = None
@@ -178,6 +181,10 @@ class _Batch:
     last_id: int = 0
     last_hash: bytes = GENESIS
     write: asyncio.Future[None] | None = None
+
+    @property
+    def full(self) -> bool:
+        return len(self.events) >= MAX_BATCH or self.size >= MAX_BATCH_BYTES
 
 
 def _migrate(conn: sqlite3.Connection, path: Path) -> None:
@@ -377,7 +384,7 @@ class Store:
         if self._open is not None and len(self._queued) < MAX_QUEUED:
             self._submit(self._close_batch(self._open))
             self._open = None
-        if self._pending and (self._open is None or len(self._open.events) < MAX_BATCH):
+        if self._pending and (self._open is None or not self._open.full):
             if self._open is None:
                 self._open = _Batch(self._prepared_id + 1, time.time())
             self._prepare_slice(self._open, self._take_slice())
@@ -466,6 +473,7 @@ class Store:
             last_hash = digest.digest()
             hashes.append(last_hash)
             datas.append(data)
+            batch.size += len(data)
         projections.apply_batch(self.state, flat, ts)
         if self._listeners:
             first = self._prepared_id + 1
