@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -58,12 +59,19 @@ def demo_root(awaiting_demo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPat
     return root
 
 
-@pytest.fixture
-async def client(demo_root: Path) -> AsyncIterator[InProcessClient]:
-    config = load_config(demo_root / ".factory.toml")
+@asynccontextmanager
+async def open_client(root: Path) -> AsyncIterator[InProcessClient]:
+    """A console's client over a demo folder, every branch waiting for approval."""
+    config = load_config(root / ".factory.toml")
     config.queue.approval = "always"
-    c = InProcessClient(await Factory.open(demo_root, config))
+    c = InProcessClient(await Factory.open(root, config))
     try:
         yield c
     finally:
         await c.close()
+
+
+@pytest.fixture
+async def client(demo_root: Path) -> AsyncIterator[InProcessClient]:
+    async with open_client(demo_root) as c:
+        yield c

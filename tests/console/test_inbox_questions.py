@@ -9,13 +9,12 @@ from pathlib import Path
 import pytest
 
 from agents import demo
-from agents.config import load_config
-from agents.engine import Factory
 from console.app import FactoryApp
 from console.client import InProcessClient
 from console.screens import ReasonScreen
 from console.widgets.agents import AgentsPane
 from console.widgets.queue import QUESTION, InboxPane
+from tests.console.conftest import open_client
 from tests.console.test_app import SIZE, settle
 
 
@@ -23,14 +22,8 @@ from tests.console.test_app import SIZE, settle
 async def fresh_client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                        ) -> AsyncIterator[InProcessClient]:
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
-    root = demo.build(tmp_path / "demo", "none")
-    config = load_config(root / ".factory.toml")
-    config.queue.approval = "always"
-    c = InProcessClient(await Factory.open(root, config))
-    try:
+    async with open_client(demo.build(tmp_path / "demo", "none")) as c:
         yield c
-    finally:
-        await c.close()
 
 
 def pending(app: FactoryApp) -> list[dict]:  # type: ignore[type-arg]
