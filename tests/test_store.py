@@ -236,18 +236,23 @@ async def test_one_statement_and_row_by_row_write_the_same_rows(tmp_path: Path) 
     assert written[0] == written[1]
 
 
-async def test_a_failed_batch_fails_its_appends_and_the_store_recovers(tmp_path: Path) -> None:
-    path = tmp_path / "f.db"
+async def _refusing_store(path: Path, when: str) -> Store:
+    """A store holding a plan, whose database refuses (as a failing disk would) every event
+    row matching `when`."""
     store = await Store.open(path)
     await store.append(*_plan())
     await store.close()
     conn = sqlite3.connect(path)
-    conn.execute("CREATE TRIGGER refuse BEFORE INSERT ON events "
-                 "WHEN NEW.kind = 'notice' AND NEW.data LIKE '%refuse me%' "
+    conn.execute(f"CREATE TRIGGER refuse BEFORE INSERT ON events WHEN {when} "
                  "BEGIN SELECT RAISE(ABORT, 'refused'); END")
     conn.commit()
     conn.close()
-    store = await Store.open(path)
+    return await Store.open(path)
+
+
+async def test_a_failed_batch_fails_its_appends_and_the_store_recovers(tmp_path: Path) -> None:
+    path = tmp_path / "f.db"
+    store = await _refusing_store(path, "NEW.kind = 'notice' AND NEW.data LIKE '%refuse me%'")
     try:
         with pytest.raises(sqlite3.IntegrityError, match="refused"):
             await store.append(ev.RunFinished(run_id="r1", status="done"),
@@ -296,15 +301,7 @@ async def test_a_flood_is_prepared_in_slices_and_written_in_few_batches(tmp_path
 
 async def test_batches_behind_a_failed_one_fail_and_the_store_recovers(tmp_path: Path) -> None:
     path = tmp_path / "f.db"
-    store = await Store.open(path)
-    await store.append(*_plan())
-    await store.close()
-    conn = sqlite3.connect(path)
-    conn.execute("CREATE TRIGGER refuse BEFORE INSERT ON events "
-                 "WHEN NEW.data LIKE '%refuse me%' BEGIN SELECT RAISE(ABORT, 'refused'); END")
-    conn.commit()
-    conn.close()
-    store = await Store.open(path)
+    store = await _refusing_store(path, "NEW.data LIKE '%refuse me%'")
     try:
         doomed = store.append_many([ev.RunFinished(run_id="r1", status="done"),
                                     ev.Notice(message="refuse me")])
