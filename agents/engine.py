@@ -118,6 +118,8 @@ class Factory:
         self.questions = QuestionDesk(store, config.run.question_timeout_seconds,
                                       supervised=supervised)
         self._lock = RunLock(root / ".factory" / "run.lock")
+        self._background: asyncio.Task[RunSummary] | None = None
+        self.run_error: FactoryError | None = None
 
     @classmethod
     async def open(
@@ -139,6 +141,10 @@ class Factory:
         return cls(root, config, store, workspace, router, backend, supervised=supervised)
 
     async def close(self) -> None:
+        background = self._background
+        if background is not None and not background.done():
+            background.cancel()
+            await asyncio.wait([background])
         await self.store.close()
         self.ws.close()
         self._lock.release()
@@ -226,6 +232,31 @@ class Factory:
             await asyncio.shield(self.store.append(ev.RunFinished(run_id=run_id,
                                                                   status=status)))  # type: ignore[arg-type]
             self._lock.release()
+
+    def start(self, spec_ids: list[str] | None = None) -> None:
+        """Run in the background, for a console or a daemon: progress arrives as events, and a
+        failure that a person can act on is kept in `run_error`."""
+        if self.background_running:
+            raise FactoryError("a run is already going; wait for it to finish")
+        self.specs(spec_ids)  # unknown ids fail here, before anything starts
+
+        async def go() -> RunSummary | None:
+            try:
+                return await self.run(spec_ids)
+            except FactoryError as exc:
+                self.run_error = exc
+                return None
+
+        self.run_error = None
+        self._background = asyncio.create_task(go())  # type: ignore[arg-type]
+
+    @property
+    def background_running(self) -> bool:
+        return self._background is not None and not self._background.done()
+
+    async def wait_background(self) -> None:
+        if self._background is not None:
+            await asyncio.wait([self._background])
 
     def cancel_task(self, key: str) -> bool:
         return self.orchestrator is not None and self.orchestrator.cancel(key)

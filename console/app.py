@@ -92,6 +92,7 @@ class FactoryApp(App[None]):
         self.first_frame_wall: float | None = None
         self.data_frame_wall: float | None = None  # the first frame showing the factory's state
         self.connect_error: FactoryError | None = None
+        self.detached: str | None = None  # why an attached console lost its daemon
         self.flushed_hooks: list[Any] = []  # benchmarks: called after a flush is painted
 
     # -- building ----------------------------------------------------------------------------
@@ -141,6 +142,8 @@ class FactoryApp(App[None]):
                 return
         from console.model import ViewModel
 
+        if hasattr(self.client, "on_lost"):
+            self.client.on_lost = self._lost
         # The Lazy panes mount just after the first frame; Lazy offers no event to wait on.
         while not self.query(InboxPane) or not self.query(AgentsPane):  # noqa: ASYNC110
             await asyncio.sleep(0.01)
@@ -240,9 +243,17 @@ class FactoryApp(App[None]):
         for hook in self.flushed_hooks:
             hook(newest)
 
+    def _lost(self, reason: str) -> None:
+        """The daemon went away: what is on screen stays, marked as no longer current."""
+        self.detached = reason
+        self.query_one(RunStatus).detached(reason)
+        self.notify(f"{reason}; what you see is no longer current. Quit and run "
+                    "`factory console` again to attach.", severity="error", timeout=30)
+
     def _show_header(self, force: bool = False) -> None:
         now = time.monotonic()
-        if self.model is None or (not force and now - self._last_header < 0.25):
+        if self.model is None or self.detached is not None or \
+                (not force and now - self._last_header < 0.25):
             return
         self._last_header = now
         m = self.model

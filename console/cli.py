@@ -11,8 +11,11 @@ import argparse
 import asyncio
 import importlib
 import json
+import logging
 import os
 import shutil
+import signal
+import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -125,12 +128,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return asyncio.run(_console(path, args.theme, start_run=True, approval="always"))
 
 
-async def _console(root: Path, theme: str | None, *, start_run: bool = False,
-                   approval: str | None = None) -> int:
+async def _console(root: Path | None, theme: str | None, *, start_run: bool = False,
+                   approval: str | None = None, attach: Path | None = None) -> int:
     from console.app import FactoryApp
 
-    app = FactoryApp(connect=lambda: connect_in_process(root, approval), theme=theme,
-                     start_run=start_run)
+    def connect() -> Any:
+        if attach is not None:
+            return connect_attached(attach)
+        assert root is not None
+        return connect_in_process(root, approval)
+
+    app = FactoryApp(connect=connect, theme=theme, start_run=start_run)
     await app.run_async()
     if app.connect_error is not None:
         raise app.connect_error
@@ -154,11 +162,76 @@ async def connect_in_process(root: Path, approval: str | None = None) -> Any:
     return InProcessClient(await Factory.open(root, config))
 
 
+def socket_path(root: Path) -> Path:
+    """Where a daemon serving the factory of `root` listens (one daemon per repository)."""
+    return root / ".factory" / "daemon.sock"
+
+
+def _daemon_answers(path: Path) -> bool:
+    """Whether a daemon listens at path (cheap, and before the console's first frame)."""
+    with socket.socket(socket.AF_UNIX) as probe:
+        try:
+            probe.connect(str(path))
+        except OSError:
+            return False
+    return True
+
+
+async def connect_attached(path: Path) -> Any:
+    await asyncio.to_thread(importlib.import_module, "console.attached")
+    from console.attached import AttachedClient
+
+    return await AttachedClient.connect(path)
+
+
 def cmd_console(args: argparse.Namespace) -> int:
     if not sys.stdout.isatty():
         raise FactoryError("the console needs a terminal; use `factory run --headless` or "
                            "`factory status` without one")
-    return asyncio.run(_console(_root(args.root), args.theme))
+    if args.attach:  # a socket given, perhaps forwarded from another machine (ssh -L)
+        path = Path(args.attach)
+        return asyncio.run(_console(None, args.theme, attach=path))
+    root = _root(args.root)
+    # A daemon serving this repository is the store's one writer: attach to it.
+    path = socket_path(root)
+    if path.exists() and _daemon_answers(path):
+        return asyncio.run(_console(root, args.theme, attach=path))
+    return asyncio.run(_console(root, args.theme))
+
+
+def cmd_daemon(args: argparse.Namespace) -> int:
+    root = _root(args.root)
+    path = Path(args.socket) if args.socket else socket_path(root)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    return asyncio.run(_daemon(root, path.absolute(), args.run))
+
+
+async def _daemon(root: Path, path: Path, run: bool) -> int:
+    from agents.daemon import serve
+    from agents.engine import Factory
+
+    main = asyncio.current_task()
+    assert main is not None
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        loop.add_signal_handler(sig, main.cancel)
+    factory = await Factory.open(root)
+    if factory.backend.name == "none":
+        err.print("[bold red]WARNING: sandbox backend is 'none': agents run commands "
+                  "UNSANDBOXED on this machine[/]")
+
+    def ready(daemon: Any) -> None:
+        out.print(f"serving {root} on {daemon.path} (pid {os.getpid()}); attach with "
+                  "`factory console`" + (f" --attach {daemon.path}" if path != socket_path(root)
+                                         else ""))
+
+    try:
+        await serve(factory, path, run=run, ready=ready)
+    except asyncio.CancelledError:
+        out.print("stopping: the store keeps every committed step")
+    finally:
+        await factory.close()
+    return 0
 
 
 def _demo_backend() -> str:
@@ -279,7 +352,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("console", help="open the supervisory console over this repository")
     p.add_argument("--root", help="repository root (default: found from here)")
     p.add_argument("--theme", help="console theme (see themes/)")
+    p.add_argument("--attach", metavar="SOCKET",
+                   help="attach to the daemon listening on SOCKET (by default a console "
+                   "attaches to this repository's daemon when one runs)")
     p.set_defaults(fn=cmd_console)
+
+    p = sub.add_parser("daemon", help="serve the factory to consoles that attach and detach")
+    p.add_argument("--root", help="repository root (default: found from here)")
+    p.add_argument("--socket", help="unix socket to listen on (default: .factory/daemon.sock)")
+    p.add_argument("--run", action="store_true", help="start a run of every spec at once")
+    p.set_defaults(fn=cmd_daemon)
 
     spec = sub.add_parser("spec", help="spec tools").add_subparsers(dest="spec_command",
                                                                     required=True)

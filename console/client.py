@@ -18,8 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from agents.errors import FactoryError
-
 if TYPE_CHECKING:  # the engine's modules load when a client connects, after the first frame
     from agents.specs import LintFinding
     from agents.store.projections import Row, State
@@ -96,8 +94,6 @@ class InProcessClient:
         # A console is a person watching: agents' questions wait for them while it is open.
         factory.supervise(True)
         self.root: Path = factory.root
-        self._run: asyncio.Task[Any] | None = None
-        self.run_error: BaseException | None = None
 
     async def snapshot(self) -> Snapshot:
         from agents.store.projections import TABLES
@@ -140,26 +136,19 @@ class InProcessClient:
 
     @property
     def running(self) -> bool:
-        return self._run is not None and not self._run.done()
+        return bool(self.factory.background_running)
+
+    @property
+    def run_error(self) -> BaseException | None:
+        error: BaseException | None = self.factory.run_error
+        return error
 
     async def run(self, spec_ids: list[str] | None = None) -> None:
         """Start a run in the background; its progress arrives as events."""
-        if self.running:
-            raise FactoryError("a run is already going; wait for it to finish")
-        self.factory.specs(spec_ids)  # unknown ids fail here, before anything starts
-
-        async def go() -> None:
-            try:
-                await self.factory.run(spec_ids)
-            except FactoryError as exc:
-                self.run_error = exc
-
-        self.run_error = None
-        self._run = asyncio.create_task(go())
+        self.factory.start(spec_ids)
 
     async def wait_run(self) -> None:
-        if self._run is not None:
-            await self._run
+        await self.factory.wait_background()
 
     async def approve(self, key: str) -> None:
         await self.factory.approve(key)
@@ -188,11 +177,5 @@ class InProcessClient:
         return hunks
 
     async def close(self) -> None:
-        if self._run is not None and not self._run.done():
-            self._run.cancel()
-            try:
-                await self._run
-            except (asyncio.CancelledError, Exception):
-                pass
         self.factory.supervise(False)
         await self.factory.close()

@@ -128,6 +128,8 @@ class StoredEvent:
 
 
 Listener = Callable[[list[StoredEvent]], None]
+# A committed batch as stored: first id, time, the events' JSON back to back, each one's size.
+RawListener = Callable[[int, float, bytes, list[int]], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -275,6 +277,7 @@ class Store:
         self.readonly = readonly
         self._pending: deque[tuple[list[Event], asyncio.Future[int]]] = deque()
         self._listeners: list[Listener] = []
+        self._raw_listeners: list[RawListener] = []
         self._closed = False
         # Batches handed to the database thread and not finished yet, in order. Up to
         # MAX_QUEUED are handed over at once so that the thread goes from one commit to the
@@ -454,6 +457,10 @@ class Store:
         if batch.stored:
             for listener in list(self._listeners):
                 listener(batch.stored)
+        rows = batch.rows
+        if self._raw_listeners and rows is not None and rows.sizes:
+            for raw in list(self._raw_listeners):
+                raw(rows.first_id, rows.ts, rows.data, rows.sizes)
 
     def _prepare_slice(
         self, batch: _Batch, items: list[tuple[list[Event], asyncio.Future[int]]]
@@ -554,6 +561,13 @@ class Store:
         """Call listener with each committed batch; returns the unsubscribe function."""
         self._listeners.append(listener)
         return lambda: self._listeners.remove(listener) if listener in self._listeners else None
+
+    def subscribe_raw(self, listener: RawListener) -> Callable[[], None]:
+        """Like `subscribe`, with each batch as the JSON bytes that were stored: a daemon
+        passes them on to its consoles without encoding any event again."""
+        self._raw_listeners.append(listener)
+        return lambda: (self._raw_listeners.remove(listener)
+                        if listener in self._raw_listeners else None)
 
     async def read_events(
         self, after: int = 0, limit: int = 1000, agent_id: str | None = None

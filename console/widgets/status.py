@@ -22,6 +22,10 @@ class RunStatus(Static):
         self.update(Text.assemble((" CONNECTING ", "bold reverse"), "  opening the factory…"),
                     layout=False)
 
+    def detached(self, reason: str) -> None:
+        self.update(Text.assemble((" DETACHED ", "bold reverse red"), f"  {reason}"),
+                    layout=False)
+
     def show(self, t: Totals, budget_tokens: int | None, budget_usd: float | None,
              sandbox: str, lag: float) -> None:
         text = Text()

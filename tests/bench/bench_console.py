@@ -4,12 +4,17 @@ Prints, in one run: key-press-to-screen latency (p50/p95) idle and under load, t
 an event's emission to its paint, peak memory, and the time from `python` starting to the
 console's first frame (in a fresh process, so imports count). Goals from issue 3.
 
+Both ways a console reaches the engine are measured, each console in a fresh process: attached
+to a daemon (`factory daemon` + `factory console`: the engine records the events in its own
+process), and in-process (engine and console share one event loop).
+
     .venv/bin/python tests/bench/bench_console.py
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import resource
 import statistics
@@ -18,6 +23,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
@@ -96,15 +102,16 @@ async def feed(factory: Factory, stop: asyncio.Event, sent: list[int]) -> None:
         await asyncio.sleep(max(0.0, next_at - time.perf_counter()))
 
 
-async def main() -> None:
-    tmp = Path(tempfile.mkdtemp(prefix="bench-console-"))
-    root = demo.build(tmp / "demo", "none")
+async def prefill(root: Path) -> None:
     factory = await Factory.open(root, load_config(root / ".factory.toml"))
     await factory.store.append(*[
         ev.AgentStarted(spec_id=f"s{a % 20}", task_id=f"t{a}", agent_id=f"agent-{a:04d}",
                         role="implementer", model="replay/bench") for a in range(AGENTS)])
-    client = InProcessClient(factory)
-    app = FactoryApp(client)
+    await factory.close()
+
+
+async def measure(app: FactoryApp, start_feed: Any, stop_feed: Any) -> dict[str, Any]:
+    """Idle key latency, then the same under load; the lag of what the console painted."""
     lags: list[float] = []
     app.flushed_hooks.append(lambda newest: newest and lags.append(time.time() - newest))
     async with app.run_test(size=(160, 48)) as pilot:
@@ -113,37 +120,131 @@ async def main() -> None:
         await pilot.press("2")
         await pilot.pause(0.5)
         idle = await key_latencies(app, PRESSES)
-        stop, sent = asyncio.Event(), [0]
-        feeder = asyncio.create_task(feed(factory, stop, sent))
+        await start_feed()
         await asyncio.sleep(2.0)  # reach a steady state first
         lags.clear()
         started = time.perf_counter()
         loaded = await key_latencies(app, PRESSES)
         elapsed = time.perf_counter() - started
-        sent_during = sent[0]
         await asyncio.sleep(1.0)
-        stop.set()
-        await feeder
-        rate = sent_during / (elapsed + 2.0)
+        sent = await stop_feed()
         shown = app.model.applied if app.model else 0
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"idle": idle, "loaded": loaded, "lags": lags, "rate": sent / (elapsed + 3.0),
+            "shown": shown, "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+async def in_process(root: Path) -> dict[str, Any]:
+    """Engine and console on one event loop (`factory demo`, or `factory console` with no
+    daemon)."""
+    factory = await Factory.open(root, load_config(root / ".factory.toml"))
+    client = InProcessClient(factory)
+    stop, sent = asyncio.Event(), [0]
+    feeder: list[asyncio.Task[None]] = []
+
+    async def start_feed() -> None:
+        feeder.append(asyncio.create_task(feed(factory, stop, sent)))
+
+    async def stop_feed() -> int:
+        stop.set()
+        await feeder[0]
+        return sent[0]
+
+    out = await measure(FactoryApp(client), start_feed, stop_feed)
     await client.close()
-    starts = [first_frame(root, FIRST_FRAME) for _ in range(5)]
-    bare = statistics.median(first_frame(root, BARE_TEXTUAL)[0] for _ in range(5))
+    return out
+
+
+async def attached(root: Path) -> dict[str, Any]:
+    """The engine in a daemon process, the console attached over its unix socket."""
+    from console.cli import connect_attached
+
+    sock = root / ".factory" / "daemon.sock"
+    daemon = await asyncio.create_subprocess_exec(
+        sys.executable, __file__, "--serve", str(root), str(sock),
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+    assert daemon.stdin is not None and daemon.stdout is not None
+    assert (await daemon.stdout.readline()).strip() == b"ready"
+
+    async def start_feed() -> None:
+        daemon.stdin.write(b"feed\n")  # type: ignore[union-attr]
+
+    async def stop_feed() -> int:
+        daemon.stdin.write(b"stop\n")  # type: ignore[union-attr]
+        return int((await daemon.stdout.readline()).split()[1])  # type: ignore[union-attr]
+
+    app = FactoryApp(connect=lambda: connect_attached(sock))
+    out = await measure(app, start_feed, stop_feed)
+    daemon.stdin.close()
+    out["daemon_mb"] = float((await daemon.stdout.readline()).split()[1])
+    await daemon.wait()
+    return out
+
+
+async def serve(root: Path, sock: Path) -> None:
+    """The daemon's side: serve the factory; feed events while told to."""
+    from agents.daemon import Daemon
+
+    factory = await Factory.open(root, load_config(root / ".factory.toml"))
+    daemon = Daemon(factory, sock)
+    await daemon.start()
+    print("ready", flush=True)
+    loop = asyncio.get_running_loop()
+    commands = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(commands), sys.stdin)
+    stop, sent = asyncio.Event(), [0]
+    feeder = None
+    while line := (await commands.readline()).strip():
+        if line == b"feed":
+            feeder = asyncio.create_task(feed(factory, stop, sent))
+        elif line == b"stop" and feeder is not None:
+            stop.set()
+            await feeder
+            print("sent", sent[0], flush=True)
+    await daemon.close()
+    await factory.close()
+    print("peak", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, flush=True)
+
+
+def report(name: str, r: dict[str, Any]) -> None:
+    idle, loaded, lags = r["idle"], r["loaded"], r["lags"]
+    print(f"{name}: {AGENTS} agents, target {RATE} events/s (achieved ~{r['rate']:.0f}/s, "
+          f"{r['shown']} events applied by the console)")
+    print(f"  key press -> screen, idle    p50 {pct(idle, .5) * 1000:6.1f} ms  "
+          f"p95 {pct(idle, .95) * 1000:6.1f} ms")
+    print(f"  key press -> screen, loaded  p50 {pct(loaded, .5) * 1000:6.1f} ms  "
+          f"p95 {pct(loaded, .95) * 1000:6.1f} ms")
+    ratio = pct(loaded, .95) / pct(idle, .95)
+    print(f"  loaded/idle p95 ratio {ratio:.2f} (goal <= 1.3; a naive DataTable measured ~2)")
+    print(f"  event -> screen lag p50 {pct(lags, .5) * 1000:.0f} ms  p95 "
+          f"{pct(lags, .95) * 1000:.0f} ms (goal p95 < 250 ms)")
+    if "daemon_mb" in r:
+        print(f"  peak memory: console {r['peak_mb']:.0f} MB, daemon {r['daemon_mb']:.0f} MB, "
+              f"together {r['peak_mb'] + r['daemon_mb']:.0f} MB (goal < 500 MB)")
+    else:
+        print(f"  peak memory (engine + console, one process) {r['peak_mb']:.0f} MB "
+              "(goal < 500 MB)")
+
+
+def main() -> None:
+    tmp = Path(tempfile.mkdtemp(prefix="bench-console-"))
+    roots = {}
+    for mode in ("attached", "in-process"):
+        roots[mode] = demo.build(tmp / mode, "none")
+        asyncio.run(prefill(roots[mode]))
+    results = {}
+    for mode in ("attached", "in-process"):  # each console in a fresh process
+        out = subprocess.run([sys.executable, __file__, "--measure", mode, str(roots[mode])],
+                             capture_output=True, text=True, check=True).stdout
+        results[mode] = json.loads(out.strip().splitlines()[-1])
+    starts = [first_frame(roots["in-process"], FIRST_FRAME) for _ in range(5)]
+    bare = statistics.median(first_frame(roots["in-process"], BARE_TEXTUAL)[0]
+                             for _ in range(5))
     first = statistics.median(s[0] for s in starts)
     data = statistics.median(s[1] for s in starts)
 
-    print(f"console bench: {AGENTS} agents, target {RATE} events/s (achieved ~{rate:.0f}/s, "
-          f"{shown} events applied by the console)")
-    print(f"key press -> screen, idle    p50 {pct(idle, .5) * 1000:6.1f} ms  "
-          f"p95 {pct(idle, .95) * 1000:6.1f} ms")
-    print(f"key press -> screen, loaded  p50 {pct(loaded, .5) * 1000:6.1f} ms  "
-          f"p95 {pct(loaded, .95) * 1000:6.1f} ms")
-    ratio = pct(loaded, .95) / pct(idle, .95)
-    print(f"loaded/idle p95 ratio {ratio:.2f} (goal <= 1.3; a naive DataTable measured ~2)")
-    print(f"event -> screen lag p50 {pct(lags, .5) * 1000:.0f} ms  p95 "
-          f"{pct(lags, .95) * 1000:.0f} ms (goal p95 < 250 ms)")
-    print(f"peak memory (engine + console, one process) {peak_mb:.0f} MB (goal < 500 MB)")
+    report("attached console (engine in `factory daemon`, console over its socket)",
+           results["attached"])
+    report("in-process console (engine and console on one event loop)", results["in-process"])
     print(f"start -> first frame (fresh process, median of 5) {first:.2f} s (goal < 1 s); "
           f"baseline: an empty Textual app here {bare:.2f} s, ratio {first / bare:.2f}")
     print(f"start -> first frame with the factory's state {data:.2f} s (engine opened after the "
@@ -196,4 +297,10 @@ def first_frame(root: Path, script: str) -> tuple[float, float]:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    if sys.argv[1:2] == ["--serve"]:
+        asyncio.run(serve(Path(sys.argv[2]), Path(sys.argv[3])))
+    elif sys.argv[1:2] == ["--measure"]:
+        run = attached if sys.argv[2] == "attached" else in_process
+        print(json.dumps(asyncio.run(run(Path(sys.argv[3])))))
+    else:
+        main()

@@ -1,0 +1,300 @@
+"""A factory that outlives its consoles: the engine serves them over a unix socket.
+
+`factory daemon` opens the engine once and keeps it; consoles attach (`factory console`, on
+this machine or over SSH), detach and come back without stopping the swarm, and several can
+watch at once. The daemon is the store's only writer; a console holds nothing but a copy of
+the projections, kept current from the events the daemon forwards (see `agents.wire`).
+
+The engine and the console's screen then live in two processes, so the work of recording
+thousands of events a second never stands between a key press and its screen.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from agents import wire
+from agents.errors import FactoryError
+from agents.store.projections import TABLES
+
+if TYPE_CHECKING:
+    from agents.engine import Factory
+
+log = logging.getLogger(__name__)
+
+# A console that stops reading (a suspended terminal, a dead SSH link) is let go once this
+# much is waiting for it, rather than holding the daemon's memory; it re-reads its state
+# when it attaches again, so nothing is lost.
+MAX_BEHIND = 64 * 1024 * 1024
+# Unix socket paths are limited to 107 bytes on Linux.
+MAX_SOCKET_PATH = 107
+
+
+class Daemon:
+    def __init__(self, factory: Factory, path: Path, *, max_behind: int = MAX_BEHIND) -> None:
+        self.factory = factory
+        self.path = path
+        self.max_behind = max_behind
+        self._server: asyncio.Server | None = None
+        self._consoles: set[_Console] = set()
+        self.stopped = asyncio.Event()
+
+    @property
+    def consoles(self) -> int:
+        return len(self._consoles)
+
+    async def start(self) -> None:
+        path = self.path
+        if len(os.fsencode(path)) > MAX_SOCKET_PATH:
+            raise FactoryError(f"{path}: a unix socket path must be at most {MAX_SOCKET_PATH} "
+                               "bytes; give a shorter one with --socket")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.exists() or path.is_symlink():
+            if await _answers(path):
+                raise FactoryError(f"{path}: a daemon already serves this factory "
+                                   "(`factory console` attaches to it)")
+            path.unlink()  # left by a daemon that did not stop cleanly
+        # Agents' questions wait for a person (up to [run] question_timeout_seconds) while
+        # the daemon lives, attached or not: a console that comes back finds them waiting.
+        self.factory.supervise(True)
+        old = os.umask(0o177)  # the socket commands the factory: its owner only
+        try:
+            self._server = await asyncio.start_unix_server(self._accept, path,
+                                                           limit=wire.LINE_LIMIT)
+        finally:
+            os.umask(old)
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            for console in list(self._consoles):
+                console.drop()
+            await self._server.wait_closed()
+            self._server = None
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+        self.stopped.set()
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        console = _Console(self, reader, writer)
+        self._consoles.add(console)
+        try:
+            await console.serve()
+        finally:
+            self._consoles.discard(console)
+            console.drop()
+
+    # -- what a console may ask ------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        """Every projection row as of the last prepared event, each table as column names and
+        rows of values (half the bytes of a list of objects)."""
+        factory = self.factory
+        store = factory.store
+        tables = {}
+        for table, (_, columns) in TABLES.items():
+            width = len(columns)
+            tables[table] = [list(r.values()) if len(r) == width else [r.get(c) for c in columns]
+                             for r in store.state.tables[table].values()]
+        budgets = factory.config.budgets.run
+        return {"last_id": store.prepared_id, "tables": tables,
+                "running": factory.background_running, "budget_tokens": budgets.tokens,
+                "budget_usd": budgets.usd, "sandbox": factory.backend.name,
+                "root": str(factory.root), "pid": os.getpid()}
+
+    def commands(self) -> dict[str, Callable[..., Awaitable[Any]]]:
+        factory = self.factory
+
+        async def events(after: int = 0, limit: int = 1000,
+                         agent_id: str | None = None) -> list[list[Any]]:
+            return wire.encode_events(await factory.store.read_events(after, limit, agent_id))
+
+        async def spec_files() -> list[dict[str, Any]]:
+            from agents.specs import lint_spec
+
+            folder = factory.config.specs_path
+
+            def read() -> list[dict[str, Any]]:
+                out = []
+                for path in sorted(folder.glob("*.md")):
+                    if path.name.lower() == "readme.md":
+                        continue
+                    text = path.read_text(encoding="utf-8")
+                    out.append({"path": str(path), "text": text, "findings": [
+                        f.model_dump(mode="json") for f in lint_spec(text, path)]})
+                return out
+
+            return await asyncio.to_thread(read)
+
+        async def save_spec(path: str, text: str) -> list[dict[str, Any]]:
+            findings = await factory.save_spec(Path(path), text)
+            return [f.model_dump(mode="json") for f in findings]
+
+        async def run(spec_ids: list[str] | None = None) -> None:
+            factory.start(spec_ids)
+
+        async def approve(key: str) -> None:
+            await factory.approve(key)
+
+        async def answer(question_id: str, text: str) -> None:
+            await factory.answer(question_id, text)
+
+        async def reject(key: str, reason: str) -> None:
+            await factory.reject(key, reason)
+
+        async def move(key: str, delta: int) -> None:
+            await factory.move(key, int(delta))
+
+        async def retry(key: str) -> None:
+            await factory.retry(key)
+
+        async def cancel_task(key: str) -> bool:
+            return factory.cancel_task(key)
+
+        return {"events": events, "spec_files": spec_files, "save_spec": save_spec,
+                "run": run, "approve": approve, "answer": answer, "reject": reject,
+                "move": move, "retry": retry, "cancel_task": cancel_task,
+                "diff": factory.diff, "conflict_hunks": factory.conflict_hunks}
+
+
+class _Console:
+    """One attached console: its requests, and the events forwarded to it."""
+
+    def __init__(self, daemon: Daemon, reader: asyncio.StreamReader,
+                 writer: asyncio.StreamWriter) -> None:
+        self.daemon = daemon
+        self.reader = reader
+        self.writer = writer
+        self.commands = daemon.commands()
+        self._unfollow: Callable[[], None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._dropped = False
+
+    async def serve(self) -> None:
+        while not self._dropped:
+            try:
+                line = await self.reader.readline()
+            except (ValueError, asyncio.LimitOverrunError):
+                self.send({"id": None, "error": f"a request is longer than {wire.LINE_LIMIT} "
+                           "bytes", "type": "protocol"})
+                return
+            except ConnectionError:
+                return
+            if not line:
+                return
+            task = asyncio.create_task(self.handle(line))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def handle(self, line: bytes) -> None:
+        request_id = None
+        try:
+            request = _parse(line)
+            request_id = request["id"]
+            op, args = request["op"], request.get("args") or {}
+            if op == "hello":
+                result: Any = {"protocol": wire.PROTOCOL, "root": str(self.daemon.factory.root)}
+            elif op == "snapshot":
+                # Taken and followed in one step of the loop: the first batch forwarded is
+                # the first one the snapshot does not include.
+                result = self.daemon.snapshot()
+                if self._unfollow is None:
+                    self._unfollow = self.daemon.factory.store.subscribe_raw(self.forward)
+            elif op in self.commands:
+                result = await self.commands[op](**args)
+            else:
+                raise _Refused(f"unknown op {op!r}; known: hello, snapshot, "
+                               f"{', '.join(sorted(self.commands))}")
+            self.send({"id": request_id, "result": result})
+        except _Refused as exc:
+            self.send({"id": request_id, "error": str(exc), "type": "protocol"})
+        except TypeError as exc:  # arguments that do not fit the op
+            self.send({"id": request_id, "error": f"bad arguments: {exc}", "type": "protocol"})
+        except FactoryError as exc:
+            self.send({"id": request_id, "error": str(exc), "type": "factory"})
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("daemon: %s failed", line[:200])
+            self.send({"id": request_id, "error": f"the daemon failed: {exc!r}",
+                       "type": "internal"})
+
+    def forward(self, first: int, ts: float, data: bytes, sizes: list[int]) -> None:
+        self.write(wire.encode_batch(first, ts, data, sizes))
+
+    def send(self, message: dict[str, Any]) -> None:
+        self.write(wire.encode(message))
+
+    def write(self, data: bytes) -> None:
+        if self._dropped:
+            return
+        transport = self.writer.transport
+        if transport.is_closing():
+            self.drop()
+            return
+        if transport.get_write_buffer_size() > self.daemon.max_behind:
+            log.warning("daemon: a console fell %d bytes behind; letting it go",
+                        transport.get_write_buffer_size())
+            self.drop()
+            return
+        self.writer.write(data)
+
+    def drop(self) -> None:
+        if self._dropped:
+            return
+        self._dropped = True
+        if self._unfollow is not None:
+            self._unfollow()
+            self._unfollow = None
+        for task in self._tasks:
+            task.cancel()
+        self.writer.transport.abort()
+
+
+class _Refused(Exception):
+    pass
+
+
+def _parse(line: bytes) -> dict[str, Any]:
+    import json
+
+    try:
+        request = json.loads(line)
+    except ValueError as exc:
+        raise _Refused(f"a request is not JSON: {exc}") from None
+    if not isinstance(request, dict) or not isinstance(request.get("op"), str) \
+            or "id" not in request or not isinstance(request.get("args", {}), dict):
+        raise _Refused('a request is {"id": ..., "op": "...", "args": {...}}')
+    return request
+
+
+async def _answers(path: Path) -> bool:
+    """Whether something listens on the socket at path (a live daemon, not a stale file)."""
+    try:
+        _, writer = await asyncio.open_unix_connection(path)
+    except OSError:
+        return False
+    writer.close()
+    return True
+
+
+async def serve(factory: Factory, path: Path, *, run: bool = False,
+                ready: Callable[[Daemon], None] | None = None) -> None:
+    """Serve until cancelled (SIGTERM, ctrl+c): then stop the run, as a clean stop does, and
+    close the store, so the next start resumes where this one was."""
+    daemon = Daemon(factory, path)
+    await daemon.start()
+    try:
+        if run:
+            factory.start()
+        if ready is not None:
+            ready(daemon)
+        await asyncio.Event().wait()
+    finally:
+        await daemon.close()

@@ -1,0 +1,212 @@
+"""A `FactoryClient` over a daemon's unix socket (`factory console` when a daemon serves).
+
+Requests go out as JSON lines and their replies come back by id; committed event batches
+arrive on the same connection from the snapshot on, decoded a batch at a time and handed to
+the console's listeners. The app cannot tell this client from the in-process one, except
+that the daemon may go away: then every call fails with a clear error and `on_lost` says so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from agents import wire
+from agents.errors import FactoryError
+from console.client import Listener, Snapshot, SpecFile
+
+if TYPE_CHECKING:
+    from agents.specs import LintFinding
+    from agents.store.store import StoredEvent
+
+
+class DaemonGone(FactoryError):
+    pass
+
+
+class AttachedClient:
+    def __init__(self, path: Path, reader: asyncio.StreamReader,
+                 writer: asyncio.StreamWriter) -> None:
+        self.path = path
+        self.root = path  # replaced by the daemon's answer to hello
+        self._reader = reader
+        self._writer = writer
+        self._ids = itertools.count(1)
+        self._waiting: dict[int, asyncio.Future[Any]] = {}
+        self._listeners: list[Listener] = []
+        # Batches that arrive between the snapshot's reply and `follow`.
+        self._early: list[list[StoredEvent]] = []
+        self.running = False
+        self.run_error: BaseException | None = None
+        self.lost: str | None = None
+        self.on_lost: Callable[[str], None] | None = None
+        self._pump = asyncio.create_task(self._read())
+
+    @classmethod
+    async def connect(cls, path: Path) -> AttachedClient:
+        try:
+            reader, writer = await asyncio.open_unix_connection(path, limit=wire.LINE_LIMIT)
+        except FileNotFoundError:
+            raise FactoryError(f"{path}: no daemon listens here (start one with "
+                               "`factory daemon`)") from None
+        except ConnectionRefusedError:
+            raise FactoryError(f"{path}: nothing answers on this socket (a daemon that "
+                               "stopped uncleanly left it; start one with `factory daemon`)") \
+                from None
+        except OSError as exc:
+            raise FactoryError(f"{path}: cannot attach: {exc.strerror or exc}") from None
+        client = cls(path, reader, writer)
+        try:
+            hello = await client._call("hello")
+        except BaseException:
+            await client.close()
+            raise
+        if hello.get("protocol") != wire.PROTOCOL:
+            await client.close()
+            raise FactoryError(f"{path}: the daemon speaks protocol {hello.get('protocol')}, "
+                               f"this console {wire.PROTOCOL}: run the same version of both")
+        client.root = Path(hello["root"])
+        return client
+
+    # -- the connection ----------------------------------------------------------------------
+
+    async def _read(self) -> None:
+        reason = "the daemon closed the connection"
+        try:
+            while True:
+                line = await self._reader.readline()
+                if not line:
+                    break
+                if line.startswith(wire.BATCH_START):
+                    self._deliver(wire.decode_batch(line))
+                else:
+                    self._reply(json.loads(line))
+        except (ConnectionError, ValueError) as exc:
+            reason = f"the connection to the daemon broke: {exc}"
+        except asyncio.CancelledError:
+            reason = "this console detached"
+            raise
+        finally:
+            self._lose(reason)
+
+    def _deliver(self, batch: list[StoredEvent]) -> None:
+        if not self._listeners:
+            self._early.append(batch)
+            return
+        for listener in list(self._listeners):
+            listener(batch)
+
+    def _reply(self, message: dict[str, Any]) -> None:
+        future = self._waiting.pop(message.get("id"), None)  # type: ignore[arg-type]
+        if future is None or future.done():
+            return
+        if "error" in message:
+            kind = message.get("type")
+            text = message["error"] if kind == "factory" else f"daemon: {message['error']}"
+            future.set_exception(FactoryError(text))
+        else:
+            future.set_result(message.get("result"))
+
+    def _lose(self, reason: str) -> None:
+        if self.lost is not None:
+            return
+        self.lost = reason
+        for future in self._waiting.values():
+            if not future.done():
+                future.set_exception(DaemonGone(f"{self.path}: {reason}"))
+        self._waiting.clear()
+        if self.on_lost is not None and reason != "this console detached":
+            self.on_lost(reason)
+
+    async def _call(self, op: str, **args: Any) -> Any:
+        if self.lost is not None:
+            raise DaemonGone(f"{self.path}: {self.lost}")
+        request_id = next(self._ids)
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._waiting[request_id] = future
+        self._writer.write(wire.encode({"id": request_id, "op": op, "args": args}))
+        return await future
+
+    # -- the FactoryClient protocol ----------------------------------------------------------
+
+    async def snapshot(self) -> Snapshot:
+        from agents.store.projections import TABLES
+
+        snap = await self._call("snapshot")
+        tables = {}
+        for table, (key, columns) in TABLES.items():
+            at = columns.index(key)
+            tables[table] = {values[at]: dict(zip(columns, values, strict=True))
+                             for values in snap["tables"].get(table, [])}
+        self.running = bool(snap["running"])
+        return Snapshot(snap["last_id"], tables, running=self.running,
+                        budget_tokens=snap["budget_tokens"], budget_usd=snap["budget_usd"],
+                        sandbox=snap["sandbox"])
+
+    def follow(self, listener: Listener) -> Callable[[], None]:
+        self._listeners.append(listener)
+        early, self._early = self._early, []
+        for batch in early:
+            listener(batch)
+        return lambda: self._listeners.remove(listener) if listener in self._listeners else None
+
+    async def events(self, after: int = 0, limit: int = 1000,
+                     agent_id: str | None = None) -> list[StoredEvent]:
+        rows = await self._call("events", after=after, limit=limit, agent_id=agent_id)
+        return wire.decode_events(rows)
+
+    async def spec_files(self) -> list[SpecFile]:
+        from agents.specs import LintFinding
+
+        return [SpecFile(Path(f["path"]), f["text"],
+                         [LintFinding.model_validate(x) for x in f["findings"]])
+                for f in await self._call("spec_files")]
+
+    async def save_spec(self, path: Path, text: str) -> list[LintFinding]:
+        from agents.specs import LintFinding
+
+        found = await self._call("save_spec", path=str(path), text=text)
+        return [LintFinding.model_validate(x) for x in found]
+
+    async def run(self, spec_ids: list[str] | None = None) -> None:
+        await self._call("run", spec_ids=spec_ids)
+        self.running = True
+
+    async def approve(self, key: str) -> None:
+        await self._call("approve", key=key)
+
+    async def answer(self, question_id: str, text: str) -> None:
+        await self._call("answer", question_id=question_id, text=text)
+
+    async def reject(self, key: str, reason: str) -> None:
+        await self._call("reject", key=key, reason=reason)
+
+    async def move(self, key: str, delta: int) -> None:
+        await self._call("move", key=key, delta=delta)
+
+    async def retry(self, key: str) -> None:
+        await self._call("retry", key=key)
+
+    async def cancel_task(self, key: str) -> bool:
+        return bool(await self._call("cancel_task", key=key))
+
+    async def diff(self, key: str) -> str:
+        return str(await self._call("diff", key=key))
+
+    async def conflict_hunks(self, a: str, b: str) -> dict[str, str]:
+        hunks: dict[str, str] = await self._call("conflict_hunks", a=a, b=b)
+        return hunks
+
+    async def close(self) -> None:
+        """Detach: the daemon and its swarm go on."""
+        self._pump.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._pump
+        self._writer.close()
+        with contextlib.suppress(ConnectionError):
+            await self._writer.wait_closed()

@@ -1,0 +1,260 @@
+"""Consoles attached to a daemon over its real unix socket: the state they see is the
+store's, commands reach the engine, several consoles come and go while the swarm goes on,
+and every kind of bad input or lost daemon gets a clear error."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+
+from agents import demo
+from agents import events as ev
+from agents.config import load_config
+from agents.daemon import Daemon
+from agents.engine import Factory
+from agents.errors import FactoryError
+from console.app import FactoryApp
+from console.attached import AttachedClient, DaemonGone
+from console.cli import connect_attached, socket_path
+from console.model import ViewModel
+from console.widgets.queue import InboxPane
+from tests.console.test_app import SIZE, settle
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@asynccontextmanager
+async def serving(root: Path, **kwargs: int) -> AsyncIterator[Daemon]:
+    """A daemon on this test's loop, over the demo's factory (every branch awaits approval)."""
+    config = load_config(root / ".factory.toml")
+    config.queue.approval = "always"
+    factory = await Factory.open(root, config)
+    daemon = Daemon(factory, socket_path(root), **kwargs)
+    await daemon.start()
+    try:
+        yield daemon
+    finally:
+        await daemon.close()
+        await factory.close()
+
+
+async def until(condition: Callable[[], object], timeout: float = 60) -> None:
+    """Wait for something another task (the daemon, a reader) makes true."""
+    async with asyncio.timeout(timeout):
+        while not condition():  # noqa: ASYNC110 (many conditions, no one event to wait on)
+            await asyncio.sleep(0.02)
+
+
+def projections(tables: dict[str, dict[str, dict]]) -> dict[str, dict[str, dict]]:  # type: ignore[type-arg]
+    """Rows to compare: the store sums a batch's costs before adding them, the console adds
+    event by event, so sums of USD may differ in their last bits."""
+    return {t: {k: {c: round(v, 9) if isinstance(v, float) else v for c, v in r.items()}
+                for k, r in rows.items()} for t, rows in tables.items()}
+
+
+async def test_a_console_follows_a_run_and_ends_with_the_stores_state(
+        tmp_path: Path) -> None:
+    root = demo.build(tmp_path / "demo", "none")
+    async with serving(root) as daemon:
+        store = daemon.factory.store
+        client = await AttachedClient.connect(socket_path(root))
+        try:
+            assert client.root == root.resolve()
+            model = ViewModel.from_snapshot(await client.snapshot())
+            client.follow(model.receive)
+            await client.run()
+            with pytest.raises(FactoryError, match="already going"):
+                await client.run()
+            await until(lambda: any(q["status"] == "awaiting_approval"
+                                    for q in store.rows("queue")), 120)
+            await store.flush()
+
+            def caught_up() -> bool:
+                model.apply()
+                return not model.pending and model.last_id == store.last_id
+
+            await until(caught_up)
+            # Snapshot plus forwarded events, through the engine's own handlers: the same rows.
+            assert projections(model.state.tables) == projections(store.state.tables)
+            key = next(k for k, q in store.state.tables["queue"].items()
+                       if q["status"] == "awaiting_approval")
+            await client.approve(key)
+            assert store.get("queue", key)["approval"] is not None
+            timeline = await client.events(0, 5)
+            assert [e.id for e in timeline] == [1, 2, 3, 4, 5]
+            assert timeline[0].event.kind == "run_started"
+        finally:
+            await client.close()
+
+
+async def test_consoles_come_and_go_while_the_swarm_goes_on(tmp_path: Path) -> None:
+    root = demo.build(tmp_path / "demo", "none")
+    async with serving(root) as daemon:
+        first = await AttachedClient.connect(socket_path(root))
+        second = await AttachedClient.connect(socket_path(root))
+        got: list[int] = []
+        await second.snapshot()
+        second.follow(lambda batch: got.extend(e.id for e in batch))
+        await first.snapshot()
+        await first.run()
+        await first.close()  # detaching does not stop the run
+        await asyncio.sleep(0.3)
+        assert daemon.factory.background_running
+        assert daemon.factory.supervised, "a daemon waits for a person to attach and answer"
+        before = len(got)
+        await until(lambda: len(got) >= before + 5)
+        assert got == sorted(got) and len(set(got)) == len(got), "in order, none twice"
+        third = await AttachedClient.connect(socket_path(root))
+        snap = await third.snapshot()
+        assert snap.running and snap.last_id >= got[0] - 1
+        await third.close()
+        await second.close()
+        await asyncio.sleep(0.1)
+        assert daemon.consoles == 0
+
+
+async def test_bad_requests_get_clear_errors_and_the_connection_stays(
+        tmp_path: Path) -> None:
+    root = demo.build(tmp_path / "demo", "none")
+    async with serving(root):
+        reader, writer = await asyncio.open_unix_connection(socket_path(root))
+
+        async def ask(line: bytes) -> dict:  # type: ignore[type-arg]
+            writer.write(line + b"\n")
+            return json.loads(await reader.readline())  # type: ignore[no-any-return]
+
+        assert "not JSON" in (await ask(b"{nope"))["error"]
+        assert "a request is" in (await ask(b"[1, 2]"))["error"]
+        reply = await ask(b'{"id": 1, "op": "launch"}')
+        assert reply["id"] == 1 and "unknown op 'launch'" in reply["error"]
+        assert "approve" in reply["error"], "the error lists what is known"
+        reply = await ask(b'{"id": 2, "op": "approve", "args": {"keyy": "x"}}')
+        assert reply["type"] == "protocol" and "bad arguments" in reply["error"]
+        reply = await ask(b'{"id": 3, "op": "hello"}')
+        assert reply == {"id": 3, "result": {"protocol": 1, "root": str(root.resolve())}}
+        writer.close()
+
+        client = await AttachedClient.connect(socket_path(root))
+        with pytest.raises(FactoryError, match="no queue entry nope"):
+            await client.approve("nope")
+        outside = tmp_path / "elsewhere.md"
+        with pytest.raises(FactoryError, match=r"specs are \.md files under"):
+            await client.save_spec(outside, "# not a spec\n")
+        assert not outside.exists()
+        with pytest.raises(FactoryError, match="unknown spec"):
+            await client.run(["no-such-spec"])
+        await client.close()
+
+
+async def test_only_its_owner_can_reach_the_socket_and_one_daemon_serves(
+        tmp_path: Path) -> None:
+    root = demo.build(tmp_path / "demo", "none")
+    path = socket_path(root)
+    async with serving(root) as daemon:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        second = Daemon(daemon.factory, path)
+        with pytest.raises(FactoryError, match="already serves"):
+            await second.start()
+    assert not path.exists(), "a clean stop removes the socket"
+    path.parent.mkdir(exist_ok=True)
+    import socket
+
+    with socket.socket(socket.AF_UNIX) as stale:  # a daemon killed hard leaves its socket
+        stale.bind(str(path))
+    async with serving(root):
+        assert path.is_socket()
+        client = await AttachedClient.connect(path)
+        await client.close()
+    with pytest.raises(FactoryError, match="no daemon listens here"):
+        await AttachedClient.connect(path)
+    long = tmp_path / ("x" * 120) / "daemon.sock"
+    with pytest.raises(FactoryError, match="at most 107 bytes"):
+        await Daemon(None, long).start()  # type: ignore[arg-type]
+
+
+async def test_a_console_that_stops_reading_is_let_go(tmp_path: Path) -> None:
+    root = demo.build(tmp_path / "demo", "none")
+    async with serving(root, max_behind=256 * 1024) as daemon:
+        reader, writer = await asyncio.open_unix_connection(socket_path(root))
+        writer.write(b'{"id": 1, "op": "snapshot"}\n')
+        await asyncio.sleep(0.2)
+        assert daemon.consoles == 1
+        reading = await AttachedClient.connect(socket_path(root))
+        model = ViewModel.from_snapshot(await reading.snapshot())
+        reading.follow(model.receive)
+        for _ in range(40):  # the stalled console never reads; its buffer fills
+            await daemon.factory.store.append(*[ev.Notice(level="info", message="x" * 1000)
+                                                for _ in range(50)])
+        await until(lambda: daemon.consoles == 1 and sum(
+            e.event.kind == "notice" for e in model.pending) == 2000, 10)
+        assert reading.lost is None, "the console that reads stays attached"
+        assert await reader.read() != b"", "the stalled one got what fitted, then EOF"
+        writer.close()
+        await reading.close()
+
+
+async def test_a_lost_daemon_fails_calls_clearly(tmp_path: Path) -> None:
+    root = demo.build(tmp_path / "demo", "none")
+    lost: list[str] = []
+    async with serving(root):
+        client = await AttachedClient.connect(socket_path(root))
+        client.on_lost = lost.append
+        await client.snapshot()
+    await until(lambda: lost, 5)
+    assert "closed the connection" in lost[0]
+    with pytest.raises(DaemonGone, match="closed the connection"):
+        await client.approve("x")
+    await client.close()
+
+
+async def test_the_console_app_attached_approves_from_its_inbox(
+        demo_root: Path) -> None:
+    async with serving(demo_root) as daemon:
+        app = FactoryApp(connect=lambda: connect_attached(socket_path(demo_root)))
+        async with app.run_test(size=SIZE) as pilot:
+            await settle(pilot, app, lambda: app.model is not None)
+            assert app.rows("queue") == daemon.factory.store.state.tables["queue"]
+            await pilot.press("5")
+            inbox = app.query_one(InboxPane)
+            await settle(pilot, app, lambda: inbox.table.selected_key is not None)
+            key = inbox.table.selected_key
+            await pilot.press("a")
+            await settle(pilot, app, lambda: app.rows("queue")[key]["approval"] is not None)
+            assert daemon.factory.store.get("queue", key)["approval"] is not None
+        await asyncio.sleep(0.1)
+        assert daemon.consoles == 0, "quitting the console detaches it"
+
+
+def test_factory_daemon_serves_until_sigterm(tmp_path: Path) -> None:
+    root = demo.build(tmp_path / "demo", "none")
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen([sys.executable, "-m", "console.cli", "daemon", "--root", str(root)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert f"on {socket_path(root)}" in line, line + proc.stderr.read()  # type: ignore[union-attr]
+
+        async def attach() -> int:
+            client = await AttachedClient.connect(socket_path(root))
+            snap = await client.snapshot()
+            await client.close()
+            return len(snap.tables["tasks"])
+
+        assert asyncio.run(attach()) == 0
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+        assert not socket_path(root).exists()
+    finally:
+        proc.kill()
+        proc.wait()
