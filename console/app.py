@@ -40,6 +40,11 @@ FLUSH_SECONDS = 0.1
 # At most this much of a flush goes to applying events; the rest waits for a follow-up flush
 # a moment later, so keys are handled in between.
 APPLY_BUDGET = 0.012
+# Actions that apply in some panes only (their keys show in the footer there).
+PANE_ACTIONS = {"save_spec": ("specs",), "run_spec": ("specs",), "pause": ("agents",),
+                "filter": ("agents",), "approve": ("queue", "inbox"),
+                "reject": ("queue", "inbox"), "move": ("queue",), "retry": ("queue",),
+                "diff": ("queue", "inbox"), "mark": ("inbox",)}
 # Moving through the agents with a held arrow key loads only the agent it stops on.
 TIMELINE_DELAY = 0.12
 TABS = ("specs", "agents", "conflicts", "queue", "inbox")
@@ -284,17 +289,15 @@ class FactoryApp(App[None]):
             widget.focus()
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        """Show each pane's keys in the footer only where they apply."""
-        tab = self._tab() if self.is_mounted and self.query(TabbedContent) else "specs"
-        where = {"save_spec": ("specs",), "run_spec": ("specs",), "pause": ("agents",),
-                 "filter": ("agents",), "approve": ("queue", "inbox"),
-                 "reject": ("queue", "inbox"), "move": ("queue",), "retry": ("queue",),
-                 "diff": ("queue", "inbox"), "mark": ("inbox",)}
-        if action in where and tab not in where[action]:
+        """Show each pane's keys in the footer only where they apply. The footer asks for
+        every binding each time it is composed, so answer without walking the DOM when
+        the action belongs to no pane."""
+        where = PANE_ACTIONS.get(action)
+        if where is None:
+            return True
+        if self.model is None:  # not connected: the panes are empty
             return False
-        if action in where and self.model is None:  # not connected: the panes are empty
-            return False
-        return True
+        return self._tab() in where
 
     @on(TabbedContent.TabActivated)
     def _tab_changed(self) -> None:
