@@ -37,9 +37,10 @@ if TYPE_CHECKING:  # engine modules load on connect, after the first frame is on
     from console.model import ViewModel
 
 FLUSH_SECONDS = 0.1
-# At most this much of a flush goes to applying events; the rest waits for a follow-up flush
-# a moment later, so keys are handled in between.
-APPLY_BUDGET = 0.012
+# Events are applied in slices of this long, with the loop free for keys in between; after
+# APPLY_CYCLE of slices the console repaints even if more events wait (they follow).
+APPLY_SLICE = 0.003
+APPLY_CYCLE = 0.05
 # Actions that apply in some panes only (their keys show in the footer there).
 PANE_ACTIONS = {"save_spec": ("specs",), "run_spec": ("specs",), "pause": ("agents",),
                 "filter": ("agents",), "approve": ("queue", "inbox"),
@@ -92,7 +93,7 @@ class FactoryApp(App[None]):
         self.model: ViewModel | None = None
         self._unfollow: Any = None
         self._last_header = 0.0
-        self._catching_up = False
+        self._applying = False
         self.first_frame_at: float | None = None
         self.first_frame_wall: float | None = None
         self.data_frame_wall: float | None = None  # the first frame showing the factory's state
@@ -205,23 +206,45 @@ class FactoryApp(App[None]):
         self.query_one(InboxPane).refill()
 
     def flush(self) -> None:
+        """Apply what arrived and repaint what it changed, ten times a second.
+
+        Applying is cut into slices of APPLY_SLICE with the loop free in between, so a key
+        press waits for one slice at most; the repaint follows the last slice, so a burst
+        of events still costs one frame."""
         model = self.model
-        if model is None or not self.query(RunStatus):  # not connected yet, or closing
-            return
+        if model is None or self._applying or not self.query(RunStatus):
+            return  # not connected yet, closing, or the slices of the last flush still run
         if not model.pending:
             self._show_header()
             return
-        applied = model.apply(APPLY_BUDGET)
-        if model.pending and not self._catching_up:
-            self._catching_up = True
-            self.set_timer(0.01, self._catch_up)
+        self._applying = True
+        self._apply_slices(time.perf_counter(), [])
+
+    def _apply_slices(self, started: float, applied: list[StoredEvent]) -> None:
+        model = self.model
+        if model is None or not self.is_running:
+            self._applying = False
+            return
+        applied += model.apply(APPLY_SLICE)
+        if model.pending and time.perf_counter() - started < APPLY_CYCLE:
+            asyncio.get_running_loop().call_soon(self._apply_slices, started, applied)
+            return
+        self._applying = False
+        self._repaint(applied)
+        if model.pending:  # more than a cycle's worth queued: carry on after this frame
+            self.call_after_refresh(self.flush)
+
+    def _repaint(self, applied: list[StoredEvent]) -> None:
+        model = self.model
+        assert model is not None
         agents = self.query_one(AgentsPane)
+        table = agents.table
         with self.batch_update():
             changed = model.take_changed("agents")
-            if any(not agents.table.has(key) for key in changed):
+            if not all(map(table.has, changed)):
                 agents.refill(model.rows("agents"))
             elif changed:
-                agents.table.rows_changed(changed)
+                table.rows_changed(changed)
             entries = model.take_changed("queue")
             asked = model.take_changed("questions")
             # Task and gate rows only feed columns of queue entries (tokens, verdicts):
@@ -239,10 +262,6 @@ class FactoryApp(App[None]):
             self._show_header()
         if self.flushed_hooks and applied:
             self.call_after_refresh(self._painted, applied[-1].ts)
-
-    def _catch_up(self) -> None:
-        self._catching_up = False
-        self.flush()
 
     def _painted(self, newest: float) -> None:
         for hook in self.flushed_hooks:
@@ -263,7 +282,7 @@ class FactoryApp(App[None]):
         self._last_header = now
         m = self.model
         self.query_one(RunStatus).show(m.totals(), m.budget_tokens, m.budget_usd, m.sandbox,
-                                       m.lag())
+                                       m.engine, m.lag())
 
     # -- commands, one way for all: errors a person can act on become notifications -----
 
@@ -302,6 +321,12 @@ class FactoryApp(App[None]):
     @on(TabbedContent.TabActivated)
     def _tab_changed(self) -> None:
         self.refresh_bindings()
+        if self.model is not None and self._tab() == "agents":
+            # The highlighted agent's story shows as soon as the pane does, not on a first move.
+            pane = self.query_one(AgentsPane)
+            key = pane.table.selected_key
+            if key is not None and key != pane.timeline.agent_id:
+                self.load_timeline(key)
 
     # -- specs -------------------------------------------------------------------------------
 

@@ -146,7 +146,7 @@ class AttachedClient:
         self.running = bool(snap["running"])
         return Snapshot(snap["last_id"], tables, running=self.running,
                         budget_tokens=snap["budget_tokens"], budget_usd=snap["budget_usd"],
-                        sandbox=snap["sandbox"])
+                        sandbox=snap["sandbox"], engine=f"attached: daemon {snap['pid']}")
 
     def follow(self, listener: Listener) -> Callable[[], None]:
         self._listeners.append(listener)

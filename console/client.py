@@ -36,6 +36,8 @@ class Snapshot:
     budget_tokens: int | None = None
     budget_usd: float | None = None
     sandbox: str = ""
+    # Where the engine runs, for the header: "" in this process, else "attached: daemon 42".
+    engine: str = ""
 
     def state(self) -> State:
         from agents.store.projections import State

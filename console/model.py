@@ -46,6 +46,7 @@ class ViewModel:
     budget_tokens: int | None = None
     budget_usd: float | None = None
     sandbox: str = ""
+    engine: str = ""
     pending: deque[StoredEvent] = field(default_factory=deque)
     changed: dict[str, set[str]] = field(
         default_factory=lambda: {t: set() for t in projections.TABLES})
@@ -57,11 +58,15 @@ class ViewModel:
     @classmethod
     def from_snapshot(cls, snap: Snapshot) -> ViewModel:
         return cls(snap.state(), snap.last_id, snap.budget_tokens, snap.budget_usd,
-                   snap.sandbox)
+                   snap.sandbox, engine=snap.engine)
 
     def receive(self, batch: list[StoredEvent]) -> None:
         """Called for each committed batch (cheap: the work happens in `apply`)."""
-        if batch and batch[-1].id > self.last_id:
+        if not batch or batch[-1].id <= self.last_id:
+            return
+        if batch[0].id > self.last_id:
+            self.pending.extend(batch)
+        else:  # the batch the snapshot was taken in the middle of
             self.pending.extend(e for e in batch if e.id > self.last_id)
 
     def apply(self, budget: float | None = None) -> list[StoredEvent]:
@@ -75,7 +80,7 @@ class ViewModel:
         state = self.state
         deadline = time.perf_counter() + budget if budget is not None else None
         while pending:
-            if deadline is not None and len(out) % 256 == 255 and \
+            if deadline is not None and len(out) % 64 == 63 and \
                     time.perf_counter() > deadline:
                 break
             stored = pending.popleft()

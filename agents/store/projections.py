@@ -91,6 +91,13 @@ class State:
         return self.tables[table].get(key)
 
     def spread_usage(self) -> None:
+        """Add the model usage gathered since the last call to its tasks, then once per spec
+        and once for the run (a batch of a thousand turns touches one run row, not a
+        thousand times)."""
+        if not self.usage:
+            return
+        by_spec: dict[str, list[float]] = {}
+        run_tokens, run_cost = 0, 0.0
         for (spec_id, task_id), (tokens, cost) in self.usage.items():
             itokens = int(tokens)
             if task_id is not None:
@@ -98,14 +105,25 @@ class State:
                 t["tokens"] = (t["tokens"] or 0) + itokens
                 t["cost"] = (t["cost"] or 0.0) + cost
             if spec_id is not None:
-                spec = self.tables["specs"].get(spec_id)
-                if spec is not None:
-                    self.dirty["specs"].add(spec_id)
-                    spec["tokens"] += itokens
-                    spec["cost"] += cost
-                _spend(self, "spec", spec_id, itokens, cost)
-            if self.current_run is not None:
-                _spend(self, "run", self.current_run, itokens, cost)
+                total = by_spec.get(spec_id)
+                if total is None:
+                    by_spec[spec_id] = [itokens, cost]
+                else:
+                    total[0] += itokens
+                    total[1] += cost
+            run_tokens += itokens
+            run_cost += cost
+        specs = self.tables["specs"]
+        for spec_id, (tokens, cost) in by_spec.items():
+            itokens = int(tokens)
+            spec = specs.get(spec_id)
+            if spec is not None:
+                self.dirty["specs"].add(spec_id)
+                spec["tokens"] += itokens
+                spec["cost"] += cost
+            _spend(self, "spec", spec_id, itokens, cost)
+        if self.current_run is not None:
+            _spend(self, "run", self.current_run, run_tokens, run_cost)
         self.usage.clear()
 
     def take_dirty(self) -> dict[str, list[Row]]:

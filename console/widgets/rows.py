@@ -119,6 +119,8 @@ class RowsView(ScrollView, can_focus=True):
     def rows_changed(self, keys: set[str]) -> None:
         """Forget these rows' lines and repaint the ones on screen."""
         lines, index = self._lines, self._index
+        if len(keys) > len(index):  # a few queue rows among a thousand changed tasks
+            keys = index.keys() & keys
         top = int(self.scroll_offset.y)
         bottom = top + self.size.height - 1
         for key in keys:

@@ -27,9 +27,11 @@ class RunStatus(Static):
                     layout=False)
 
     def show(self, t: Totals, budget_tokens: int | None, budget_usd: float | None,
-             sandbox: str, lag: float) -> None:
+             sandbox: str, engine: str, lag: float) -> None:
         text = Text()
         text.append(f" {t.run_status.upper()} ", style="bold reverse")
+        if engine:
+            text.append(f"  {engine}", style="dim")
         text.append(f"  agents {t.agents_active} active/{t.agents_total}")
         text.append(f"  tasks {t.tasks_done}/{t.tasks_total}")
         tok = fmt.tokens(t.tokens) + (f"/{fmt.tokens(budget_tokens)}" if budget_tokens else "")

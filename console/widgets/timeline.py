@@ -12,13 +12,18 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from rich.text import Text
+from textual.geometry import Size
+from textual.reactive import Reactive
 from textual.widgets import RichLog
 
 if TYPE_CHECKING:
+    from textual.timer import Timer
+
     from agents.store.store import StoredEvent
 
 FOLD_LINES = 4
 MAX_LINES = 3000
+WRITE_SECONDS = 0.5
 
 
 def _args(arguments: dict[str, Any] | str) -> str:
@@ -94,8 +99,22 @@ def describe(stored: StoredEvent) -> Text | None:
 
 class Timeline(RichLog):
     DEFAULT_CSS = """
-    Timeline { height: 1fr; border-top: solid $panel; }
+    Timeline { height: 1fr; border-top: solid $panel; overflow-y: scroll; }
     """
+
+    # Each line written grows the virtual size. Widget's own reactive for it asks for a
+    # layout, which reflows the whole screen (15 ms with thousands of agents listed), several
+    # times a second while the selected agent works; only this widget's scrollbars depend on
+    # it, so they are updated here and a layout is asked for only when one appears or goes
+    # (the vertical one always shows, so that a new agent's history needs none either).
+    virtual_size: Reactive[Size] = Reactive(Size(0, 0), layout=False)
+
+    def watch_virtual_size(self, old: Size, new: Size) -> None:
+        width = self.scrollable_content_region.width
+        if (old.width > width) != (new.width > width):
+            self.refresh(layout=True)
+        else:
+            self._scroll_update(new)
 
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id, max_lines=MAX_LINES, wrap=True, markup=False,
@@ -103,17 +122,23 @@ class Timeline(RichLog):
         self.agent_id: str | None = None
         self.paused = False
         self.held: list[StoredEvent] = []
+        self.queued: list[StoredEvent] = []
         self.last_id = 0
+        self._write_timer: Timer | None = None
+        self._written_at = 0.0
 
     def show_history(self, agent_id: str, history: list[StoredEvent]) -> None:
         self.clear()
         self.agent_id = agent_id
         self.held = []
-        self.last_id = 0
+        self.queued = []
+        self.last_id = history[-1].id if history else 0
         self.write(Text(f"agent {agent_id}", style="bold underline"))
-        self.add(history)
+        self._write(history)
 
     def add(self, events: list[StoredEvent]) -> None:
+        """Follow the agent: its new events are written at most every WRITE_SECONDS, as
+        each write scrolls and so repaints the whole log."""
         fresh = [e for e in events if e.id > self.last_id and e.event.agent_id == self.agent_id]
         if not fresh:
             return
@@ -121,7 +146,22 @@ class Timeline(RichLog):
         if self.paused:
             self.held.extend(fresh)
             return
-        for stored in fresh:
+        self.queued.extend(fresh)
+        if self._write_timer is None:
+            wait = self._written_at + WRITE_SECONDS - time.monotonic()
+            if wait <= 0:
+                self._write_queued()
+            else:
+                self._write_timer = self.set_timer(wait, self._write_queued)
+
+    def _write_queued(self) -> None:
+        self._write_timer = None
+        self._written_at = time.monotonic()
+        queued, self.queued = self.queued, []
+        self._write(queued)
+
+    def _write(self, events: list[StoredEvent]) -> None:
+        for stored in events:
             line = describe(stored)
             if line is not None:
                 self.write(line)
@@ -131,8 +171,5 @@ class Timeline(RichLog):
         self.auto_scroll = not paused
         if not paused and self.held:
             held, self.held = self.held, []
-            for stored in held:
-                line = describe(stored)
-                if line is not None:
-                    self.write(line)
+            self._write(held)
             self.scroll_end(animate=False)

@@ -6,6 +6,7 @@ import asyncio
 import json
 from pathlib import Path
 
+from agents import events as ev
 from console.app import FactoryApp
 from console.client import InProcessClient
 from console.screens import DiffScreen, HelpScreen, QuitScreen, ReasonScreen
@@ -101,6 +102,9 @@ async def test_agents_table_filter_and_timeline(client: InProcessClient) -> None
         await pilot.press("2")
         pane = app.query_one(AgentsPane)
         assert len(pane.table.keys) == 9  # three planners, six implementers
+        # The highlighted agent's story shows with the pane, before any move.
+        await settle(pilot, app, lambda: pane.timeline.agent_id == pane.table.selected_key
+                     and len(pane.timeline.lines) > 1)
         await pilot.press("slash")
         await pilot.press(*"spec:slug")
         await pilot.press("enter")
@@ -110,11 +114,24 @@ async def test_agents_table_filter_and_timeline(client: InProcessClient) -> None
         await settle(pilot, app, lambda: pane.timeline.agent_id == "slug.separator.1")
         lines = "\n".join(str(line.text) for line in pane.timeline.lines)
         assert "edit_file" in lines and "finished: finished" in lines
+        # It follows the agent: what the agent does next is written (at most twice a second).
+        async def note(text: str) -> None:
+            await client.factory.store.append(ev.AgentNote(
+                spec_id="slug", task_id="separator", agent_id="slug.separator.1", step=99,
+                message={"role": "user", "content": text}))
+
+        await note("a note from the follow test")
+        await settle(pilot, app, lambda: "a note from the follow test" in "\n".join(
+            str(line.text) for line in pane.timeline.lines))
         # Pause holds new events; following again writes them.
         await pilot.press("p")
         assert pane.timeline.paused
+        await note("held while paused")
+        await settle(pilot, app, lambda: bool(pane.timeline.held))
+        assert "held while paused" not in "\n".join(str(x.text) for x in pane.timeline.lines)
         await pilot.press("p")
         assert not pane.timeline.paused
+        assert "held while paused" in "\n".join(str(x.text) for x in pane.timeline.lines)
 
 
 async def test_approve_lands_through_the_live_run(client: InProcessClient) -> None:

@@ -123,8 +123,10 @@ def test_consoles_attach_to_a_daemon_and_come_and_go(demo_root: Path, tmp_path: 
         first.start(console)
         first.wait_for(lambda s: header(s).get("approvals") == ENTRIES, 60,
                        f"the header to show {ENTRIES} approvals")
-        # It holds a connection to the daemon (the start-up probe's has gone by now).
+        # It holds a connection to the daemon (the start-up probe's has gone by now), and
+        # its header says where the engine runs.
         wait_until(first, lambda: connections(sock), 1, "the daemon's connections")
+        assert f"attached: daemon {daemon.pid}" in first.last.splitlines()[0], first.last
         first.keys("5")
         first.wait_for(lambda s: len(inbox_keys(s)) == ENTRIES, 10,
                        f"{ENTRIES} entries in the inbox")
