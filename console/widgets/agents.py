@@ -3,7 +3,7 @@ timeline underneath."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
@@ -11,7 +11,9 @@ from textual.widgets import Input, Label
 
 from console import format as fmt
 from console.widgets.rows import Column, RowsView
-from console.widgets.timeline import Timeline
+
+if TYPE_CHECKING:
+    from console.widgets.timeline import Timeline
 
 AGENT_COLUMNS = [
     Column("agent", 26, lambda r: r["id"] or ""),
@@ -58,6 +60,10 @@ class AgentsPane(Vertical):
             yield Input(placeholder="filter: state:running spec:stats text…", id="agent-filter")
             yield Label("following", id="timeline-state")
         yield RowsView(AGENT_COLUMNS, id="agents-table")
+        # Imported here: RichLog pulls in rich.pretty and attrs (30 ms), and this pane is
+        # composed after the console's first frame.
+        from console.widgets.timeline import Timeline
+
         yield Timeline(id="timeline")
 
     @property
@@ -66,6 +72,8 @@ class AgentsPane(Vertical):
 
     @property
     def timeline(self) -> Timeline:
+        from console.widgets.timeline import Timeline
+
         return self.query_one("#timeline", Timeline)
 
     def filter_words(self) -> list[str]:
