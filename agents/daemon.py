@@ -37,12 +37,18 @@ MAX_SOCKET_PATH = 107
 
 
 class Daemon:
-    def __init__(self, factory: Factory, path: Path, *, max_behind: int = MAX_BEHIND) -> None:
+    def __init__(self, factory: Factory, path: Path, *, max_behind: int = MAX_BEHIND,
+                 always_supervised: bool = True) -> None:
+        """`always_supervised`: agents' questions wait for a person for the daemon's whole
+        life (`factory daemon`), or only while a console is attached (a `factory run` that
+        consoles may look in on, where nobody may ever come)."""
         self.factory = factory
         self.path = path
         self.max_behind = max_behind
+        self.always_supervised = always_supervised
         self._server: asyncio.Server | None = None
         self._consoles: set[_Console] = set()
+        self._watching: set[_Console] = set()
         self.stopped = asyncio.Event()
 
     @property
@@ -62,7 +68,8 @@ class Daemon:
             path.unlink()  # left by a daemon that did not stop cleanly
         # Agents' questions wait for a person (up to [run] question_timeout_seconds) while
         # the daemon lives, attached or not: a console that comes back finds them waiting.
-        self.factory.supervise(True)
+        if self.always_supervised:
+            self.factory.supervise(True)
         old = os.umask(0o177)  # the socket commands the factory: its owner only
         try:
             self._server = await asyncio.start_unix_server(self._accept, path,
@@ -80,6 +87,15 @@ class Daemon:
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
         self.stopped.set()
+
+    def watching(self, console: _Console, on: bool) -> None:
+        """A console follows the factory (it took a snapshot), or stopped."""
+        if on:
+            self._watching.add(console)
+        else:
+            self._watching.discard(console)
+        if not self.always_supervised:
+            self.factory.supervise(bool(self._watching))
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         console = _Console(self, reader, writer)
@@ -206,6 +222,7 @@ class _Console:
                 result = self.daemon.snapshot()
                 if self._unfollow is None:
                     self._unfollow = self.daemon.factory.store.subscribe_raw(self.forward)
+                    self.daemon.watching(self, True)
             elif op in self.commands:
                 result = await self.commands[op](**args)
             else:
@@ -252,6 +269,7 @@ class _Console:
         if self._unfollow is not None:
             self._unfollow()
             self._unfollow = None
+            self.daemon.watching(self, False)
         for task in self._tasks:
             task.cancel()
         self.writer.transport.abort()

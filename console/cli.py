@@ -84,10 +84,25 @@ def cmd_spec_lint(args: argparse.Namespace) -> int:
 
 
 async def _run(root: Path, specs: list[str] | None, headless: bool) -> int:
+    from agents.daemon import Daemon
     from agents.engine import Factory
     from console.progress import Progress
 
+    path = socket_path(root)
+    if path.exists() and _daemon_answers(path):
+        raise FactoryError(f"a daemon serves this factory ({path}): start the run from its "
+                           "console (`factory console`, then ctrl+r) or with "
+                           "`factory daemon --run`")
     factory = await Factory.open(root)
+    # Consoles can look in on the run (`factory console` attaches); questions wait for a
+    # person only while one is attached.
+    daemon: Daemon | None = None
+    try:
+        serving = Daemon(factory, path, always_supervised=False)
+        await serving.start()
+        daemon = serving
+    except (FactoryError, OSError) as exc:
+        err.print(f"[yellow]consoles cannot attach to this run: {exc}[/]")
     try:
         if factory.backend.name == "none":
             err.print("[bold red]WARNING: sandbox backend is 'none': agents run commands "
@@ -108,6 +123,8 @@ async def _run(root: Path, specs: list[str] | None, headless: bool) -> int:
             out.print(f"  [yellow]failed[/]   {key}: {reason}")
         return 0 if summary.status == "done" else 1
     finally:
+        if daemon is not None:
+            await daemon.close()
         await factory.close()
 
 

@@ -14,6 +14,7 @@ import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -258,3 +259,69 @@ def test_factory_daemon_serves_until_sigterm(tmp_path: Path) -> None:
     finally:
         proc.kill()
         proc.wait()
+
+
+async def test_a_run_is_supervised_only_while_a_console_watches(tmp_path: Path) -> None:
+    root = demo.build(tmp_path / "demo", "none")
+    factory = await Factory.open(root)
+    daemon = Daemon(factory, socket_path(root), always_supervised=False)
+    await daemon.start()
+    try:
+        assert not factory.supervised, "nobody attached: questions are answered at once"
+        client = await AttachedClient.connect(socket_path(root))
+        assert not factory.supervised, "connected but not watching yet"
+        await client.snapshot()
+        assert factory.supervised
+        await client.close()
+        await until(lambda: not factory.supervised, 5)
+    finally:
+        await daemon.close()
+        await factory.close()
+
+
+def test_factory_run_serves_consoles_and_refuses_to_run_beside_a_daemon(
+        tmp_path: Path) -> None:
+    root = demo.build(tmp_path / "demo", "none")
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    command = [sys.executable, "-m", "console.cli"]
+    run = subprocess.Popen([*command, "run", "--headless", "--root", str(root)],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        async def look_in() -> list[str]:
+            await until(lambda: socket_path(root).is_socket(), 60)
+            client = await AttachedClient.connect(socket_path(root))
+            model = ViewModel.from_snapshot(await client.snapshot())
+            client.follow(model.receive)
+            def asked() -> list[dict[str, Any]]:
+                model.apply()
+                return [q for q in model.rows("questions").values() if q["status"] == "pending"]
+
+            # Watching makes the run supervised: the demo agent's question waits for us.
+            await until(asked, 120)
+            question = asked()[0]
+            await client.answer(question["id"], "count the whole slug")
+            await until(lambda: client.lost is not None, 120)  # the run ends, then the socket
+            await client.close()
+            model.apply()
+            return [model.rows("questions")[question["id"]]["answer"]]
+
+        answers = asyncio.run(look_in())
+        assert answers == ["count the whole slug"]
+        assert run.wait(60) == 0, run.stderr.read()  # type: ignore[union-attr]
+        assert not socket_path(root).exists()
+    finally:
+        run.kill()
+        run.wait()
+
+    daemon = subprocess.Popen([*command, "daemon", "--root", str(root)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert daemon.stdout is not None and "serving" in daemon.stdout.readline()
+        beside = subprocess.run([*command, "run", "--headless", "--root", str(root)],
+                                capture_output=True, text=True, env=env, timeout=120)
+        assert beside.returncode == 2
+        assert "a daemon serves this factory" in beside.stderr
+        assert "factory daemon --run" in beside.stderr
+    finally:
+        daemon.terminate()
+        daemon.wait(30)
