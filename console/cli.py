@@ -90,9 +90,10 @@ async def _run(root: Path, specs: list[str] | None, headless: bool) -> int:
 
     path = socket_path(root)
     if path.exists() and _daemon_answers(path):
-        raise FactoryError(f"a daemon serves this factory ({path}): start the run from its "
-                           "console (`factory console`, then ctrl+r) or with "
-                           "`factory daemon --run`")
+        raise FactoryError(f"this factory is open in another process (a daemon or a "
+                           f"console; {path} answers): start the run from a console "
+                           "attached to it (`factory console`, then ctrl+r), or stop it "
+                           "and use `factory daemon --run` or `factory run`")
     factory = await Factory.open(root)
     # Consoles can look in on the run (`factory console` attaches); questions wait for a
     # person only while one is attached.
@@ -176,7 +177,9 @@ async def connect_in_process(root: Path, approval: str | None = None) -> Any:
     config = load_config(root / CONFIG_NAME)
     if approval is not None:
         config.queue.approval = approval  # type: ignore[assignment]
-    return InProcessClient(await Factory.open(root, config))
+    client = InProcessClient(await Factory.open(root, config))
+    await client.serve(socket_path(root))  # other consoles attach to this engine
+    return client
 
 
 def socket_path(root: Path) -> Path:

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from agents.errors import FactoryError
+
 if TYPE_CHECKING:  # the engine's modules load when a client connects, after the first frame
     from agents.specs import LintFinding
     from agents.store.projections import Row, State
@@ -96,6 +98,21 @@ class InProcessClient:
         # A console is a person watching: agents' questions wait for them while it is open.
         factory.supervise(True)
         self.root: Path = factory.root
+        self._daemon: Any = None
+
+    async def serve(self, path: Path) -> bool:
+        """Let other consoles attach to this engine while it is open (and keep a headless
+        `factory run` from opening a second writer beside it). False when it cannot: the
+        socket path is too long, or something already serves there."""
+        from agents.daemon import Daemon
+
+        daemon = Daemon(self.factory, path)
+        try:
+            await daemon.start()
+        except (FactoryError, OSError):
+            return False
+        self._daemon = daemon
+        return True
 
     async def snapshot(self) -> Snapshot:
         from agents.store.projections import TABLES
@@ -179,5 +196,7 @@ class InProcessClient:
         return hunks
 
     async def close(self) -> None:
+        if self._daemon is not None:
+            await self._daemon.close()
         self.factory.supervise(False)
         await self.factory.close()

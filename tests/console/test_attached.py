@@ -26,7 +26,7 @@ from agents.engine import Factory
 from agents.errors import FactoryError
 from console.app import FactoryApp
 from console.attached import AttachedClient, DaemonGone
-from console.cli import connect_attached, socket_path
+from console.cli import connect_attached, connect_in_process, socket_path
 from console.model import ViewModel
 from console.widgets.queue import InboxPane
 from tests.console.test_app import SIZE, settle
@@ -320,8 +320,29 @@ def test_factory_run_serves_consoles_and_refuses_to_run_beside_a_daemon(
         beside = subprocess.run([*command, "run", "--headless", "--root", str(root)],
                                 capture_output=True, text=True, env=env, timeout=120)
         assert beside.returncode == 2
-        assert "a daemon serves this factory" in beside.stderr
+        assert "this factory is open in another process" in beside.stderr
         assert "factory daemon --run" in beside.stderr
     finally:
         daemon.terminate()
         daemon.wait(30)
+
+
+async def test_a_console_with_its_own_engine_lets_others_attach(tmp_path: Path) -> None:
+    root = demo.build(tmp_path / "demo", "none")
+    own = await connect_in_process(root)
+    try:
+        other = await AttachedClient.connect(socket_path(root))
+        snap = await other.snapshot()
+        assert snap.tables["specs"].keys() == (await own.snapshot()).tables["specs"].keys()
+        await other.close()
+        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        beside = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "console.cli", "run", "--headless", "--root", str(root),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env)
+        _, stderr = await beside.communicate()
+        assert beside.returncode == 2, ("a second engine beside the console's would be a "
+                                        "second writer of the store")
+        assert b"open in another process" in stderr
+    finally:
+        await own.close()
+    assert not socket_path(root).exists()
