@@ -39,8 +39,8 @@ from tests.console.test_tmux_e2e import (
     QUEUE_HEADING,
     Terminal,
     _factory_command,
+    approve_in_inbox,
     header,
-    inbox_cursor,
     inbox_keys,
     queue_state,
     wait_until,
@@ -127,20 +127,9 @@ def test_consoles_attach_to_a_daemon_and_come_and_go(demo_root: Path, tmp_path: 
         # its header says where the engine runs.
         wait_until(first, lambda: connections(sock), 1, "the daemon's connections")
         assert f"attached: daemon {daemon.pid}" in first.last.splitlines()[0], first.last
+        # `a` approves the first entry through the daemon: the header and the inbox change.
         first.keys("5")
-        first.wait_for(lambda s: len(inbox_keys(s)) == ENTRIES, 10,
-                       f"{ENTRIES} entries in the inbox")
-        first.keys("Home")
-        wait_until(first, lambda: inbox_cursor(first), 0, "the inbox cursor row")
-        key = inbox_keys(first.screen())[0]
-        assert key, f"no entry key on the selected row; screen:\n{first.last}"
-
-        # `a` approves it through the daemon: the header and the inbox change.
-        first.keys("a")
-        first.wait_for("approved 1 entry", 10)
-        after = first.wait_for(lambda s: header(s).get("approvals") == ENTRIES - 1, 10,
-                               f"approvals to drop from {ENTRIES} to {ENTRIES - 1}")
-        assert key not in inbox_keys(after), f"{key} is still in the inbox:\n{after}"
+        key = approve_in_inbox(first, 0, ENTRIES)
         first.keys("4")
         first.wait_for(QUEUE_HEADING, 10)
         first.wait_for(lambda s: queue_state(s, key) == "queued", 10,

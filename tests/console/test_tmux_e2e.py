@@ -231,6 +231,26 @@ def editor_cursor_line(term: Terminal) -> int | None:
     return numbered[at][1] if at is not None and numbered else None
 
 
+def approve_in_inbox(term: Terminal, row: int, waiting: int) -> str:
+    """With the inbox open on `waiting` entries, approve the one on `row` with keys; check
+    that the header and the inbox lose it. Returns its key."""
+    term.wait_for(lambda s: len(inbox_keys(s)) == waiting, 10,
+                  f"{waiting} entries in the inbox")
+    term.keys("Home")
+    wait_until(term, lambda: inbox_cursor(term), 0, "the inbox cursor row")
+    for _ in range(row):
+        term.keys("Down")
+    wait_until(term, lambda: inbox_cursor(term), row, "the inbox cursor row")
+    key = inbox_keys(term.screen())[row]
+    assert key, f"no entry key on the selected row; screen:\n{term.last}"
+    term.keys("a")
+    term.wait_for("approved 1 entry", 10)
+    after = term.wait_for(lambda s: header(s).get("approvals") == waiting - 1, 10,
+                          f"approvals to drop from {waiting} to {waiting - 1}")
+    assert key not in inbox_keys(after), f"{key} is still in the inbox:\n{after}"
+    return key
+
+
 def wait_settled(term: Terminal, timeout: float) -> dict[str, int]:
     """Wait until no agent runs and every planned, unfinished task waits for approval, the
     same for a second: nothing will change on its own any more."""
@@ -346,20 +366,7 @@ def test_demo_in_a_real_terminal(tmp_path: Path) -> None:
         # Then, once nothing changes on its own, pick the second entry and approve it.
         settled = wait_settled(term, 90)
         waiting = settled["approvals"]
-        term.wait_for(lambda s: len(inbox_keys(s)) == waiting, 10,
-                      f"{waiting} entries in the inbox")
-        term.keys("Home")
-        wait_until(term, lambda: inbox_cursor(term), 0, "the inbox cursor row")
-        term.keys("Down")
-        row = 1 if waiting > 1 else 0
-        wait_until(term, lambda: inbox_cursor(term), row, "the inbox cursor row")
-        key = inbox_keys(term.screen())[row]
-        assert key, f"no entry key on the selected row; screen:\n{term.last}"
-        term.keys("a")
-        term.wait_for("approved 1 entry", 10)
-        after = term.wait_for(lambda s: header(s).get("approvals") == waiting - 1, 10,
-                              f"approvals to drop from {waiting} to {waiting - 1}")
-        assert key not in inbox_keys(after), f"{key} is still in the inbox:\n{after}"
+        key = approve_in_inbox(term, 1 if waiting > 1 else 0, waiting)
 
         # Queue: the entry goes through its gates, then lands or is rejected.
         term.keys("4")
