@@ -74,6 +74,11 @@ class FactoryApp(App[None]):
         Binding("r", "retry", "Retry", id="queue.retry", show=False),
         Binding("v", "diff", "Diff", id="queue.diff", show=False),
         Binding("space", "mark", "Mark", id="inbox.mark", show=False),
+        # Moving through a table is handled here, as the key reaches the app, rather than
+        # after it has been passed on to the screen and then to the table (each hop waits
+        # its turn on the loop behind whatever is being applied or painted).
+        Binding("up", "rows_cursor(-1)", show=False, priority=True),
+        Binding("down", "rows_cursor(1)", show=False, priority=True),
     ]
 
     def __init__(self, client: FactoryClient | None = None, *,
@@ -311,12 +316,19 @@ class FactoryApp(App[None]):
         """Show each pane's keys in the footer only where they apply. The footer asks for
         every binding each time it is composed, so answer without walking the DOM when
         the action belongs to no pane."""
+        if action == "rows_cursor":  # otherwise the key goes on to the focused widget
+            return isinstance(self.focused, RowsView) and self.screen is self.screen_stack[0]
         where = PANE_ACTIONS.get(action)
         if where is None:
             return True
         if self.model is None:  # not connected: the panes are empty
             return False
         return self._tab() in where
+
+    def action_rows_cursor(self, delta: int) -> None:
+        focused = self.focused
+        if isinstance(focused, RowsView):
+            focused.action_cursor(delta)
 
     @on(TabbedContent.TabActivated)
     def _tab_changed(self) -> None:

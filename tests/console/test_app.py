@@ -259,3 +259,29 @@ async def test_help_palette_and_theme_remembered(client: InProcessClient,
         await settle(pilot, app, lambda: app.theme == "factory-high-contrast")
     saved = json.loads((tmp_path / "xdg" / "factory" / "console.json").read_text())
     assert saved["theme"] == "factory-high-contrast"
+
+
+async def test_arrow_keys_move_whatever_has_focus(client: InProcessClient) -> None:
+    """Up and down are taken by the app for tables (the quick path for the keys a person
+    holds down), and reach the editor, the filter and dialogs unchanged everywhere else."""
+    app = FactoryApp(client)
+    async with app.run_test(size=SIZE) as pilot:
+        pane = app.query_one(SpecsPane)
+        await settle(pilot, app, lambda: pane.current is not None)
+        pane.editor.focus()
+        pane.editor.move_cursor((0, 0))
+        await pilot.press("down", "down", "up")
+        assert pane.editor.cursor_location[0] == 1, "the editor's cursor moved, not a table's"
+
+        app.action_tab("agents")  # (in the editor, "2" is text)
+        agents = app.query_one(AgentsPane)
+        await settle(pilot, app, lambda: app.focused is agents.table)
+        await pilot.press("down", "down")
+        assert agents.table.cursor == 2
+        await pilot.press("up")
+        assert agents.table.cursor == 1
+
+        await pilot.press("question_mark")  # a modal screen: the table stays where it was
+        assert app.screen is not app.screen_stack[0]
+        await pilot.press("down", "down")
+        assert agents.table.cursor == 1
