@@ -149,7 +149,7 @@ class FactoryApp(App[None]):
                 self.client = await self._connect()
             except FactoryError as exc:
                 self.connect_error = exc
-                self.exit(return_code=1, message=str(exc))
+                self.exit(return_code=1)  # the command prints the error once the screen is gone
                 return
         from console.model import ViewModel
 

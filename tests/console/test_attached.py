@@ -346,3 +346,13 @@ async def test_a_console_with_its_own_engine_lets_others_attach(tmp_path: Path) 
     finally:
         await own.close()
     assert not socket_path(root).exists()
+
+
+async def test_a_console_with_no_daemon_to_attach_to_stops_with_the_reason(
+        tmp_path: Path) -> None:
+    app = FactoryApp(connect=lambda: connect_attached(tmp_path / "none.sock"))
+    async with app.run_test(size=SIZE) as pilot:
+        await until(lambda: app.connect_error is not None, 10)
+        await pilot.pause(0.1)
+    assert "no daemon listens here" in str(app.connect_error)
+    assert app.return_code == 1
