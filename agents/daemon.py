@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 from collections.abc import Awaitable, Callable
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -49,7 +51,6 @@ class Daemon:
         self._server: asyncio.Server | None = None
         self._consoles: set[_Console] = set()
         self._watching: set[_Console] = set()
-        self.stopped = asyncio.Event()
 
     @property
     def consoles(self) -> int:
@@ -86,7 +87,6 @@ class Daemon:
             self._server = None
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
-        self.stopped.set()
 
     def watching(self, console: _Console, on: bool) -> None:
         """A console follows the factory (it took a snapshot), or stopped."""
@@ -124,7 +124,9 @@ class Daemon:
                 "budget_usd": budgets.usd, "sandbox": factory.backend.name,
                 "root": str(factory.root), "pid": os.getpid()}
 
+    @cached_property
     def commands(self) -> dict[str, Callable[..., Awaitable[Any]]]:
+        """What a console may ask beyond hello and snapshot (built once, for every console)."""
         factory = self.factory
 
         async def events(after: int = 0, limit: int = 1000,
@@ -132,21 +134,9 @@ class Daemon:
             return wire.encode_events(await factory.store.read_events(after, limit, agent_id))
 
         async def spec_files() -> list[dict[str, Any]]:
-            from agents.specs import lint_spec
-
-            folder = factory.config.specs_path
-
-            def read() -> list[dict[str, Any]]:
-                out = []
-                for path in sorted(folder.glob("*.md")):
-                    if path.name.lower() == "readme.md":
-                        continue
-                    text = path.read_text(encoding="utf-8")
-                    out.append({"path": str(path), "text": text, "findings": [
-                        f.model_dump(mode="json") for f in lint_spec(text, path)]})
-                return out
-
-            return await asyncio.to_thread(read)
+            return [{"path": str(path), "text": text,
+                     "findings": [f.model_dump(mode="json") for f in findings]}
+                    for path, text, findings in await factory.spec_files()]
 
         async def save_spec(path: str, text: str) -> list[dict[str, Any]]:
             findings = await factory.save_spec(Path(path), text)
@@ -187,7 +177,7 @@ class _Console:
         self.daemon = daemon
         self.reader = reader
         self.writer = writer
-        self.commands = daemon.commands()
+        self.commands = daemon.commands
         self._unfollow: Callable[[], None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._dropped = False
@@ -280,8 +270,6 @@ class _Refused(Exception):
 
 
 def _parse(line: bytes) -> dict[str, Any]:
-    import json
-
     try:
         request = json.loads(line)
     except ValueError as exc:

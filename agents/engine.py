@@ -118,7 +118,7 @@ class Factory:
         self.questions = QuestionDesk(store, config.run.question_timeout_seconds,
                                       supervised=supervised)
         self._lock = RunLock(root / ".factory" / "run.lock")
-        self._background: asyncio.Task[RunSummary] | None = None
+        self._background: asyncio.Task[RunSummary | None] | None = None
         self.run_error: FactoryError | None = None
 
     @classmethod
@@ -248,7 +248,7 @@ class Factory:
                 return None
 
         self.run_error = None
-        self._background = asyncio.create_task(go())  # type: ignore[arg-type]
+        self._background = asyncio.create_task(go())
 
     @property
     def background_running(self) -> bool:
@@ -301,6 +301,21 @@ class Factory:
         """A person answers an agent's question; the waiting agent continues with it. Works
         without a run too: the agent finds the answer when it resumes."""
         return await self.questions.answer(question_id, text)
+
+    async def spec_files(self) -> list[tuple[Path, str, list[LintFinding]]]:
+        """Every spec file with its text and the lint's findings (a console's spec list)."""
+        folder = self.config.specs_path
+
+        def read() -> list[tuple[Path, str, list[LintFinding]]]:
+            out = []
+            for path in sorted(folder.glob("*.md")):
+                if path.name.lower() == "readme.md":
+                    continue
+                text = path.read_text(encoding="utf-8")
+                out.append((path, text, lint_spec(text, path)))
+            return out
+
+        return await asyncio.to_thread(read)
 
     async def save_spec(self, path: Path, text: str) -> list[LintFinding]:
         """Write a spec atomically, record it, and return the lint's findings for it."""

@@ -41,7 +41,6 @@ class AttachedClient:
         self._listeners: list[Listener] = []
         # Batches that arrive between the snapshot's reply and `follow`.
         self._early: list[list[StoredEvent]] = []
-        self.running = False
         self.run_error: BaseException | None = None
         self.lost: str | None = None
         self.on_lost: Callable[[str], None] | None = None
@@ -143,8 +142,7 @@ class AttachedClient:
             at = columns.index(key)
             tables[table] = {values[at]: dict(zip(columns, values, strict=True))
                              for values in snap["tables"].get(table, [])}
-        self.running = bool(snap["running"])
-        return Snapshot(snap["last_id"], tables, running=self.running,
+        return Snapshot(snap["last_id"], tables, running=bool(snap["running"]),
                         budget_tokens=snap["budget_tokens"], budget_usd=snap["budget_usd"],
                         sandbox=snap["sandbox"], engine=f"attached: daemon {snap['pid']}")
 
@@ -175,7 +173,6 @@ class AttachedClient:
 
     async def run(self, spec_ids: list[str] | None = None) -> None:
         await self._call("run", spec_ids=spec_ids)
-        self.running = True
 
     async def approve(self, key: str) -> None:
         await self._call("approve", key=key)

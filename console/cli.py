@@ -89,7 +89,7 @@ async def _run(root: Path, specs: list[str] | None, headless: bool) -> int:
     from console.progress import Progress
 
     path = socket_path(root)
-    if path.exists() and _daemon_answers(path):
+    if _served(root):
         raise FactoryError(f"this factory is open in another process (a daemon or a "
                            f"console; {path} answers): start the run from a console "
                            "attached to it (`factory console`, then ctrl+r), or stop it "
@@ -187,8 +187,12 @@ def socket_path(root: Path) -> Path:
     return root / ".factory" / "daemon.sock"
 
 
-def _daemon_answers(path: Path) -> bool:
-    """Whether a daemon listens at path (cheap, and before the console's first frame)."""
+def _served(root: Path) -> bool:
+    """Whether a process (a daemon, a run, a console) serves the factory of root on its
+    socket: cheap, and before the console's first frame."""
+    path = socket_path(root)
+    if not path.exists():
+        return False
     with socket.socket(socket.AF_UNIX) as probe:
         try:
             probe.connect(str(path))
@@ -213,9 +217,8 @@ def cmd_console(args: argparse.Namespace) -> int:
         return asyncio.run(_console(None, args.theme, attach=path))
     root = _root(args.root)
     # A daemon serving this repository is the store's one writer: attach to it.
-    path = socket_path(root)
-    if path.exists() and _daemon_answers(path):
-        return asyncio.run(_console(root, args.theme, attach=path))
+    if _served(root):
+        return asyncio.run(_console(root, args.theme, attach=socket_path(root)))
     return asyncio.run(_console(root, args.theme))
 
 

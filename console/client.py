@@ -12,7 +12,6 @@ projection handlers to the events it receives, so both sides derive state one wa
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -134,20 +133,7 @@ class InProcessClient:
         return await self.factory.store.read_events(after, limit, agent_id)
 
     async def spec_files(self) -> list[SpecFile]:
-        from agents.specs import lint_spec
-
-        folder = self.factory.config.specs_path
-
-        def read() -> list[SpecFile]:
-            out = []
-            for path in sorted(folder.glob("*.md")):
-                if path.name.lower() == "readme.md":
-                    continue
-                text = path.read_text(encoding="utf-8")
-                out.append(SpecFile(path, text, lint_spec(text, path)))
-            return out
-
-        return await asyncio.to_thread(read)
+        return [SpecFile(*found) for found in await self.factory.spec_files()]
 
     async def save_spec(self, path: Path, text: str) -> list[LintFinding]:
         findings: list[LintFinding] = await self.factory.save_spec(path, text)

@@ -169,6 +169,8 @@ class Timeline(RichLog):
     def set_paused(self, paused: bool) -> None:
         self.paused = paused
         self.auto_scroll = not paused
+        if paused and self.queued:  # not written yet: they come before what is held
+            self.held[:0], self.queued = self.queued, []
         if not paused and self.held:
             held, self.held = self.held, []
             self._write(held)
