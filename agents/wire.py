@@ -25,13 +25,21 @@ BATCH_START = b'{"first":'
 LINE_LIMIT = 256 * 1024 * 1024
 
 
+# A committed batch goes out as lines of at most this many events: a console decodes one
+# line per turn of its loop, so a key press never waits for a whole large batch's decoding.
+LINE_EVENTS = 32
+
+
 def encode_batch(first: int, ts: float, data: bytes, sizes: list[int]) -> bytes:
     parts, at = [], 0
     for size in sizes:
         parts.append(data[at:at + size])
         at += size
-    return b'{"first":%d,"ts":%s,"events":[%s]}\n' % (first, repr(ts).encode(),
-                                                       b",".join(parts))
+    stamp = repr(ts).encode()
+    return b"".join(
+        b'{"first":%d,"ts":%s,"events":[%s]}\n' % (first + i, stamp,
+                                                   b",".join(parts[i:i + LINE_EVENTS]))
+        for i in range(0, len(parts), LINE_EVENTS))
 
 
 class _Batch(BaseModel):

@@ -83,6 +83,7 @@ class AttachedClient:
                     break
                 if line.startswith(wire.BATCH_START):
                     self._deliver(wire.decode_batch(line))
+                    await asyncio.sleep(0)  # lines already read wait their turn behind keys
                 else:
                     self._reply(json.loads(line))
         except (ConnectionError, ValueError) as exc:
