@@ -14,14 +14,16 @@ from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from textual import on, work
+from textual import events, on, work
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.lazy import Lazy
+from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Footer, Input, OptionList, TabbedContent, TabPane
 
 from agents.errors import FactoryError
+from console.compositor import FactoryScreen
 from console.screens import DiffScreen, HelpScreen, QuitScreen, ReasonScreen
 from console.themes import DEFAULT_THEME, load_themes, remember_theme, remembered_theme
 from console.widgets.agents import AgentsPane
@@ -37,10 +39,15 @@ if TYPE_CHECKING:  # engine modules load on connect, after the first frame is on
     from console.model import ViewModel
 
 FLUSH_SECONDS = 0.1
-# Events are applied in slices of this long, with the loop free for keys in between; after
-# APPLY_CYCLE of slices the console repaints even if more events wait (they follow).
-APPLY_SLICE = 0.003
+# Events are applied in slices of about this long, each on its own turn of the loop, so a
+# key press waits for one slice at most; after APPLY_CYCLE of slices the console repaints
+# even if more events wait (they follow).
+APPLY_SLICE = 0.0003
 APPLY_CYCLE = 0.05
+# For this long after a key arrives, no slice or repaint starts (they retry every
+# KEY_RETRY): the key is handled and its frame painted first.
+KEY_QUIET = 0.008
+KEY_RETRY = 0.002
 # Actions that apply in some panes only (their keys show in the footer there).
 PANE_ACTIONS = {"save_spec": ("specs",), "run_spec": ("specs",), "pause": ("agents",),
                 "filter": ("agents",), "approve": ("queue", "inbox"),
@@ -99,6 +106,7 @@ class FactoryApp(App[None]):
         self._unfollow: Any = None
         self._last_header = 0.0
         self._applying = False
+        self._key_at = 0.0
         self.first_frame_at: float | None = None
         self.first_frame_wall: float | None = None
         self.data_frame_wall: float | None = None  # the first frame showing the factory's state
@@ -124,6 +132,9 @@ class FactoryApp(App[None]):
             with TabPane("Inbox [5]", id="inbox"):
                 yield Lazy(InboxPane(self, id="inbox-pane"))
         yield Footer()
+
+    def get_default_screen(self) -> Screen[Any]:
+        return FactoryScreen(id="_default")
 
     def rows(self, table: str) -> dict[str, dict[str, Any]]:
         """The panes' view of the projections (empty until the snapshot arrives)."""
@@ -213,35 +224,58 @@ class FactoryApp(App[None]):
     def flush(self) -> None:
         """Apply what arrived and repaint what it changed, ten times a second.
 
-        Applying is cut into slices of APPLY_SLICE with the loop free in between, so a key
-        press waits for one slice at most; the repaint follows the last slice, so a burst
-        of events still costs one frame."""
+        Applying is cut into slices of APPLY_SLICE with the loop free in between, and the
+        repaint into rows, timeline and header; none of these steps starts just after a
+        key press. A burst of events still costs one repaint."""
         model = self.model
-        if model is None or self._applying or not self.query(RunStatus):
+        if model is None or self._applying or not self._live():
             return  # not connected yet, closing, or the slices of the last flush still run
         if not model.pending:
-            self._show_header()
+            self._when_quiet(self._repaint_timeline)  # what the last flush held back
+            self._when_quiet(self._repaint_header)
             return
         self._applying = True
-        self._apply_slices(time.perf_counter(), [])
+        self._when_quiet(self._apply_slices, time.perf_counter(), [])
+
+    def post_message(self, message: Message) -> bool:
+        if isinstance(message, events.Key):
+            self._key_at = time.perf_counter()
+        return super().post_message(message)
+
+    def _when_quiet(self, step: Callable[..., None], *args: Any) -> None:
+        """Run one step of applying or repainting on a later turn of the loop, once no key
+        has arrived for KEY_QUIET: a key that comes meanwhile is handled and painted first,
+        and waits at most for the one step already running."""
+        loop = asyncio.get_running_loop()
+        if time.perf_counter() - self._key_at < KEY_QUIET:
+            loop.call_later(KEY_RETRY, self._when_quiet, step, *args)
+        else:
+            loop.call_soon(step, *args)
+
+    def _live(self) -> bool:
+        """Still on screen: the panes go away while the app closes, and a step of applying
+        or repainting may come after that."""
+        return self.is_running and not self._closing and bool(self._screen_stack)
 
     def _apply_slices(self, started: float, applied: list[StoredEvent]) -> None:
         model = self.model
-        if model is None or not self.is_running:
+        if model is None or not self._live():
             self._applying = False
             return
         applied += model.apply(APPLY_SLICE)
         if model.pending and time.perf_counter() - started < APPLY_CYCLE:
-            asyncio.get_running_loop().call_soon(self._apply_slices, started, applied)
+            self._when_quiet(self._apply_slices, started, applied)
             return
-        self._applying = False
-        self._repaint(applied)
-        if model.pending:  # more than a cycle's worth queued: carry on after this frame
-            self.call_after_refresh(self.flush)
+        self._repaint_rows(applied)
+        self._when_quiet(self._repaint_timeline)
+        self._when_quiet(self._repaint_header)
 
-    def _repaint(self, applied: list[StoredEvent]) -> None:
+    def _repaint_rows(self, applied: list[StoredEvent]) -> None:
         model = self.model
         assert model is not None
+        self._applying = False
+        if model.pending:  # more than a cycle's worth queued: carry on after this frame
+            self.call_after_refresh(self.flush)
         agents = self.query_one(AgentsPane)
         table = agents.table
         with self.batch_update():
@@ -263,10 +297,21 @@ class FactoryApp(App[None]):
                     pane.table.rows_changed(shown)
             if model.take_changed("conflicts") | model.take_changed("branches"):
                 self.query_one(ConflictsPane).refill()
-            agents.timeline.add(applied)
-            self._show_header()
         if self.flushed_hooks and applied:
             self.call_after_refresh(self._painted, applied[-1].ts)
+
+    def _repaint_timeline(self) -> None:
+        model = self.model
+        if model is None or not self._live():
+            return
+        timeline = self.query_one(AgentsPane).timeline
+        if timeline.agent_id == model.followed:  # else its history is still loading
+            timeline.add(model.take_followed())
+        timeline.write_due()
+
+    def _repaint_header(self) -> None:
+        if self._live():
+            self._show_header()
 
     def _painted(self, newest: float) -> None:
         for hook in self.flushed_hooks:
@@ -409,6 +454,8 @@ class FactoryApp(App[None]):
     @work(exclusive=True, group="timeline", exit_on_error=False)
     async def load_timeline(self, agent_id: str) -> None:
         await asyncio.sleep(TIMELINE_DELAY)  # a newer selection cancels this one meanwhile
+        if self.model is not None:  # from now on, its events are kept as they are applied
+            self.model.follow_agent(agent_id)
         history: list[StoredEvent] = []
         after = 0
         while True:  # the newest lines are the ones kept; read all, the widget caps them

@@ -17,7 +17,7 @@ from rich.segment import Segment
 from rich.style import Style
 from textual import events
 from textual.binding import Binding
-from textual.geometry import Size
+from textual.geometry import Region, Size
 from textual.message import Message
 from textual.reactive import reactive
 from textual.scroll_view import ScrollView
@@ -127,7 +127,13 @@ class RowsView(ScrollView, can_focus=True):
             lines.pop(key, None)
             i = index.get(key)
             if i is not None and top <= i < bottom:
-                self.refresh_line(i + 1)
+                self._refresh_row(i + 1)
+
+    def _refresh_row(self, y: int) -> None:
+        """Repaint one line, up to the scrollbar: ScrollView.refresh_line's region reaches
+        across the scrollbar, which is then painted again with every changed row."""
+        self.refresh(Region(0, y - int(self.scroll_offset.y),
+                            self.scrollable_content_region.width, 1))
 
     def has(self, key: str) -> bool:
         return key in self._index
@@ -165,8 +171,8 @@ class RowsView(ScrollView, can_focus=True):
             self.scroll_to(y=self.cursor - height + 1, animate=False)
             self.refresh()
         else:  # only the two lines the cursor left and reached change
-            self.refresh_line(old + 1)
-            self.refresh_line(self.cursor + 1)
+            self._refresh_row(old + 1)
+            self._refresh_row(self.cursor + 1)
         self.post_message(self.Selected(self, self.selected_key))
 
     def on_click(self, event: events.Click) -> None:

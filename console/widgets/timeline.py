@@ -17,13 +17,11 @@ from textual.reactive import Reactive
 from textual.widgets import RichLog
 
 if TYPE_CHECKING:
-    from textual.timer import Timer
-
     from agents.store.store import StoredEvent
 
 FOLD_LINES = 4
 MAX_LINES = 3000
-WRITE_SECONDS = 0.5
+WRITE_SECONDS = 1.0
 
 
 def _args(arguments: dict[str, Any] | str) -> str:
@@ -124,7 +122,6 @@ class Timeline(RichLog):
         self.held: list[StoredEvent] = []
         self.queued: list[StoredEvent] = []
         self.last_id = 0
-        self._write_timer: Timer | None = None
         self._written_at = 0.0
 
     def show_history(self, agent_id: str, history: list[StoredEvent]) -> None:
@@ -137,34 +134,35 @@ class Timeline(RichLog):
         self._write(history)
 
     def add(self, events: list[StoredEvent]) -> None:
-        """Follow the agent: its new events are written at most every WRITE_SECONDS, as
-        each write scrolls and so repaints the whole log."""
+        """Follow the agent. Its new events are queued and written by `write_due`, which
+        the console calls as it repaints: a write scrolls and so repaints the whole log,
+        and doing it in the console's own repaint frame costs no frame of its own."""
         fresh = [e for e in events if e.id > self.last_id and e.event.agent_id == self.agent_id]
         if not fresh:
             return
         self.last_id = fresh[-1].id
         if self.paused:
             self.held.extend(fresh)
-            return
-        self.queued.extend(fresh)
-        if self._write_timer is None:
-            wait = self._written_at + WRITE_SECONDS - time.monotonic()
-            if wait <= 0:
-                self._write_queued()
-            else:
-                self._write_timer = self.set_timer(wait, self._write_queued)
+        else:
+            self.queued.extend(fresh)
 
-    def _write_queued(self) -> None:
-        self._write_timer = None
+    def write_due(self) -> None:
+        """Write what is queued, at most every WRITE_SECONDS."""
+        if not self.queued or time.monotonic() - self._written_at < WRITE_SECONDS:
+            return
         self._written_at = time.monotonic()
         queued, self.queued = self.queued, []
         self._write(queued)
 
     def _write(self, events: list[StoredEvent]) -> None:
+        wrote = False
         for stored in events:
             line = describe(stored)
             if line is not None:
-                self.write(line)
+                self.write(line, scroll_end=False)
+                wrote = True
+        if wrote and self.auto_scroll:  # one scroll, now: not a frame of its own after this one
+            self.scroll_end(animate=False, immediate=True, x_axis=False)
 
     def set_paused(self, paused: bool) -> None:
         self.paused = paused

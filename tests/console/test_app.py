@@ -114,7 +114,7 @@ async def test_agents_table_filter_and_timeline(client: InProcessClient) -> None
         await settle(pilot, app, lambda: pane.timeline.agent_id == "slug.separator.1")
         lines = "\n".join(str(line.text) for line in pane.timeline.lines)
         assert "edit_file" in lines and "finished: finished" in lines
-        # It follows the agent: what the agent does next is written (at most twice a second).
+        # It follows the agent: what the agent does next is written (at most once a second).
         async def note(text: str) -> None:
             await client.factory.store.append(ev.AgentNote(
                 spec_id="slug", task_id="separator", agent_id="slug.separator.1", step=99,
