@@ -15,11 +15,14 @@ from rich.cells import cell_len
 from rich.console import Console
 from rich.segment import ControlType, Segment
 from rich.style import Style
+from textual.app import App, ComposeResult
+from textual.screen import Screen
+from textual.widgets import Static
 
 from agents import events as ev
 from console.app import FactoryApp
 from console.client import InProcessClient
-from console.compositor import LineCompositor, _bands, _cover, _covered
+from console.compositor import FactoryScreen, LineCompositor, _bands, _cover, _covered
 from console.widgets.agents import AgentsPane
 from tests.console.test_app import SIZE, settle
 
@@ -44,7 +47,7 @@ def cells(segments: Any, grid: list[list[Cell]]) -> None:
             x += cell_len(ch)
 
 
-def full(app: FactoryApp) -> list[list[Cell]]:
+def full(app: App[Any]) -> list[list[Cell]]:
     width, height = app.screen.size
     grid: list[list[Cell]] = [[(" ", None)] * width for _ in range(height)]
     for y, strip in enumerate(app.screen._compositor.render_strips()):
@@ -71,9 +74,9 @@ def differences(shown: list[list[Cell]], truth: list[list[Cell]]) -> list[str]:
 class Terminal:
     """Plays the main screen's updates onto a grid and checks each against a full render."""
 
-    def __init__(self, app: FactoryApp) -> None:
+    def __init__(self, app: App[Any], size: tuple[int, int] = SIZE) -> None:
         self.app = app
-        width, height = SIZE
+        width, height = size
         self.grid: list[list[Cell]] = [[(" ", None)] * width for _ in range(height)]
         self.console = Console(width=width, height=height, color_system="truecolor",
                                force_terminal=True, legacy_windows=False)
@@ -144,6 +147,31 @@ async def test_partial_updates_match_full_renders(client: InProcessClient) -> No
         # The check saw the partial updates it is about.
         assert terminal.partial > 20 and terminal.compared > 10, (terminal.partial,
                                                                    terminal.compared)
+
+
+class Stacked(App[None]):
+    """Widgets of one line each, one under the other: a band of changed lines crosses them."""
+
+    def get_default_screen(self) -> Screen[Any]:
+        return FactoryScreen(id="_default")
+
+    def compose(self) -> ComposeResult:
+        for i in range(4):
+            yield Static(f"line {i}", id=f"s{i}")
+
+
+async def test_a_band_across_widgets_paints_each_line() -> None:
+    app = Stacked()
+    async with app.run_test(size=(40, 6)) as pilot:
+        await pilot.pause()
+        terminal = Terminal(app, (40, 6))
+        terminal.install()
+        for round_ in range(3):
+            for i in (1, 2):  # adjacent lines of two widgets change in one frame
+                app.query_one(f"#s{i}", Static).update(f"round {round_} line {i}", layout=False)
+            await pilot.pause()
+        assert not terminal.errors, "\n".join(terminal.errors[:3])
+        assert terminal.compared >= 3
 
 
 def test_bands_join_adjacent_lines_only() -> None:
