@@ -163,9 +163,13 @@ class Daemon:
         async def cancel_task(key: str) -> bool:
             return factory.cancel_task(key)
 
+        async def run_error() -> str | None:
+            """Why the last run failed, if a person can act on it (a console asks on quit)."""
+            return str(factory.run_error) if factory.run_error is not None else None
+
         return {"events": events, "spec_files": spec_files, "save_spec": save_spec,
                 "run": run, "approve": approve, "answer": answer, "reject": reject,
-                "move": move, "retry": retry, "cancel_task": cancel_task,
+                "move": move, "retry": retry, "cancel_task": cancel_task, "run_error": run_error,
                 "diff": factory.diff, "conflict_hunks": factory.conflict_hunks}
 
 

@@ -154,7 +154,7 @@ async def _console(root: Path | None, theme: str | None, *, start_run: bool = Fa
         if attach is not None:
             return connect_attached(attach)
         assert root is not None
-        return connect_in_process(root, approval)
+        return connect_own_engine(root, approval)
 
     app = FactoryApp(connect=connect, theme=theme, start_run=start_run)
     await app.run_async()
@@ -180,6 +180,15 @@ async def connect_in_process(root: Path, approval: str | None = None) -> Any:
     client = InProcessClient(await Factory.open(root, config))
     await client.serve(socket_path(root))  # other consoles attach to this engine
     return client
+
+
+async def connect_own_engine(root: Path, approval: str | None = None) -> Any:
+    """Start the engine of `root` in a child process and attach to it (console/spawn.py says
+    why); it stops when the console does."""
+    await asyncio.to_thread(importlib.import_module, "console.spawn")
+    from console.spawn import connect_spawned
+
+    return await connect_spawned(root, socket_path(root), approval)
 
 
 def socket_path(root: Path) -> Path:
@@ -226,10 +235,11 @@ def cmd_daemon(args: argparse.Namespace) -> int:
     root = _root(args.root)
     path = Path(args.socket) if args.socket else socket_path(root)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    return asyncio.run(_daemon(root, path.absolute(), args.run))
+    logging.getLogger("LiteLLM").setLevel(logging.WARNING)  # a line for every model call
+    return asyncio.run(_daemon(root, path.absolute(), args.run, args.approval))
 
 
-async def _daemon(root: Path, path: Path, run: bool) -> int:
+async def _daemon(root: Path, path: Path, run: bool, approval: str | None = None) -> int:
     from agents.daemon import serve
     from agents.engine import Factory
 
@@ -238,7 +248,12 @@ async def _daemon(root: Path, path: Path, run: bool) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         loop.add_signal_handler(sig, main.cancel)
-    factory = await Factory.open(root)
+    from agents.config import load_config
+
+    config = load_config(root / CONFIG_NAME)
+    if approval is not None:
+        config.queue.approval = approval  # type: ignore[assignment]
+    factory = await Factory.open(root, config)
     if factory.backend.name == "none":
         err.print("[bold red]WARNING: sandbox backend is 'none': agents run commands "
                   "UNSANDBOXED on this machine[/]")
@@ -384,6 +399,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", help="repository root (default: found from here)")
     p.add_argument("--socket", help="unix socket to listen on (default: .factory/daemon.sock)")
     p.add_argument("--run", action="store_true", help="start a run of every spec at once")
+    p.add_argument("--approval", choices=["never", "high", "medium", "always"],
+                   help="which branches wait for a person's approval (default: [queue] "
+                        "approval in .factory.toml)")
     p.set_defaults(fn=cmd_daemon)
 
     spec = sub.add_parser("spec", help="spec tools").add_subparsers(dest="spec_command",

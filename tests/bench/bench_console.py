@@ -5,8 +5,8 @@ an event's emission to its paint, peak memory, and the time from `python` starti
 console's first frame (in a fresh process, so imports count). Goals from issue 3.
 
 Both ways a console reaches the engine are measured, each console in a fresh process: attached
-to a daemon (`factory daemon` + `factory console`: the engine records the events in its own
-process), and in-process (engine and console share one event loop).
+to an engine in another process (what `factory console` does, with its own engine or a
+`factory daemon`), and in-process (engine and console share one event loop; the tests' way).
 
     .venv/bin/python tests/bench/bench_console.py
 """
@@ -266,14 +266,15 @@ def main() -> None:
     first = statistics.median(s[0] for s in starts)
     data = statistics.median(s[1] for s in starts)
 
-    report("attached console (engine in `factory daemon`, console over its socket)",
+    report("attached console (the engine in its own process, as `factory console` runs it)",
            results["attached"])
-    report("in-process console (engine and console on one event loop)", results["in-process"])
+    report("in-process console (engine and console on one event loop: InProcessClient)",
+           results["in-process"])
     print(f"start -> first frame on the terminal (fresh process, median of 5) {first:.2f} s "
           "(goal < 1 s); "
           f"baseline: an empty Textual app here {bare:.2f} s, ratio {first / bare:.2f}")
-    print(f"start -> first frame with the factory's state {data:.2f} s (engine opened after the "
-          f"first frame)")
+    print(f"start -> first frame with the factory's state {data:.2f} s (the engine's process "
+          f"started after the first frame)")
 
 
 # Both scripts note when the app first writes a frame to its terminal (App._display: the
@@ -294,12 +295,12 @@ _tapp.App._display = _hook
 FIRST_FRAME = PAINT_HOOK + """
 import asyncio
 from pathlib import Path
-from console.cli import connect_in_process  # what `factory console` runs
+from console.cli import connect_own_engine  # what `factory console` runs
 from console.app import FactoryApp
 
 async def go():
     root = Path(sys.argv[1])
-    app = FactoryApp(connect=lambda: connect_in_process(root))
+    app = FactoryApp(connect=lambda: connect_own_engine(root))
     async with app.run_test(size=(160, 48)) as pilot:
         while app.data_frame_wall is None:
             await pilot.pause(0.01)

@@ -27,7 +27,7 @@ from agents.engine import Factory
 from agents.errors import FactoryError
 from console.app import FactoryApp
 from console.attached import AttachedClient, DaemonGone
-from console.cli import connect_attached, connect_in_process, socket_path
+from console.cli import connect_attached, connect_in_process, connect_own_engine, socket_path
 from console.model import Totals, ViewModel
 from console.widgets.queue import InboxPane
 from tests.console.test_app import SIZE, settle
@@ -370,6 +370,43 @@ async def test_a_console_with_its_own_engine_lets_others_attach(tmp_path: Path) 
         assert b"open in another process" in stderr
     finally:
         await own.close()
+    assert not socket_path(root).exists()
+
+
+async def test_factory_console_runs_its_engine_in_a_process_of_its_own(tmp_path: Path) -> None:
+    root = demo.build(tmp_path / "demo", "none")
+    client = await connect_own_engine(root, approval="always")
+    engine = client.engine
+    assert engine is not None and engine.process.pid != os.getpid()
+    try:
+        snap = await client.snapshot()
+        assert snap.engine == f"engine: pid {engine.process.pid}"
+        model = ViewModel.from_snapshot(snap)
+        client.follow(model.receive)
+        other = await AttachedClient.connect(socket_path(root))  # others may attach meanwhile
+        await other.snapshot()
+        await other.close()
+        await client.run()
+
+        def waiting() -> bool:  # approval "always": the run waits for a person
+            model.apply()
+            return any(q["status"] == "awaiting_approval" for q in model.rows("queue").values())
+
+        await until(waiting, 120)
+    finally:
+        await client.close()
+    # Quitting the console stopped its engine cleanly: the socket is gone, the store closed.
+    assert engine.process.returncode == 0
+    assert not socket_path(root).exists()
+    assert "stopping" in (root / ".factory" / "engine.log").read_text()
+
+
+async def test_an_engine_that_cannot_start_says_why(tmp_path: Path) -> None:
+    root = demo.build(tmp_path / "demo", "none")
+    (root / ".factory.toml").write_text("[queue]\napproval = 'sometimes'\n")
+    with pytest.raises(FactoryError, match="approval") as caught:
+        await connect_own_engine(root)
+    assert ".factory.toml" in str(caught.value)
     assert not socket_path(root).exists()
 
 
