@@ -106,6 +106,7 @@ class FactoryApp(App[None]):
         self._unfollow: Any = None
         self._last_header = 0.0
         self._applying = False
+        self._client_closed = False
         self._key_at = 0.0
         self.first_frame_at: float | None = None
         self.first_frame_wall: float | None = None
@@ -209,7 +210,8 @@ class FactoryApp(App[None]):
     async def on_unmount(self) -> None:
         if self._unfollow is not None:
             self._unfollow()
-        if self._connect is not None and self.client is not None:
+        if self._connect is not None and self.client is not None and not self._client_closed:
+            self._client_closed = True
             await self.client.close()
 
     # -- keeping current ---------------------------------------------------------------------
@@ -326,7 +328,7 @@ class FactoryApp(App[None]):
 
     def _show_header(self, force: bool = False) -> None:
         now = time.monotonic()
-        if self.model is None or self.detached is not None or \
+        if self.model is None or self.detached is not None or self._client_closed or \
                 (not force and now - self._last_header < 0.25):
             return
         self._last_header = now
@@ -603,10 +605,28 @@ class FactoryApp(App[None]):
         if self.query_one(SpecsPane).dirty:
             def answer(quit_anyway: bool | None) -> None:
                 if quit_anyway:
-                    self.exit()
+                    self._quit()
 
             self.push_screen(QuitScreen(), answer)
         else:
+            self._quit()
+
+    def _quit(self) -> None:
+        """Close what this console opened while it is still on screen: stopping an engine
+        (its own process, or in this one) waits for the agents' current steps, seconds in
+        which a blank terminal would say nothing."""
+        if self._connect is None or self.client is None or self._client_closed:
+            self.exit()
+            return
+        if hasattr(self.client, "engine") or hasattr(self.client, "factory"):
+            self.query_one(RunStatus).stopping()
+        self._client_closed = True
+        self.run_worker(self._close_and_exit(), group="quit", exclusive=True)
+
+    async def _close_and_exit(self) -> None:
+        try:
+            await self.client.close()
+        finally:
             self.exit()
 
     def get_system_commands(self, screen: Screen[Any]) -> Iterable[SystemCommand]:

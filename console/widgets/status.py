@@ -22,6 +22,11 @@ class RunStatus(Static):
         self.update(Text.assemble((" CONNECTING ", "bold reverse"), "  opening the factory…"),
                     layout=False)
 
+    def stopping(self) -> None:
+        self.update(Text.assemble((" STOPPING ", "bold reverse"), "  the engine finishes its "
+                                  "agents' current steps; every committed step is kept…"),
+                    layout=False)
+
     def detached(self, reason: str) -> None:
         self.update(Text.assemble((" DETACHED ", "bold reverse red"), f"  {reason}"),
                     layout=False)

@@ -401,6 +401,22 @@ async def test_factory_console_runs_its_engine_in_a_process_of_its_own(tmp_path:
     assert "stopping" in (root / ".factory" / "engine.log").read_text()
 
 
+async def test_quitting_the_console_stops_its_engine_on_screen(tmp_path: Path) -> None:
+    root = demo.build(tmp_path / "demo", "none")
+    app = FactoryApp(connect=lambda: connect_own_engine(root, approval="always"),
+                     start_run=True)
+    shown: list[str] = []
+    async with app.run_test(size=SIZE) as pilot:
+        await until(lambda: app.model is not None and app.model.totals().agents_active > 0, 60)
+        engine = app.client.engine
+        status = app.query_one("#status")
+        await pilot.press("q")
+        shown.append(str(status.render()))  # said while the engine stops, before the exit
+        await until(lambda: engine.process.returncode is not None, 60)
+    assert "STOPPING" in shown[0]
+    assert engine.process.returncode == 0 and not socket_path(root).exists()
+
+
 async def test_an_engine_that_cannot_start_says_why(tmp_path: Path) -> None:
     root = demo.build(tmp_path / "demo", "none")
     (root / ".factory.toml").write_text("[queue]\napproval = 'sometimes'\n")
