@@ -101,6 +101,8 @@ class EngineProcess:
         if self._copy is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._copy
+        elif self.process.stdout is not None:  # read to its end: the pipe closes with it
+            await self.process.stdout.read()
 
 
 class SpawnedClient(AttachedClient):

@@ -261,6 +261,16 @@ async def test_the_console_app_attached_approves_from_its_inbox(
         assert daemon.consoles == 0, "quitting the console detaches it"
 
 
+def stop(process: subprocess.Popen[str]) -> None:
+    """Wait for a process (killed after 30 s) and close its pipes."""
+    with process:
+        if process.poll() is None:
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
 def test_factory_daemon_serves_until_sigterm(tmp_path: Path) -> None:
     root = demo.build(tmp_path / "demo", "none")
     env = dict(os.environ, PYTHONPATH=str(ROOT))
@@ -282,8 +292,7 @@ def test_factory_daemon_serves_until_sigterm(tmp_path: Path) -> None:
         assert proc.wait(30) == 0
         assert not socket_path(root).exists()
     finally:
-        proc.kill()
-        proc.wait()
+        stop(proc)
 
 
 async def test_a_run_is_supervised_only_while_a_console_watches(tmp_path: Path) -> None:
@@ -335,8 +344,7 @@ def test_factory_run_serves_consoles_and_refuses_to_run_beside_a_daemon(
         assert run.wait(60) == 0, run.stderr.read()  # type: ignore[union-attr]
         assert not socket_path(root).exists()
     finally:
-        run.kill()
-        run.wait()
+        stop(run)
 
     daemon = subprocess.Popen([*command, "daemon", "--root", str(root)],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
@@ -349,7 +357,7 @@ def test_factory_run_serves_consoles_and_refuses_to_run_beside_a_daemon(
         assert "factory daemon --run" in beside.stderr
     finally:
         daemon.terminate()
-        daemon.wait(30)
+        stop(daemon)
 
 
 async def test_a_console_with_its_own_engine_lets_others_attach(tmp_path: Path) -> None:
