@@ -184,11 +184,16 @@ async def connect_in_process(root: Path, approval: str | None = None) -> Any:
 
 async def connect_own_engine(root: Path, approval: str | None = None) -> Any:
     """Start the engine of `root` in a child process and attach to it (console/spawn.py says
-    why); it stops when the console does."""
+    why); it stops when the console does. Where the repository's path is too long for a
+    unix socket, the engine opens in the console's process instead, as it did before there
+    were engine processes (no other console can attach to it then)."""
     await asyncio.to_thread(importlib.import_module, "console.spawn")
-    from console.spawn import connect_spawned
+    from console.spawn import connect_spawned, socket_fits
 
-    return await connect_spawned(root, socket_path(root), approval)
+    path = socket_path(root)
+    if not socket_fits(path):
+        return await connect_in_process(root, approval)
+    return await connect_spawned(root, path, approval)
 
 
 def socket_path(root: Path) -> Path:

@@ -28,7 +28,9 @@ from agents.errors import FactoryError
 from console.app import FactoryApp
 from console.attached import AttachedClient, DaemonGone
 from console.cli import connect_attached, connect_in_process, connect_own_engine, socket_path
+from console.client import InProcessClient
 from console.model import Totals, ViewModel
+from console.spawn import socket_fits
 from console.widgets.queue import InboxPane
 from tests.console.test_app import SIZE, settle
 
@@ -423,6 +425,18 @@ async def test_quitting_the_console_stops_its_engine_on_screen(tmp_path: Path) -
         await until(lambda: engine.process.returncode is not None, 60)
     assert "STOPPING" in shown[0]
     assert engine.process.returncode == 0 and not socket_path(root).exists()
+
+
+async def test_a_repository_too_deep_for_a_socket_keeps_its_engine_in_the_console(
+        tmp_path: Path) -> None:
+    root = demo.build(tmp_path / ("deep" * 20) / "demo", "none")
+    assert not socket_fits(socket_path(root))
+    client = await connect_own_engine(root)
+    try:  # the console works as it did before engines had processes of their own
+        assert isinstance(client, InProcessClient)
+        assert (await client.snapshot()).last_id >= 0
+    finally:
+        await client.close()
 
 
 async def test_an_engine_that_cannot_start_says_why(tmp_path: Path) -> None:
