@@ -188,8 +188,12 @@ async def connect_own_engine(root: Path, approval: str | None = None) -> Any:
     unix socket, the engine opens in the console's process instead, as it did before there
     were engine processes (no other console can attach to it then)."""
     await asyncio.to_thread(importlib.import_module, "console.spawn")
+    from agents.config import load_config
     from console.spawn import connect_spawned, socket_fits
 
+    # A missing or broken .factory.toml is reported here, as it is by every command, before
+    # a process is started or anything is written under .factory/.
+    await asyncio.to_thread(load_config, root / CONFIG_NAME)
     path = socket_path(root)
     if not socket_fits(path):
         return await connect_in_process(root, approval)

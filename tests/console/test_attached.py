@@ -442,10 +442,15 @@ async def test_a_repository_too_deep_for_a_socket_keeps_its_engine_in_the_consol
 async def test_an_engine_that_cannot_start_says_why(tmp_path: Path) -> None:
     root = demo.build(tmp_path / "demo", "none")
     (root / ".factory.toml").write_text("[queue]\napproval = 'sometimes'\n")
-    with pytest.raises(FactoryError, match="approval") as caught:
+    with pytest.raises(FactoryError, match="approval") as caught:  # before any process
         await connect_own_engine(root)
     assert ".factory.toml" in str(caught.value)
-    assert not socket_path(root).exists()
+    assert not (root / ".factory" / "engine.log").exists()
+    root = demo.build(tmp_path / "other", "none")
+    async with serving(root):  # the store is open here: the child cannot open it as well
+        with pytest.raises(FactoryError, match=r"the engine stopped as it started: \S"):
+            await connect_own_engine(root)
+    assert (root / ".factory" / "engine.log").exists()
 
 
 async def test_a_console_with_no_daemon_to_attach_to_stops_with_the_reason(
