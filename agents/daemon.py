@@ -38,6 +38,11 @@ MAX_BEHIND = 64 * 1024 * 1024
 MAX_SOCKET_PATH = 107
 
 
+def socket_fits(path: Path) -> bool:
+    """Whether a unix socket can live at path (its length is limited)."""
+    return len(os.fsencode(path)) <= MAX_SOCKET_PATH
+
+
 class Daemon:
     def __init__(self, factory: Factory, path: Path, *, max_behind: int = MAX_BEHIND,
                  always_supervised: bool = True) -> None:
@@ -58,7 +63,7 @@ class Daemon:
 
     async def start(self) -> None:
         path = self.path
-        if len(os.fsencode(path)) > MAX_SOCKET_PATH:
+        if not socket_fits(path):
             raise FactoryError(f"{path}: a unix socket path must be at most {MAX_SOCKET_PATH} "
                                "bytes; give a shorter one with --socket")
         path.parent.mkdir(parents=True, exist_ok=True)

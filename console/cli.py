@@ -166,18 +166,25 @@ async def _console(root: Path | None, theme: str | None, *, start_run: bool = Fa
     return 0
 
 
-async def connect_in_process(root: Path, approval: str | None = None) -> Any:
-    """Open the factory of `root` on the console's loop (the engine's modules load here, after
-    the console's first frame; in a thread, so that the console keeps answering keys)."""
-    await asyncio.to_thread(importlib.import_module, "agents.engine")
+def _config(root: Path, approval: str | None) -> Any:
+    """The repository's configuration, with `approval` in place of [queue] approval if
+    given (`factory demo`, `factory daemon --approval`)."""
     from agents.config import load_config
-    from agents.engine import Factory
-    from console.client import InProcessClient
 
     config = load_config(root / CONFIG_NAME)
     if approval is not None:
         config.queue.approval = approval  # type: ignore[assignment]
-    client = InProcessClient(await Factory.open(root, config))
+    return config
+
+
+async def connect_in_process(root: Path, approval: str | None = None) -> Any:
+    """Open the factory of `root` on the console's loop (the engine's modules load here, after
+    the console's first frame; in a thread, so that the console keeps answering keys)."""
+    await asyncio.to_thread(importlib.import_module, "agents.engine")
+    from agents.engine import Factory
+    from console.client import InProcessClient
+
+    client = InProcessClient(await Factory.open(root, _config(root, approval)))
     await client.serve(socket_path(root))  # other consoles attach to this engine
     return client
 
@@ -188,12 +195,12 @@ async def connect_own_engine(root: Path, approval: str | None = None) -> Any:
     unix socket, the engine opens in the console's process instead, as it did before there
     were engine processes (no other console can attach to it then)."""
     await asyncio.to_thread(importlib.import_module, "console.spawn")
-    from agents.config import load_config
-    from console.spawn import connect_spawned, socket_fits
+    from agents.daemon import socket_fits
+    from console.spawn import connect_spawned
 
     # A missing or broken .factory.toml is reported here, as it is by every command, before
     # a process is started or anything is written under .factory/.
-    await asyncio.to_thread(load_config, root / CONFIG_NAME)
+    await asyncio.to_thread(_config, root, approval)
     path = socket_path(root)
     if not socket_fits(path):
         return await connect_in_process(root, approval)
@@ -257,12 +264,7 @@ async def _daemon(root: Path, path: Path, run: bool, approval: str | None = None
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         loop.add_signal_handler(sig, main.cancel)
-    from agents.config import load_config
-
-    config = load_config(root / CONFIG_NAME)
-    if approval is not None:
-        config.queue.approval = approval  # type: ignore[assignment]
-    factory = await Factory.open(root, config)
+    factory = await Factory.open(root, _config(root, approval))
     if factory.backend.name == "none":
         err.print("[bold red]WARNING: sandbox backend is 'none': agents run commands "
                   "UNSANDBOXED on this machine[/]")

@@ -14,12 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import signal
 import sys
 from pathlib import Path
 
-from agents.daemon import MAX_SOCKET_PATH
 from agents.errors import FactoryError
 from console.attached import AttachedClient
 from console.client import Snapshot
@@ -27,11 +25,6 @@ from console.client import Snapshot
 LOG_NAME = "engine.log"
 READY_SECONDS = 120.0  # opening a large store and resuming a run can take a while
 STOP_SECONDS = 30.0
-
-
-def socket_fits(path: Path) -> bool:
-    """Whether a unix socket can live at path (its length is limited)."""
-    return len(os.fsencode(path)) <= MAX_SOCKET_PATH
 
 
 class EngineProcess:

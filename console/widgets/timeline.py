@@ -171,5 +171,4 @@ class Timeline(RichLog):
             self.held[:0], self.queued = self.queued, []
         if not paused and self.held:
             held, self.held = self.held, []
-            self._write(held)
-            self.scroll_end(animate=False)
+            self._write(held)  # and scrolls to the end, following again

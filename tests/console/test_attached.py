@@ -22,7 +22,7 @@ import pytest
 from agents import demo
 from agents import events as ev
 from agents.config import load_config
-from agents.daemon import Daemon
+from agents.daemon import Daemon, socket_fits
 from agents.engine import Factory
 from agents.errors import FactoryError
 from console.app import FactoryApp
@@ -30,7 +30,6 @@ from console.attached import AttachedClient, DaemonGone
 from console.cli import connect_attached, connect_in_process, connect_own_engine, socket_path
 from console.client import InProcessClient
 from console.model import Totals, ViewModel
-from console.spawn import socket_fits
 from console.widgets.queue import InboxPane
 from tests.console.test_app import SIZE, settle
 
