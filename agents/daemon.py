@@ -3,7 +3,8 @@
 `factory daemon` opens the engine once and keeps it; consoles attach (`factory console`, on
 this machine or over SSH), detach and come back without stopping the swarm, and several can
 watch at once. The daemon is the store's only writer; a console holds nothing but a copy of
-the projections, kept current from the events the daemon forwards (see `agents.wire`).
+the projections, kept current from the rows the daemon sends as batches commit (see
+`agents.wire`).
 
 The engine and the console's screen then live in two processes, so the work of recording
 thousands of events a second never stands between a key press and its screen.
@@ -27,6 +28,7 @@ from agents.store.projections import TABLES
 
 if TYPE_CHECKING:
     from agents.engine import Factory
+    from agents.store.store import Committed
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +58,8 @@ class Daemon:
         self._server: asyncio.Server | None = None
         self._consoles: set[_Console] = set()
         self._watching: set[_Console] = set()
+        self._feed = wire.RowFeed()
+        self._unfollow: Callable[[], None] | None = None
 
     @property
     def consoles(self) -> int:
@@ -99,8 +103,22 @@ class Daemon:
             self._watching.add(console)
         else:
             self._watching.discard(console)
+        store = self.factory.store
+        if self._watching and self._unfollow is None:
+            self._feed.restart()  # what the consoles hold is their snapshot: start from it
+            self._unfollow = store.subscribe_raw(self._forward)
+        elif not self._watching and self._unfollow is not None:
+            self._unfollow()
+            self._unfollow = None
         if not self.always_supervised:
             self.factory.supervise(bool(self._watching))
+
+    def _forward(self, batch: Committed) -> None:
+        """Each committed batch, as the rows it changed (worked out once for every console)
+        and, for each console, the events of the agent it follows."""
+        lines = b"".join(self._feed.lines(batch))
+        for console in list(self._watching):
+            console.write(lines + wire.batch_end(batch, console.followed))
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         console = _Console(self, reader, writer)
@@ -187,7 +205,8 @@ class _Console:
         self.reader = reader
         self.writer = writer
         self.commands = daemon.commands
-        self._unfollow: Callable[[], None] | None = None
+        self.watching = False
+        self.followed: str | None = None  # the agent whose events this console is sent
         self._tasks: set[asyncio.Task[None]] = set()
         self._dropped = False
 
@@ -219,13 +238,19 @@ class _Console:
                 # Taken and followed in one step of the loop: the first batch forwarded is
                 # the first one the snapshot does not include.
                 result = self.daemon.snapshot()
-                if self._unfollow is None:
-                    self._unfollow = self.daemon.factory.store.subscribe_raw(self.forward)
+                if not self.watching:
+                    self.watching = True
                     self.daemon.watching(self, True)
+            elif op == "follow_agent":
+                agent_id = args.get("agent_id")
+                if agent_id is not None and not isinstance(agent_id, str):
+                    raise _Refused("follow_agent: agent_id is a string or null")
+                self.followed = agent_id
+                result = None
             elif op in self.commands:
                 result = await self.commands[op](**args)
             else:
-                raise _Refused(f"unknown op {op!r}; known: hello, snapshot, "
+                raise _Refused(f"unknown op {op!r}; known: hello, snapshot, follow_agent, "
                                f"{', '.join(sorted(self.commands))}")
             self.send({"id": request_id, "result": result})
         except _Refused as exc:
@@ -240,9 +265,6 @@ class _Console:
             log.exception("daemon: %s failed", line[:200])
             self.send({"id": request_id, "error": f"the daemon failed: {exc!r}",
                        "type": "internal"})
-
-    def forward(self, first: int, ts: float, data: bytes, sizes: list[int]) -> None:
-        self.write(wire.encode_batch(first, ts, data, sizes))
 
     def send(self, message: dict[str, Any]) -> None:
         self.write(wire.encode(message))
@@ -265,9 +287,8 @@ class _Console:
         if self._dropped:
             return
         self._dropped = True
-        if self._unfollow is not None:
-            self._unfollow()
-            self._unfollow = None
+        if self.watching:
+            self.watching = False
             self.daemon.watching(self, False)
         for task in self._tasks:
             task.cancel()

@@ -2,56 +2,129 @@
 
 A console sends requests, `{"id": 7, "op": "approve", "args": {"key": "..."}}`, and gets one
 reply for each, `{"id": 7, "result": ...}` or `{"id": 7, "error": "...", "type": "..."}`,
-in whatever order the work finishes. Once it has asked for a `snapshot`, the daemon also
-sends it every committed batch of events: `{"first": 12, "ts": 1764.5, "events": [...]}`,
-the events being the very JSON the log stores, so the daemon never encodes an event twice
-and a console decodes a whole batch in one call.
+in whatever order the work finishes.
+
+Once it has asked for a `snapshot`, the daemon also sends it every committed batch, not as
+its events but as the projection rows they changed: the daemon has already applied them, so
+a console only copies values into its rows (a third of the work of decoding and applying
+thousands of events a second, work that competed with key presses). A batch is
+
+- lines of changed rows, `{"rows": {"agents": [entry, ...], ...}, "last": 812}`, where an
+  entry is `[key, [every value]]` for a row the console has not been sent yet, or
+  `[key, i, value, j, value, ...]` for the columns (by index in `TABLES`) that changed,
+  values as the store keeps them (JSON columns as JSON text);
+- then its end, `{"end": 812, "first": 701, "ts": 1764.5, "events": [[id, event], ...]}`,
+  carrying the events of the one agent whose timeline that console shows
+  (`follow_agent`), if any.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
+from itertools import accumulate
 from typing import Any
 
-from pydantic import BaseModel
+from agents.events import EVENT_ADAPTER
+from agents.store.projections import TABLES
+from agents.store.store import Committed, StoredEvent
 
-from agents.events import EVENT_ADAPTER, Event
-from agents.store.store import StoredEvent
-
-PROTOCOL = 1
-# Events are the bulk of the traffic; a console tells a batch from a reply by its start.
-BATCH_START = b'{"first":'
-# A line may hold a whole batch of events (a writer that lagged catches up in one).
+PROTOCOL = 2
+# A console tells the feed from replies by a line's start.
+ROWS_START = b'{"rows":'
+END_START = b'{"end":'
+# A line may hold a large reply (a snapshot of thousands of rows).
 LINE_LIMIT = 256 * 1024 * 1024
+# A batch's rows go out as lines of at most this many: a console copies one line per turn of
+# its loop, so a key press never waits for a whole large batch.
+LINE_ROWS = 48
+
+_KEY_AT = {table: columns.index(key) for table, (key, columns) in TABLES.items()}
 
 
-# A committed batch goes out as lines of at most this many events: a console decodes one
-# line per turn of its loop, so a key press never waits for a whole large batch's decoding.
-LINE_EVENTS = 32
+@dataclass(slots=True)
+class RowLines:
+    """Rows changed by a batch (part of one), as patches: see the module's docstring."""
+
+    tables: dict[str, list[list[Any]]]
+    last: int
 
 
-def encode_batch(first: int, ts: float, data: bytes, sizes: list[int]) -> bytes:
-    parts, at = [], 0
-    for size in sizes:
-        parts.append(data[at:at + size])
-        at += size
-    stamp = repr(ts).encode()
-    return b"".join(
-        b'{"first":%d,"ts":%s,"events":[%s]}\n' % (first + i, stamp,
-                                                   b",".join(parts[i:i + LINE_EVENTS]))
-        for i in range(0, len(parts), LINE_EVENTS))
-
-
-class _Batch(BaseModel):
+@dataclass(slots=True)
+class BatchEnd:
     first: int
+    last: int
     ts: float
-    events: list[Event]
+    followed: list[StoredEvent]  # the events of the agent the console follows
+
+    @property
+    def count(self) -> int:
+        return self.last - self.first + 1
 
 
-def decode_batch(line: bytes) -> list[StoredEvent]:
-    batch = _Batch.model_validate_json(line)
-    first, ts = batch.first, batch.ts
-    return [StoredEvent(first + i, ts, e) for i, e in enumerate(batch.events)]
+class RowFeed:
+    """Turns committed batches into row patches, once for every console.
+
+    A patch names only the columns that changed since the value last sent, so it must start
+    from what consoles already hold: `restart` when the first console begins to watch (it
+    holds a snapshot; every row is sent whole the first time it changes after that). Later
+    consoles' snapshots are newer than the values sent, and the batches still in flight
+    when they were taken are forwarded to them too, so they converge on the same rows."""
+
+    def __init__(self) -> None:
+        self.sent: dict[str, dict[Any, tuple[Any, ...]]] = {t: {} for t in TABLES}
+
+    def restart(self) -> None:
+        for rows in self.sent.values():
+            rows.clear()
+
+    def lines(self, batch: Committed) -> list[bytes]:
+        entries: list[tuple[str, list[Any]]] = []
+        for table, rows in batch.rows.items():
+            sent, key_at = self.sent[table], _KEY_AT[table]
+            for new in rows:
+                key = new[key_at]
+                old = sent.get(key)
+                sent[key] = new
+                if old is None:
+                    entries.append((table, [key, list(new)]))
+                    continue
+                entry: list[Any] = [key]
+                for i, (was, now) in enumerate(zip(old, new, strict=True)):
+                    if was != now:
+                        entry += (i, now)
+                if len(entry) > 1:
+                    entries.append((table, entry))
+        out = []
+        for at in range(0, len(entries), LINE_ROWS):
+            tables: dict[str, list[list[Any]]] = {}
+            for table, entry in entries[at:at + LINE_ROWS]:
+                tables.setdefault(table, []).append(entry)
+            out.append(encode({"rows": tables, "last": batch.last_id}))
+        return out
+
+
+def batch_end(batch: Committed, agent_id: str | None) -> bytes:
+    """The end of a batch for a console following agent_id, with that agent's events."""
+    events = []
+    if agent_id is not None:
+        data, first = batch.data, batch.first_id
+        for i, (event, end, size) in enumerate(zip(batch.events, accumulate(batch.sizes),
+                                                   batch.sizes, strict=True)):
+            if event.agent_id == agent_id:
+                events.append(b"[%d,%s]" % (first + i, data[end - size:end]))
+    return b'{"end":%d,"first":%d,"ts":%s,"events":[%s]}\n' % (
+        batch.last_id, batch.first_id, repr(batch.ts).encode(), b",".join(events))
+
+
+def decode_feed(line: bytes) -> RowLines | BatchEnd:
+    message = json.loads(line)
+    if "rows" in message:
+        return RowLines(message["rows"], message["last"])
+    ts = message["ts"]
+    return BatchEnd(message["first"], message["end"], ts,
+                    [StoredEvent(i, ts, EVENT_ADAPTER.validate_python(data))
+                     for i, data in message["events"]])
 
 
 def encode_events(events: list[StoredEvent]) -> list[list[Any]]:

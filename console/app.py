@@ -237,7 +237,7 @@ class FactoryApp(App[None]):
             self._when_quiet(self._repaint_header)
             return
         self._applying = True
-        self._when_quiet(self._apply_slices, time.perf_counter(), [])
+        self._when_quiet(self._apply_slices, time.perf_counter(), model.applied)
 
     def post_message(self, message: Message) -> bool:
         if isinstance(message, events.Key):
@@ -248,31 +248,35 @@ class FactoryApp(App[None]):
         """Run one step of applying or repainting on a later turn of the loop, once no key
         has arrived for KEY_QUIET: a key that comes meanwhile is handled and painted first,
         and waits at most for the one step already running."""
-        loop = asyncio.get_running_loop()
+        asyncio.get_running_loop().call_soon(self._quiet_step, step, args)
+
+    def _quiet_step(self, step: Callable[..., None], args: tuple[Any, ...]) -> None:
+        # Checked as the step is about to run, not when it was queued: a key that arrived in
+        # between is already queued behind it, and should not wait for it.
         if time.perf_counter() - self._key_at < KEY_QUIET:
-            loop.call_later(KEY_RETRY, self._when_quiet, step, *args)
+            asyncio.get_running_loop().call_later(KEY_RETRY, self._quiet_step, step, args)
         else:
-            loop.call_soon(step, *args)
+            step(*args)
 
     def _live(self) -> bool:
         """Still on screen: the panes go away while the app closes, and a step of applying
         or repainting may come after that."""
         return self.is_running and not self._closing and bool(self._screen_stack)
 
-    def _apply_slices(self, started: float, applied: list[StoredEvent]) -> None:
+    def _apply_slices(self, started: float, before: int) -> None:
         model = self.model
         if model is None or not self._live():
             self._applying = False
             return
-        applied += model.apply(APPLY_SLICE)
+        model.apply(APPLY_SLICE)
         if model.pending and time.perf_counter() - started < APPLY_CYCLE:
-            self._when_quiet(self._apply_slices, started, applied)
+            self._when_quiet(self._apply_slices, started, before)
             return
-        self._repaint_rows(applied)
+        self._repaint_rows(before)
         self._when_quiet(self._repaint_timeline)
         self._when_quiet(self._repaint_header)
 
-    def _repaint_rows(self, applied: list[StoredEvent]) -> None:
+    def _repaint_rows(self, before: int) -> None:
         model = self.model
         assert model is not None
         self._applying = False
@@ -299,8 +303,8 @@ class FactoryApp(App[None]):
                     pane.table.rows_changed(shown)
             if model.take_changed("conflicts") | model.take_changed("branches"):
                 self.query_one(ConflictsPane).refill()
-        if self.flushed_hooks and applied:
-            self.call_after_refresh(self._painted, applied[-1].ts)
+        if self.flushed_hooks and model.applied > before:
+            self.call_after_refresh(self._painted, model.newest_ts)
 
     def _repaint_timeline(self) -> None:
         model = self.model
@@ -458,6 +462,7 @@ class FactoryApp(App[None]):
         await asyncio.sleep(TIMELINE_DELAY)  # a newer selection cancels this one meanwhile
         if self.model is not None:  # from now on, its events are kept as they are applied
             self.model.follow_agent(agent_id)
+            await self.client.follow_agent(agent_id)
         history: list[StoredEvent] = []
         after = 0
         while True:  # the newest lines are the ones kept; read all, the widget caps them

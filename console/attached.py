@@ -1,9 +1,9 @@
 """A `FactoryClient` over a daemon's unix socket (`factory console` when a daemon serves).
 
-Requests go out as JSON lines and their replies come back by id; committed event batches
-arrive on the same connection from the snapshot on, decoded a batch at a time and handed to
-the console's listeners. The app cannot tell this client from the in-process one, except
-that the daemon may go away: then every call fails with a clear error and `on_lost` says so.
+Requests go out as JSON lines and their replies come back by id; from the snapshot on, the
+rows each committed batch changed arrive on the same connection (see `agents.wire`), a line
+at a time, and are handed to the console's listeners. The daemon may go away: then every
+call fails with a clear error and `on_lost` says so.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from agents import wire
 from agents.errors import FactoryError
-from console.client import Listener, Snapshot, SpecFile
+from console.client import Feed, Listener, Snapshot, SpecFile
 
 if TYPE_CHECKING:
     from agents.specs import LintFinding
@@ -39,8 +39,8 @@ class AttachedClient:
         self._ids = itertools.count(1)
         self._waiting: dict[int, asyncio.Future[Any]] = {}
         self._listeners: list[Listener] = []
-        # Batches that arrive between the snapshot's reply and `follow`.
-        self._early: list[list[StoredEvent]] = []
+        # What arrives between the snapshot's reply and `follow`.
+        self._early: list[Feed] = []
         self.run_error: BaseException | None = None
         self.lost: str | None = None
         self.on_lost: Callable[[str], None] | None = None
@@ -81,8 +81,8 @@ class AttachedClient:
                 line = await self._reader.readline()
                 if not line:
                     break
-                if line.startswith(wire.BATCH_START):
-                    self._deliver(wire.decode_batch(line))
+                if line.startswith(wire.ROWS_START) or line.startswith(wire.END_START):
+                    self._deliver(wire.decode_feed(line))
                     await asyncio.sleep(0)  # lines already read wait their turn behind keys
                 else:
                     self._reply(json.loads(line))
@@ -94,12 +94,12 @@ class AttachedClient:
         finally:
             self._lose(reason)
 
-    def _deliver(self, batch: list[StoredEvent]) -> None:
+    def _deliver(self, item: Feed) -> None:
         if not self._listeners:
-            self._early.append(batch)
+            self._early.append(item)
             return
         for listener in list(self._listeners):
-            listener(batch)
+            listener(item)
 
     def _reply(self, message: dict[str, Any]) -> None:
         future = self._waiting.pop(message.get("id"), None)  # type: ignore[arg-type]
@@ -150,9 +150,13 @@ class AttachedClient:
     def follow(self, listener: Listener) -> Callable[[], None]:
         self._listeners.append(listener)
         early, self._early = self._early, []
-        for batch in early:
-            listener(batch)
+        for item in early:
+            listener(item)
         return lambda: self._listeners.remove(listener) if listener in self._listeners else None
+
+    async def follow_agent(self, agent_id: str | None) -> None:
+        """From now on the daemon sends this agent's events along with the rows."""
+        await self._call("follow_agent", agent_id=agent_id)
 
     async def events(self, after: int = 0, limit: int = 1000,
                      agent_id: str | None = None) -> list[StoredEvent]:

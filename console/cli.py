@@ -252,6 +252,8 @@ def cmd_daemon(args: argparse.Namespace) -> int:
     path = Path(args.socket) if args.socket else socket_path(root)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("LiteLLM").setLevel(logging.WARNING)  # a line for every model call
+    if args.nice:  # before the store's and the agents' threads and processes: they inherit it
+        os.nice(args.nice)
     return asyncio.run(_daemon(root, path.absolute(), args.run, args.approval))
 
 
@@ -413,6 +415,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--approval", choices=["never", "high", "medium", "always"],
                    help="which branches wait for a person's approval (default: [queue] "
                         "approval in .factory.toml)")
+    p.add_argument("--nice", type=int, choices=range(20), metavar="N", default=0,
+                   help="lower the engine's CPU priority by N, 0-19 (a console's own engine "
+                        "uses 10: on a busy machine the console's screen comes first)")
     p.set_defaults(fn=cmd_daemon)
 
     spec = sub.add_parser("spec", help="spec tools").add_subparsers(dest="spec_command",

@@ -3,11 +3,12 @@
 A console holds a `FactoryClient` and nothing else of the engine: a snapshot of the current
 state (projection rows and the id of the last event they include), a stream of events after
 that id, reads of older events, and commands. The in-process client wraps a `Factory` on the
-same event loop; an attached client (a daemon over a unix socket, JSON lines) will implement
-the same protocol, so the app cannot tell them apart.
+same event loop; an attached client (a daemon over a unix socket, JSON lines) implements
+the same protocol.
 
-The console keeps its own copy of the projection rows and applies the engine's own
-projection handlers to the events it receives, so both sides derive state one way.
+The console keeps its own copy of the projection rows. In process, it applies the engine's
+own projection handlers to the events it receives, so both sides derive state one way;
+attached, the daemon sends the rows its handlers changed, and the console copies them.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 
 from agents.errors import FactoryError
 
@@ -23,8 +24,12 @@ if TYPE_CHECKING:  # the engine's modules load when a client connects, after the
     from agents.specs import LintFinding
     from agents.store.projections import Row, State
     from agents.store.store import StoredEvent
+    from agents.wire import BatchEnd, RowLines
 
-Listener = Callable[["list[StoredEvent]"], None]
+# What a client hands its listeners: committed batches of events (in process), or the rows
+# they changed (attached; see `agents.wire`).
+Feed: TypeAlias = "list[StoredEvent] | RowLines | BatchEnd"
+Listener = Callable[[Feed], None]
 
 
 @dataclass
@@ -62,6 +67,9 @@ class FactoryClient(Protocol):
     async def snapshot(self) -> Snapshot: ...
 
     def follow(self, listener: Listener) -> Callable[[], None]: ...
+
+    async def follow_agent(self, agent_id: str | None) -> None:
+        """The agent whose events the console wants as they come (its timeline shows)."""
 
     async def events(self, after: int = 0, limit: int = 1000,
                      agent_id: str | None = None) -> list[StoredEvent]: ...
@@ -127,6 +135,9 @@ class InProcessClient:
 
     def follow(self, listener: Listener) -> Callable[[], None]:
         return self.factory.store.subscribe(listener)
+
+    async def follow_agent(self, agent_id: str | None) -> None:
+        """Every event reaches this console's listeners anyway."""
 
     async def events(self, after: int = 0, limit: int = 1000,
                      agent_id: str | None = None) -> list[StoredEvent]:

@@ -1,13 +1,15 @@
-"""The console's copy of the factory's state, kept current from the event stream.
+"""The console's copy of the factory's state, kept current from what its client sends.
 
-Events are queued as they arrive and applied on a timer (batching: 5,000 events a second
-must not mean 5,000 redraws). Applying runs the engine's own projection handlers, so the
-console's rows are exactly what the store holds. Widgets ask which rows changed since their
-last look and redraw only those.
+What arrives is queued and applied on a timer (batching: 5,000 events a second must not
+mean 5,000 redraws). In process that is events, applied with the engine's own projection
+handlers; attached, it is the rows those handlers changed in the daemon, copied. Either way
+the console's rows are exactly what the store holds. Widgets ask which rows changed since
+their last look and redraw only those.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
@@ -16,7 +18,8 @@ from typing import Any
 from agents.store import projections
 from agents.store.projections import State
 from agents.store.store import StoredEvent
-from console.client import Snapshot
+from agents.wire import BatchEnd, RowLines
+from console.client import Feed, Snapshot
 
 _NEW = object()  # a row not counted yet
 
@@ -88,17 +91,22 @@ class ViewModel:
                 counts[status] += 1
                 seen[row[key]] = status
 
-    def receive(self, batch: list[StoredEvent]) -> None:
-        """Called for each committed batch (cheap: the work happens in `apply`)."""
-        if not batch or batch[-1].id <= self.last_id:
+    def receive(self, item: Feed) -> None:
+        """Called for each committed batch, or part of one (cheap: the work happens in
+        `apply`). Batches the snapshot already includes are dropped."""
+        if isinstance(item, RowLines | BatchEnd):
+            if item.last > self.last_id:
+                self.pending.append(item)
             return
-        if batch[0].id > self.last_id:
-            self.pending.extend(batch)
+        if not item or item[-1].id <= self.last_id:
+            return
+        if item[0].id > self.last_id:
+            self.pending.extend(item)
         else:  # the batch the snapshot was taken in the middle of
-            self.pending.extend(e for e in batch if e.id > self.last_id)
+            self.pending.extend(e for e in item if e.id > self.last_id)
 
-    def apply(self, budget: float | None = None) -> list[StoredEvent]:
-        """Apply queued events to the rows; returns them for the timeline.
+    def apply(self, budget: float | None = None) -> None:
+        """Apply what is queued to the rows.
 
         With a budget (seconds), stop once it is spent and leave the rest queued, so that a
         burst of events never holds a key press up for longer than that."""
@@ -107,18 +115,26 @@ class ViewModel:
         handlers = projections.HANDLERS
         state = self.state
         deadline = time.perf_counter() + budget if budget is not None else None
+        steps = 0
         while pending:
-            if deadline is not None and len(out) % 16 == 15 and \
-                    time.perf_counter() > deadline:
+            if deadline is not None and steps % 16 == 15 and time.perf_counter() > deadline:
                 break
-            stored = pending.popleft()
-            if stored.id <= self.last_id:
+            item = pending.popleft()
+            if item.__class__ is RowLines:
+                self._copy_rows(item)
+                steps += 15 - steps % 16  # a line of rows: check the time after it
                 continue
-            handler = handlers.get(stored.event.kind)
+            if item.__class__ is BatchEnd:
+                self._end(item)
+                continue
+            steps += 1
+            if item.id <= self.last_id:
+                continue
+            handler = handlers.get(item.event.kind)
             if handler is not None:
-                handler(state, stored.event, stored.ts)
-            self.last_id = stored.id
-            out.append(stored)
+                handler(state, item.event, item.ts)
+            self.last_id = item.id
+            out.append(item)
         if out:
             self.newest_ts = out[-1].ts
             self.last_lag = max(0.0, time.time() - out[-1].ts)
@@ -129,7 +145,43 @@ class ViewModel:
                     self._count(table, rows)
             if self.followed is not None:
                 self.followed_events += [e for e in out if e.event.agent_id == self.followed]
-        return out
+
+    def _copy_rows(self, lines: RowLines) -> None:
+        """Rows the daemon's handlers changed: whole rows, or the columns that changed."""
+        tables = self.state.tables
+        for table, entries in lines.tables.items():
+            rows, changed = tables[table], self.changed[table]
+            columns, json_at = projections.TABLES[table][1], projections.JSON_AT[table]
+            touched = []
+            for entry in entries:
+                key = entry[0]
+                row = rows.get(key)
+                if len(entry) == 2:  # a whole row
+                    whole = projections.decode_row(table, entry[1])
+                    if row is None:
+                        row = rows[key] = whole
+                    else:  # the panes may hold this very dict
+                        row.update(whole)
+                else:
+                    if row is None:  # cannot happen: rows patched were in the snapshot
+                        row = rows[key] = dict.fromkeys(columns)
+                    for i in range(1, len(entry), 2):
+                        at, value = entry[i], entry[i + 1]
+                        if at in json_at and value is not None:
+                            value = json.loads(value)
+                        row[columns[at]] = value
+                changed.add(key)
+                touched.append(row)
+            if table in self.statuses:
+                self._count(table, touched)
+
+    def _end(self, end: BatchEnd) -> None:
+        self.last_id = end.last
+        self.newest_ts = end.ts
+        self.last_lag = max(0.0, time.time() - end.ts)
+        self.applied += end.count
+        if self.followed is not None:
+            self.followed_events += [e for e in end.followed if e.event.agent_id == self.followed]
 
     def follow_agent(self, agent_id: str | None) -> None:
         """Keep the events of this agent (the one whose timeline shows) as they are applied,

@@ -531,7 +531,7 @@ def _as_json(value: Any) -> str:
 
 # Where each table's JSON columns are. The store encodes every row a batch touched, on the
 # event loop, so this runs thousands of times per busy batch: visit only those columns.
-_JSON_AT: dict[str, tuple[int, ...]] = {
+JSON_AT: dict[str, tuple[int, ...]] = {
     table: tuple(i for i, c in enumerate(cols) if c in JSON_COLUMNS)
     for table, (_, cols) in TABLES.items()
 }
@@ -540,7 +540,7 @@ _JSON_AT: dict[str, tuple[int, ...]] = {
 def encode_row(table: str, row: Row) -> tuple[Any, ...]:
     # Rows are created with every column, in order (State.row), so their values are the
     # columns unless something added a key.
-    columns, at = TABLES[table][1], _JSON_AT[table]
+    columns, at = TABLES[table][1], JSON_AT[table]
     if len(row) != len(columns):
         values = [row[c] for c in columns]
     elif not at:

@@ -128,8 +128,26 @@ class StoredEvent:
 
 
 Listener = Callable[[list[StoredEvent]], None]
-# A committed batch as stored: first id, time, the events' JSON back to back, each one's size.
-RawListener = Callable[[int, float, bytes, list[int]], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Committed:
+    """A committed batch as it was stored: what a daemon passes on to its consoles without
+    encoding any event or row again."""
+
+    first_id: int
+    ts: float
+    events: list[Event]
+    data: bytes  # the events' JSON back to back
+    sizes: list[int]  # each event's share of data
+    rows: dict[str, list[tuple[Any, ...]]]  # every projection row it changed, as stored
+
+    @property
+    def last_id(self) -> int:
+        return self.first_id + len(self.sizes) - 1
+
+
+RawListener = Callable[[Committed], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -459,8 +477,10 @@ class Store:
                 listener(batch.stored)
         rows = batch.rows
         if self._raw_listeners and rows is not None and rows.sizes:
+            committed = Committed(rows.first_id, rows.ts, rows.events, rows.data, rows.sizes,
+                                  batch.dirty)
             for raw in list(self._raw_listeners):
-                raw(rows.first_id, rows.ts, rows.data, rows.sizes)
+                raw(committed)
 
     def _prepare_slice(
         self, batch: _Batch, items: list[tuple[list[Event], asyncio.Future[int]]]
@@ -563,8 +583,7 @@ class Store:
         return lambda: self._listeners.remove(listener) if listener in self._listeners else None
 
     def subscribe_raw(self, listener: RawListener) -> Callable[[], None]:
-        """Like `subscribe`, with each batch as the JSON bytes that were stored: a daemon
-        passes them on to its consoles without encoding any event again."""
+        """Like `subscribe`, with each batch as it was stored (`Committed`)."""
         self._raw_listeners.append(listener)
         return lambda: (self._raw_listeners.remove(listener)
                         if listener in self._raw_listeners else None)

@@ -175,7 +175,8 @@ async def in_process(root: Path) -> dict[str, Any]:
 
 
 async def attached(root: Path) -> dict[str, Any]:
-    """The engine in a daemon process, the console attached over its unix socket."""
+    """The engine in a daemon process, the console attached over its unix socket: what
+    `factory console` runs (its own engine, at the same lower CPU priority)."""
     from console.cli import connect_attached
 
     sock = root / ".factory" / "daemon.sock"
@@ -203,7 +204,9 @@ async def attached(root: Path) -> dict[str, Any]:
 async def serve(root: Path, sock: Path) -> None:
     """The daemon's side: serve the factory; feed events while told to."""
     from agents.daemon import Daemon
+    from console.spawn import ENGINE_NICE
 
+    os.nice(ENGINE_NICE)  # as `factory console` starts its engine
     factory = await Factory.open(root, load_config(root / ".factory.toml"))
     daemon = Daemon(factory, sock)
     await daemon.start()

@@ -25,6 +25,7 @@ from agents.config import load_config
 from agents.daemon import Daemon, socket_fits
 from agents.engine import Factory
 from agents.errors import FactoryError
+from agents.wire import BatchEnd
 from console.app import FactoryApp
 from console.attached import AttachedClient, DaemonGone
 from console.cli import connect_attached, connect_in_process, connect_own_engine, socket_path
@@ -131,7 +132,8 @@ async def test_consoles_come_and_go_while_the_swarm_goes_on(tmp_path: Path) -> N
         second = await AttachedClient.connect(socket_path(root))
         got: list[int] = []
         await second.snapshot()
-        second.follow(lambda batch: got.extend(e.id for e in batch))
+        second.follow(lambda item: isinstance(item, BatchEnd) and got.extend(
+            range(item.first, item.last + 1)))
         await first.snapshot()
         await first.run()
         await first.close()  # detaching does not stop the run
@@ -148,6 +150,91 @@ async def test_consoles_come_and_go_while_the_swarm_goes_on(tmp_path: Path) -> N
         await second.close()
         await asyncio.sleep(0.1)
         assert daemon.consoles == 0
+
+
+def turns(step: int, agents: int = 20) -> list[ev.Event]:
+    return [ev.AgentTurn(spec_id="s", task_id=f"t{a}", agent_id=f"a{a}", step=step,
+                         model="replay/x", message={"role": "assistant", "content": "…"},
+                         tokens_in=10, tokens_out=1, cost_usd=0.001) for a in range(agents)]
+
+
+async def test_consoles_that_attach_mid_stream_hold_the_stores_rows(tmp_path: Path) -> None:
+    """The daemon sends only the columns that changed since it last sent a row; consoles
+    that attach while batches are in flight, or after every console had gone (values changed
+    meanwhile, then changed back), must still end with exactly the store's rows."""
+    root = demo.build(tmp_path / "demo", "none")
+    async with serving(root) as daemon:
+        store = daemon.factory.store
+        await store.append(*[ev.AgentStarted(spec_id="s", task_id=f"t{a}", agent_id=f"a{a}",
+                                             role="implementer", model="replay/x")
+                             for a in range(20)])
+
+        async def watch() -> tuple[AttachedClient, ViewModel]:
+            client = await AttachedClient.connect(socket_path(root))
+            model = ViewModel.from_snapshot(await client.snapshot())
+            client.follow(model.receive)
+            return client, model
+
+        async def feed(step: int, times: int, during: Any = None) -> None:
+            pending = []
+            for i in range(times):
+                pending.append(store.append_many(turns(step)))
+                if i == times // 2 and during is not None:
+                    await during()  # attach while batches are prepared and not yet committed
+                await asyncio.sleep(0)
+            await asyncio.gather(*pending)
+            await store.flush()
+
+        async def caught_up(model: ViewModel) -> None:
+            def done() -> bool:
+                while model.pending:
+                    model.apply(0.0)
+                return model.last_id == store.last_id
+            await until(done, 10)
+            assert projections(model.state.tables) == projections(store.state.tables)
+
+        async def watch_into(into: list[tuple[AttachedClient, ViewModel]]) -> None:
+            into.append(await watch())
+
+        first = await watch()
+        second: list[tuple[AttachedClient, ViewModel]] = []
+        await feed(1, 20, during=lambda: watch_into(second))
+        for _, model in (first, *second):
+            await caught_up(model)
+        for client, _ in (first, *second):
+            await client.close()
+        await until(lambda: daemon.consoles == 0)
+        await feed(2, 5)  # nobody watches; the step of every agent changes
+        third = await watch()
+        fourth: list[tuple[AttachedClient, ViewModel]] = []
+        await feed(1, 20, during=lambda: watch_into(fourth))  # and changes back
+        for client, model in (third, *fourth):
+            await caught_up(model)
+            assert {a["step"] for a in model.rows("agents").values()} == {1}
+            await client.close()
+
+
+async def test_a_console_is_sent_the_events_of_the_agent_it_follows(tmp_path: Path) -> None:
+    root = demo.build(tmp_path / "demo", "none")
+    async with serving(root) as daemon:
+        store = daemon.factory.store
+        client = await AttachedClient.connect(socket_path(root))
+        model = ViewModel.from_snapshot(await client.snapshot())
+        client.follow(model.receive)
+        await store.append(*turns(1))  # nobody followed yet
+        model.follow_agent("a3")
+        await client.follow_agent("a3")
+        await store.append(*turns(2))
+        await store.append(*turns(3))
+        await client.follow_agent(None)
+        await store.append(*turns(4))
+        await until(lambda: model.apply() or model.last_id == store.last_id)
+        followed = model.take_followed()
+        assert [(e.event.agent_id, e.event.step) for e in followed] == [("a3", 2), ("a3", 3)]
+        stored = await store.read_events(0, 100, "a3")
+        assert [e.id for e in followed] == [e.id for e in stored[1:3]]
+        assert followed[0].event == stored[1].event
+        await client.close()
 
 
 async def test_bad_requests_get_clear_errors_and_the_connection_stays(
@@ -168,7 +255,9 @@ async def test_bad_requests_get_clear_errors_and_the_connection_stays(
         reply = await ask(b'{"id": 2, "op": "approve", "args": {"keyy": "x"}}')
         assert reply["type"] == "protocol" and "bad arguments" in reply["error"]
         reply = await ask(b'{"id": 3, "op": "hello"}')
-        assert reply == {"id": 3, "result": {"protocol": 1, "root": str(root.resolve())}}
+        assert reply == {"id": 3, "result": {"protocol": 2, "root": str(root.resolve())}}
+        reply = await ask(b'{"id": 4, "op": "follow_agent", "args": {"agent_id": 7}}')
+        assert reply["type"] == "protocol" and "agent_id is a string" in reply["error"]
         writer.close()
 
         client = await AttachedClient.connect(socket_path(root))
@@ -213,17 +302,18 @@ async def test_a_console_that_stops_reading_is_let_go(tmp_path: Path) -> None:
     root = demo.build(tmp_path / "demo", "none")
     async with serving(root, max_behind=256 * 1024) as daemon:
         reader, writer = await asyncio.open_unix_connection(socket_path(root))
-        writer.write(b'{"id": 1, "op": "snapshot"}\n')
+        writer.write(b'{"id": 1, "op": "snapshot"}\n'
+                     b'{"id": 2, "op": "follow_agent", "args": {"agent_id": "a1"}}\n')
         await asyncio.sleep(0.2)
         assert daemon.consoles == 1
         reading = await AttachedClient.connect(socket_path(root))
         model = ViewModel.from_snapshot(await reading.snapshot())
         reading.follow(model.receive)
         for _ in range(40):  # the stalled console never reads; its buffer fills
-            await daemon.factory.store.append(*[ev.Notice(level="info", message="x" * 1000)
-                                                for _ in range(50)])
+            await daemon.factory.store.append(*[ev.AgentNote(
+                agent_id="a1", step=1, message={"content": "x" * 1000}) for _ in range(50)])
         await until(lambda: daemon.consoles == 1 and sum(
-            e.event.kind == "notice" for e in model.pending) == 2000, 10)
+            i.count for i in model.pending if isinstance(i, BatchEnd)) == 2000, 10)
         assert reading.lost is None, "the console that reads stays attached"
         assert await reader.read() != b"", "the stalled one got what fitted, then EOF"
         writer.close()
@@ -387,6 +477,9 @@ async def test_factory_console_runs_its_engine_in_a_process_of_its_own(tmp_path:
     client = await connect_own_engine(root, approval="always")
     engine = client.engine
     assert engine is not None and engine.process.pid != os.getpid()
+    # The engine yields the CPU to the console's screen.
+    assert os.getpriority(os.PRIO_PROCESS, engine.process.pid) == min(
+        19, os.getpriority(os.PRIO_PROCESS, 0) + 10)
     try:
         snap = await client.snapshot()
         assert snap.engine == f"engine: pid {engine.process.pid}"
