@@ -252,6 +252,57 @@ def report(name: str, r: dict[str, Any]) -> None:
               "(goal < 500 MB)")
 
 
+def per_event_work() -> tuple[float, float]:
+    """What the console does for each event, in microseconds: decode and apply it (in
+    process, and attached before protocol 2), or copy the row patches the daemon sends."""
+    from agents.events import EVENT_ADAPTER
+    from agents.store import projections
+    from agents.store.store import Committed, StoredEvent
+    from agents.wire import RowFeed, decode_feed
+    from console.client import Snapshot
+    from console.model import ViewModel
+
+    state = projections.State()
+    projections.apply_batch(state, [ev.AgentStarted(
+        spec_id=f"s{a % 20}", task_id=f"t{a}", agent_id=f"agent-{a:04d}", role="implementer",
+        model="replay/bench") for a in range(AGENTS)], 0.0)
+    state.take_dirty()
+    snap = Snapshot(0, {t: {k: dict(r) for k, r in rows.items()}
+                        for t, rows in state.tables.items()})
+    feed, first = RowFeed(), 1
+    events_ms, rows_ms = [], []
+    for step in range(1, 8):  # the first round sends whole rows; the rest, patches
+        turns = [ev.AgentTurn(spec_id=f"s{a % 20}", task_id=f"t{a}", agent_id=f"agent-{a:04d}",
+                              step=step, model="replay/bench", message={"role": "assistant",
+                                                                        "content": "…"},
+                              tokens_in=100, tokens_out=10, cost_usd=0.0001)
+                 for a in range(AGENTS)]
+        datas = [e.__pydantic_serializer__.to_json(e) for e in turns]
+        ts = time.time()
+        projections.apply_batch(state, turns, ts)  # the daemon's side
+        rows = {t: [projections.encode_row(t, r) for r in changed]
+                for t, changed in state.take_dirty().items()}
+        lines = feed.lines(Committed(first, ts, turns, b"".join(datas), list(map(len, datas)),
+                                     rows))
+        first += len(turns)
+        by_events, by_rows = ViewModel.from_snapshot(snap), ViewModel.from_snapshot(snap)
+        t0 = time.perf_counter()
+        by_events.receive([StoredEvent(first + i, ts, EVENT_ADAPTER.validate_json(d))
+                           for i, d in enumerate(datas)])
+        by_events.apply()
+        t1 = time.perf_counter()
+        for line in lines:
+            by_rows.receive(decode_feed(line))
+        by_rows.apply()
+        t2 = time.perf_counter()
+        if step > 1:
+            events_ms.append((t1 - t0) / len(turns) * 1e6)
+            rows_ms.append((t2 - t1) / len(turns) * 1e6)
+        snap = Snapshot(0, {t: {k: dict(r) for k, r in rows.items()}
+                            for t, rows in state.tables.items()})
+    return statistics.median(events_ms), statistics.median(rows_ms)
+
+
 def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench-console-"))
     roots = {}
@@ -271,6 +322,10 @@ def main() -> None:
 
     report("attached console (the engine in its own process, as `factory console` runs it)",
            results["attached"])
+    by_events, by_rows = per_event_work()
+    print(f"  console work per event: {by_rows:.1f} us copying the rows the daemon sends; "
+          f"baseline: {by_events:.1f} us decoding and applying the event itself, ratio "
+          f"{by_rows / by_events:.2f}")
     report("in-process console (engine and console on one event loop: InProcessClient)",
            results["in-process"])
     print(f"start -> first frame on the terminal (fresh process, median of 5) {first:.2f} s "
