@@ -3,7 +3,7 @@
 
 In the console's process, the engine's work (agents' turns, the store's writes, git) would
 share the console's event loop, and a key press would wait behind it: under 5,000 events a
-second its p95 was 2 to 3 times the idle one, against about 1.3 for a console attached to an
+second its p95 was 2 to 3 times the idle one, against about 1.1 for a console attached to an
 engine in another process (tests/bench/bench_console.py). So the console starts
 `factory daemon` for itself and attaches to it. The child lives as long as the console:
 quitting stops it as ctrl+c stops a run (the store keeps every committed step). It writes
