@@ -115,19 +115,20 @@ class ViewModel:
         handlers = projections.HANDLERS
         state = self.state
         deadline = time.perf_counter() + budget if budget is not None else None
-        steps = 0
         while pending:
-            if deadline is not None and steps % 16 == 15 and time.perf_counter() > deadline:
+            if deadline is not None and len(out) % 16 == 15 and \
+                    time.perf_counter() > deadline:
                 break
             item = pending.popleft()
-            if item.__class__ is RowLines:
+            if item.__class__ is RowLines:  # a line of rows: check the time after each
                 self._copy_rows(item)
-                steps += 15 - steps % 16  # a line of rows: check the time after it
+                if deadline is not None and time.perf_counter() > deadline:
+                    break
                 continue
             if item.__class__ is BatchEnd:
-                self._end(item)
+                self.last_id = item.last
+                self._caught_up(item.ts, item.count, item.followed)
                 continue
-            steps += 1
             if item.id <= self.last_id:
                 continue
             handler = handlers.get(item.event.kind)
@@ -136,15 +137,11 @@ class ViewModel:
             self.last_id = item.id
             out.append(item)
         if out:
-            self.newest_ts = out[-1].ts
-            self.last_lag = max(0.0, time.time() - out[-1].ts)
-            self.applied += len(out)
             for table, rows in state.take_dirty().items():
                 self.changed[table].update(r[projections.TABLES[table][0]] for r in rows)
                 if table in self.statuses:
                     self._count(table, rows)
-            if self.followed is not None:
-                self.followed_events += [e for e in out if e.event.agent_id == self.followed]
+            self._caught_up(out[-1].ts, len(out), out)
 
     def _copy_rows(self, lines: RowLines) -> None:
         """Rows the daemon's handlers changed: whole rows, or the columns that changed."""
@@ -175,13 +172,13 @@ class ViewModel:
             if table in self.statuses:
                 self._count(table, touched)
 
-    def _end(self, end: BatchEnd) -> None:
-        self.last_id = end.last
-        self.newest_ts = end.ts
-        self.last_lag = max(0.0, time.time() - end.ts)
-        self.applied += end.count
+    def _caught_up(self, ts: float, count: int, events: list[StoredEvent]) -> None:
+        """Events up to one emitted at ts are applied: for the lag shown, and the timeline."""
+        self.newest_ts = ts
+        self.last_lag = max(0.0, time.time() - ts)
+        self.applied += count
         if self.followed is not None:
-            self.followed_events += [e for e in end.followed if e.event.agent_id == self.followed]
+            self.followed_events += [e for e in events if e.event.agent_id == self.followed]
 
     def follow_agent(self, agent_id: str | None) -> None:
         """Keep the events of this agent (the one whose timeline shows) as they are applied,
