@@ -68,6 +68,13 @@ class SandboxConfig(_Section):
     memory_mb: int = Field(2048, ge=64)
     max_processes: int = Field(256, ge=8)
     output_bytes: int = Field(1_000_000, ge=1024)
+    # What one agent's worktree may hold, and the largest single write of its file tools.
+    quota_disk_mb: int = Field(2048, ge=1)
+    quota_files: int = Field(100_000, ge=100)
+    quota_write_mb: float = Field(10, gt=0)
+    # Whom commands run as: "auto" (uid and gid 65533 when the engine is root, else the
+    # engine's own user) or "UID:GID".
+    run_as: str = "auto"
 
 
 class RepoConfig(_Section):
@@ -275,6 +282,14 @@ wall_seconds = 300
 memory_mb = 2048
 max_processes = 256
 output_bytes = 1000000
+# Quotas per agent: bytes and files of its worktree (and scratch space), and the largest
+# single write of a file tool. Over quota, the command stops and the agent is told.
+quota_disk_mb = 2048
+quota_files = 100000
+quota_write_mb = 10
+# Whom agents' commands and landing tests run as: "auto" (uid and gid 65533 when the engine
+# runs as root, else the engine's own user) or "UID:GID".
+run_as = "auto"
 
 [repo]
 main_branch = "main"

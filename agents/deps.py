@@ -1,7 +1,9 @@
 """Phantom dependencies: third-party imports that the project does not declare.
 
 A branch that imports a package nobody declared may pass its tests on the machine it ran on
-and break everywhere else; the landing step refuses it with the names it found.
+and break everywhere else; the landing step refuses it with the names it found. The tree it
+reads is the branch's: files are read beneath its handle (no link followed, regular files
+only, at most MAX_SOURCE bytes each).
 """
 
 from __future__ import annotations
@@ -11,6 +13,17 @@ import re
 import sys
 import tomllib
 from pathlib import Path
+
+from agents.beneath import Beneath, PathDenied
+
+MAX_SOURCE = 2 * 1024 * 1024
+
+
+def _read(tree: Beneath, rel: str) -> str | None:
+    try:
+        return tree.read(rel, MAX_SOURCE).decode("utf-8", "replace")
+    except (PathDenied, OSError):
+        return None
 
 # Distribution names whose import name differs, for the common cases.
 KNOWN_ALIASES = {
@@ -28,10 +41,12 @@ def _normalise(name: str) -> str:
 def declared_modules(root: Path) -> set[str]:
     """Import names the project declares: pyproject dependencies and requirements files."""
     names: list[str] = []
-    pyproject = root / "pyproject.toml"
-    if pyproject.is_file():
+    with Beneath(root) as tree:
+        text = _read(tree, "pyproject.toml")
+        requirements = {p.name: _read(tree, p.name) for p in root.glob("requirements*.txt")}
+    if text is not None:
         try:
-            doc = tomllib.loads(pyproject.read_text())
+            doc = tomllib.loads(text)
         except tomllib.TOMLDecodeError:
             doc = {}
         project = doc.get("project", {})
@@ -39,8 +54,8 @@ def declared_modules(root: Path) -> set[str]:
         for extra in project.get("optional-dependencies", {}).values():
             names += extra
         names += doc.get("dependency-groups", {}).get("dev", [])
-    for req in root.glob("requirements*.txt"):
-        names += [line for line in req.read_text().splitlines()
+    for content in requirements.values():
+        names += [line for line in (content or "").splitlines()
                   if line.strip() and not line.lstrip().startswith(("#", "-"))]
     out: set[str] = set()
     for spec in names:
@@ -60,7 +75,7 @@ def local_modules(root: Path) -> set[str]:
         for entry in base.iterdir():
             if entry.suffix == ".py":
                 out.add(_normalise(entry.stem))
-            elif entry.is_dir() and not entry.name.startswith("."):
+            elif entry.is_dir() and not entry.is_symlink() and not entry.name.startswith("."):
                 out.add(_normalise(entry.name))
     return out
 
@@ -84,13 +99,12 @@ def phantom_imports(root: Path, changed: list[str]) -> dict[str, list[str]]:
     allowed = declared_modules(root) | local_modules(root)
     stdlib = {_normalise(m) for m in sys.stdlib_module_names}
     found: dict[str, list[str]] = {}
-    for rel in changed:
-        if not rel.endswith(".py"):
-            continue
-        file = root / rel
-        if not file.is_file():
-            continue
-        for module in imported_modules(file.read_text("utf-8", "replace")):
+    with Beneath(root) as tree:
+        sources = {rel: _read(tree, rel) for rel in changed if rel.endswith(".py")}
+    for rel, source in sources.items():
+        if source is None:
+            continue  # deleted, a link, or not a regular file: nothing runs from it
+        for module in imported_modules(source):
             key = _normalise(module)
             if key in stdlib or key in allowed or key == "__future__":
                 continue

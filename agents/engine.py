@@ -22,10 +22,12 @@ from agents.gitcmd import git
 from agents.landing import LandingStep, TestedLanding
 from agents.models import ModelRouter, api_key_from_env, replay_path
 from agents.orchestrator import Orchestrator, RunSummary
+from agents.private import exclude_factory, private_dir, private_file
 from agents.questions import Answer, QuestionDesk
 from agents.queue.merge_queue import MergeQueue, retry_event
 from agents.sandbox.base import Limits, SandboxBackend
 from agents.sandbox.none import NoneBackend
+from agents.sandbox.quota import Quota, quota_of
 from agents.specs import (
     LintFinding,
     Spec,
@@ -47,6 +49,11 @@ def sandbox_limits(config: FactoryConfig) -> Limits:
     return Limits(sb.wall_seconds, sb.memory_mb, sb.max_processes, sb.output_bytes)
 
 
+def sandbox_quota(config: FactoryConfig) -> Quota:
+    sb = config.sandbox
+    return quota_of(sb.quota_disk_mb, sb.quota_files, sb.quota_write_mb)
+
+
 def make_sandbox_backend(config: FactoryConfig) -> SandboxBackend:
     """The configured backend; `none` only when the configuration names it."""
     limits = sandbox_limits(config)
@@ -56,7 +63,8 @@ def make_sandbox_backend(config: FactoryConfig) -> SandboxBackend:
 
     return make_backend(config.sandbox.backend, limits=limits,
                         image=config.sandbox.image or None,
-                        env_allow=list(config.sandbox.env_allow), root=config.root)
+                        env_allow=list(config.sandbox.env_allow), root=config.root,
+                        run_as=config.sandbox.run_as)
 
 
 def make_router(config: FactoryConfig) -> ModelRouter:
@@ -80,7 +88,7 @@ class RunLock:
 
     def acquire(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        handle = self.path.open("a+")
+        handle = private_file(self.path).open("a+")
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -134,6 +142,8 @@ class Factory:
         root = root.resolve()
         config = config or load_config(root / CONFIG_NAME)
         workspace = Workspace(root, root / ".factory" / "worktrees", config.repo.main_branch)
+        private_dir(root / ".factory")
+        exclude_factory(workspace.common_dir)
         router = router or make_router(config)
         _load_replays(root, router)
         backend = backend or make_sandbox_backend(config)
@@ -185,10 +195,10 @@ class Factory:
         if refs.is_dir():
             for lock in refs.rglob("*.lock"):
                 lock.unlink(missing_ok=True)
-        scratch = self.root / ".factory" / "landing"
-        if scratch.is_dir():
-            for path in scratch.iterdir():
-                self.ws.remove(path)
+        for scratch in (self.root / ".factory" / "landing", self.root / ".factory" / "views"):
+            if scratch.is_dir():
+                for path in scratch.iterdir():
+                    self.ws.remove(path)
         await git("worktree", "prune", cwd=self.root)
         sweep = getattr(self.backend, "sweep", None)
         if sweep is not None and (swept := await sweep()):
@@ -214,7 +224,7 @@ class Factory:
         await self._clean_orphans()
         lander: LandingStep = TestedLanding(
             self.ws, self.backend, self.config.repo.test_command, sandbox_limits(self.config),
-            self.root / ".factory" / "landing", self.store.append,
+            self.root / ".factory" / "landing", self.store.append, sandbox_quota(self.config),
         )
         self.orchestrator = Orchestrator(
             config=self.config, store=self.store, workspace=self.ws, router=self.router,

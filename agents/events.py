@@ -141,6 +141,18 @@ class LandingStarted(_Event):
     commit: str
 
 
+class LandingMerged(_Event):
+    """The merge commit a landing made, recorded before any test runs: it is what lands if
+    the gates pass (whatever the tests do to their copy of the tree)."""
+
+    kind: Literal["landing_merged"] = "landing_merged"
+    branch: str
+    commit: str  # the branch's commit
+    merge_commit: str
+    tree: str
+    main_before: str
+
+
 class GateResult(_Event):
     kind: Literal["gate_result"] = "gate_result"
     gate: str
@@ -222,6 +234,20 @@ class SandboxLimited(_Event):
     step: int
     command: str
     stop: str
+    detail: str = ""
+
+
+class LimitReached(_Event):
+    """An agent went over its quota: a write was refused, or a command stopped. The agent is
+    told in the tool's result; this is the timeline's record of it."""
+
+    kind: Literal["limit"] = "limit"
+    step: int
+    tool: str
+    command: str = ""
+    limit: Literal["disk", "files", "write"]
+    used: int
+    allowed: int
     detail: str = ""
 
 
@@ -358,6 +384,7 @@ Event = Annotated[
     | TaskCancelled
     | BranchCommitted
     | LandingStarted
+    | LandingMerged
     | GateResult
     | BranchLanded
     | BranchRejected
@@ -367,6 +394,7 @@ Event = Annotated[
     | AgentNote
     | ToolExecuted
     | SandboxLimited
+    | LimitReached
     | ModelRetry
     | BudgetStop
     | AgentStuck

@@ -14,6 +14,9 @@ from pathlib import Path
 from agents.errors import FactoryError
 
 # Identity and behaviour that must not depend on the user's global git configuration.
+# Worktrees belong to the user agents' commands run as (see sandbox/identity.py), which git
+# would call "dubious ownership": the engine's own git calls trust them (command-line scope,
+# the only one besides the system and global files git honours for this).
 GIT_ENV = {
     "GIT_TERMINAL_PROMPT": "0",
     "GIT_AUTHOR_NAME": "Factory",
@@ -21,7 +24,12 @@ GIT_ENV = {
     "GIT_COMMITTER_NAME": "Factory",
     "GIT_COMMITTER_EMAIL": "factory@localhost",
     "LC_ALL": "C",
+    "GIT_CONFIG_COUNT": "1",
+    "GIT_CONFIG_KEY_0": "safe.directory",
+    "GIT_CONFIG_VALUE_0": "*",
 }
+# A git command the engine runs on a hostile tree ends within this, whatever is in it.
+GIT_TIMEOUT = 600.0
 
 
 class GitError(FactoryError):
@@ -40,7 +48,21 @@ async def git(
     check: bool = True,
     env: Mapping[str, str] | None = None,
     stdin: bytes | None = None,
+    timeout: float = GIT_TIMEOUT,
 ) -> str:
+    return (await git_bytes(*args, cwd=cwd, check=check, env=env, stdin=stdin,
+                            timeout=timeout)).decode("utf-8", "replace")
+
+
+async def git_bytes(
+    *args: str,
+    cwd: Path,
+    check: bool = True,
+    env: Mapping[str, str] | None = None,
+    stdin: bytes | None = None,
+    timeout: float = GIT_TIMEOUT,
+) -> bytes:
+    """git's raw stdout (paths from `-z` output are bytes: decode with `paths_z`)."""
     full_env = {**os.environ, **GIT_ENV, **(env or {})}
     proc = await asyncio.create_subprocess_exec(
         "git", *args,
@@ -50,11 +72,22 @@ async def git(
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
-    out, err = await proc.communicate(stdin)
-    stdout, stderr = out.decode("utf-8", "replace"), err.decode("utf-8", "replace")
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(stdin), timeout)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise GitError(args, -9, "", f"killed after {timeout:g} s") from None
     if check and proc.returncode != 0:
-        raise GitError(args, proc.returncode or 0, stdout, stderr)
-    return stdout
+        raise GitError(args, proc.returncode or 0, out.decode("utf-8", "replace"),
+                       err.decode("utf-8", "replace"))
+    return out
+
+
+def paths_z(out: bytes) -> list[str]:
+    """Paths from git's NUL-separated output, exactly as they are (no quoting to undo;
+    bytes that are not UTF-8 kept as surrogate escapes, so they round-trip to git)."""
+    return [os.fsdecode(p) for p in out.split(b"\0") if p]
 
 
 async def git_ok(*args: str, cwd: Path) -> bool:

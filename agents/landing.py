@@ -1,8 +1,13 @@
-"""Landing a finished branch on main, safely: test what you land.
+"""Landing a finished branch on main, safely: test what you land, land what you tested.
 
-The branch is merged with main's current head in a temporary worktree, the gates run on that
-exact tree (conflicts, undeclared dependencies, the test command in the sandbox), and main is
-advanced to that tested merge only if every gate passed and main has not moved meanwhile.
+The branch is merged with main's current head in a temporary worktree, and the merge commit
+is recorded (a `landing_merged` event) before any test runs. The gates run on that exact
+tree: conflicts, paths the engine keeps for itself (`.factory/`, `.factory.toml`, and ignore
+rules that would stop `.factory/` being ignored), undeclared dependencies, then the test
+command in the sandbox, where the worktree's git metadata is read-only. Main is then moved
+to the recorded commit, never to whatever the worktree's HEAD says afterwards, after its
+tree and trailers are checked again, only if main has not moved and the entry is still
+cleared to land (its approval is read at that moment).
 This is the spine's landing step; the merge queue will replace it behind `LandingStep`.
 """
 
@@ -10,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
 import re
 import time
 from collections.abc import Awaitable, Callable
@@ -18,10 +24,17 @@ from pathlib import Path
 from typing import Protocol
 
 from agents import events as ev
+from agents import provenance
 from agents.deps import phantom_imports
-from agents.gitcmd import GitError, git, git_ok
+from agents.gitcmd import GitError, git, git_bytes, git_ok, paths_z
 from agents.sandbox.base import Limits, SandboxBackend, SandboxContext
-from agents.workspace import Workspace, trailer_block
+from agents.sandbox.quota import DiskMeter, Quota
+from agents.workspace import Workspace
+
+# Paths no branch may add or change: the engine's own state and its configuration.
+PROTECTED = (".factory", ".factory.toml")
+# Asks, just before main moves, whether the entry may still land; a reason when not.
+MayLand = Callable[["LandingRequest"], Awaitable[str | None]]
 
 
 @dataclass(frozen=True)
@@ -64,7 +77,8 @@ def first_failures(output: str, limit: int = 3) -> str:
 
 
 class LandingStep(Protocol):
-    async def land(self, request: LandingRequest) -> LandingOutcome: ...
+    async def land(self, request: LandingRequest,
+                   may_land: MayLand | None = None) -> LandingOutcome: ...
 
     async def already_landed(self, request: LandingRequest) -> str | None: ...
 
@@ -83,6 +97,7 @@ class TestedLanding:
         limits: Limits,
         scratch: Path,
         emit: Emit,
+        quota: Quota | None = None,
     ) -> None:
         self.ws = workspace
         self.backend = backend
@@ -90,6 +105,7 @@ class TestedLanding:
         self.limits = limits
         self.scratch = scratch
         self.emit = emit
+        self.quota = quota
         self._lock = asyncio.Lock()
         self._counter = itertools.count(1)
 
@@ -100,7 +116,8 @@ class TestedLanding:
             return main
         return None
 
-    async def land(self, request: LandingRequest) -> LandingOutcome:
+    async def land(self, request: LandingRequest,
+                   may_land: MayLand | None = None) -> LandingOutcome:
         async with self._lock:
             landed = await self.already_landed(request)
             if landed is not None:
@@ -112,7 +129,7 @@ class TestedLanding:
                 await git("worktree", "add", "-q", "--detach", str(path), main_before,
                           cwd=self.ws.root)
             try:
-                return await self._gates(request, path, main_before)
+                return await self._gates(request, path, main_before, may_land)
             finally:
                 self.ws.remove(path)
 
@@ -124,42 +141,70 @@ class TestedLanding:
         outcome.gates.append(result)
         await self.emit(result)
 
-    async def _gates(self, request: LandingRequest, path: Path, main_before: str) \
-            -> LandingOutcome:
+    async def _refuse(self, request: LandingRequest, outcome: LandingOutcome, gate: str,
+                      reason: str, started: float, output: str = "") -> LandingOutcome:
+        await self._gate(request, outcome, gate, False, reason, started)
+        outcome.gate, outcome.reason, outcome.output = gate, reason, output
+        return outcome
+
+    async def _gates(self, request: LandingRequest, path: Path, main_before: str,
+                     may_land: MayLand | None) -> LandingOutcome:
         outcome = LandingOutcome(False, main_before=main_before)
-        message = (f"Land {request.branch}: {request.title}\n\n"
-                   f"{trailer_block(request.trailers)}\n")
+        message = provenance.compose(f"Land {request.branch}: {request.title}", "",
+                                     request.trailers)
         started = time.perf_counter()
+        exposed_before = await self._factory_exposed(path)
         try:
             await git("merge", "--no-ff", "--no-edit", "-m", message, request.commit, cwd=path)
         except GitError as exc:
-            conflicted = (await git("diff", "--name-only", "--diff-filter=U", cwd=path,
-                                    check=False)).split()
+            conflicted = paths_z(await git_bytes("diff", "--name-only", "-z",
+                                                 "--diff-filter=U", cwd=path, check=False))
             await git("merge", "--abort", cwd=path, check=False)
             reason = (f"conflicts with main in {', '.join(conflicted)}" if conflicted
                       else f"merge failed: {exc.stderr.strip() or exc.stdout.strip()}")
-            await self._gate(request, outcome, "conflicts", False, reason, started)
-            outcome.gate, outcome.reason = "conflicts", reason
-            outcome.output = exc.stdout
-            return outcome
+            return await self._refuse(request, outcome, "conflicts", reason, started,
+                                      exc.stdout)
+        # What lands, if anything does: recorded now, before the tests can touch anything.
+        merged = (await git("rev-parse", "HEAD", cwd=path)).strip()
+        tree = (await git("rev-parse", f"{merged}^{{tree}}", cwd=path)).strip()
+        await self.emit(ev.LandingMerged(spec_id=request.spec_id, task_id=request.task_id,
+                                         branch=request.branch, commit=request.commit,
+                                         merge_commit=merged, tree=tree,
+                                         main_before=main_before))
         await self._gate(request, outcome, "conflicts", True, "merges cleanly", started)
 
         started = time.perf_counter()
-        changed = (await git("diff", "--name-only", main_before, "HEAD", cwd=path)).split()
-        phantom = phantom_imports(path, changed)
+        changed = paths_z(await git_bytes("diff", "--name-only", "-z", "--no-renames",
+                                          main_before, merged, cwd=path))
+        touched = [f for f in changed if f.split("/", 1)[0] in PROTECTED]
+        if touched:
+            reason = ("changes paths the engine keeps for itself: " + ", ".join(touched[:5])
+                      + (f" and {len(touched) - 5} more" if len(touched) > 5 else ""))
+            return await self._refuse(request, outcome, "protected", reason, started)
+        exposed = sorted(set(await self._factory_exposed(path)) - set(exposed_before))
+        if exposed:
+            return await self._refuse(
+                request, outcome, "protected",
+                "changes ignore rules so that the engine's own state is no longer ignored: "
+                + ", ".join(exposed[:5]), started)
+        await self._gate(request, outcome, "protected", True,
+                         "leaves .factory/ and .factory.toml alone", started)
+
+        started = time.perf_counter()
+        phantom = await asyncio.to_thread(phantom_imports, path, changed)
         if phantom:
             reason = "undeclared third-party imports: " + ", ".join(
                 f"{module} (in {', '.join(files)})" for module, files in sorted(phantom.items())
             )
-            await self._gate(request, outcome, "dependencies", False, reason, started)
-            outcome.gate, outcome.reason = "dependencies", reason
-            return outcome
+            return await self._refuse(request, outcome, "dependencies", reason, started)
         await self._gate(request, outcome, "dependencies", True, "no undeclared imports",
                          started)
 
         started = time.perf_counter()
-        sandbox = await self.backend.open(SandboxContext(worktree=path,
-                                                         agent_id=f"land-{request.task_id}"))
+        meter = DiskMeter(path, self.quota) if self.quota is not None else None
+        sandbox = await self.backend.open(SandboxContext(
+            worktree=path, agent_id=f"land-{request.task_id}",
+            read_only=[path / ".git"], meter=meter))
         try:
             result = await sandbox.run(["sh", "-c", self.test_command], cwd=path,
                                        limits=self.limits)
@@ -175,7 +220,12 @@ class TestedLanding:
             return outcome
         await self._gate(request, outcome, "tests", True, "tests pass", started)
 
-        merged = (await git("rev-parse", "HEAD", cwd=path)).strip()
+        problem = await self._recheck(request, merged, tree, main_before)
+        if problem is None and may_land is not None:
+            problem = await may_land(request)
+        if problem is not None:
+            outcome.gate, outcome.reason = "land", problem
+            return outcome
         try:
             await self._advance_main(merged, main_before)
         except GitError as exc:
@@ -184,6 +234,40 @@ class TestedLanding:
             return outcome
         outcome.landed, outcome.main_after = True, merged
         return outcome
+
+    async def _recheck(self, request: LandingRequest, merged: str, tree: str,
+                       main_before: str) -> str | None:
+        """The recorded merge, looked at again from the repository itself (not from the
+        worktree the tests ran in): its tree, its parents and the trailers git reads."""
+        try:
+            now_tree = (await git("rev-parse", "--verify", f"{merged}^{{tree}}",
+                                  cwd=self.ws.root)).strip()
+            parents = (await git("rev-parse", f"{merged}^1", f"{merged}^2",
+                                 cwd=self.ws.root)).split()
+            body = await git("show", "-s", "--format=%B", merged, cwd=self.ws.root)
+        except GitError as exc:
+            return f"the recorded merge {merged[:12]} cannot be read: {exc.stderr.strip()}"
+        if now_tree != tree or parents != [main_before, request.commit]:
+            return f"the recorded merge {merged[:12]} is not the one that was tested"
+        found = await provenance.trailers_of(body, self.ws.root)
+        wanted = [(k, provenance.trailer_value(v)) for k, v in request.trailers.items()]
+        if found != wanted:
+            return f"the merge's trailers are not the engine's ({found!r})"
+        return None
+
+    async def _factory_exposed(self, path: Path) -> list[str]:
+        """Which of `.factory/` and what it holds the ignore rules of the tree checked out at
+        path do not ignore (they should ignore all of it)."""
+        probes = [".factory/", ".factory/factory.db", ".factory/run.lock", ".factory/x"]
+        own = self.ws.root / ".factory"
+        if own.is_dir():
+            probes += sorted(f".factory/{entry.name}" + ("/" if entry.is_dir() else "")
+                             for entry in own.iterdir())[:200]
+        out = await git_bytes("check-ignore", "--no-index", "--stdin", "-z", cwd=path,
+                              stdin=b"".join(os.fsencode(p) + b"\0" for p in probes),
+                              check=False)
+        ignored = set(paths_z(out))
+        return [p for p in probes if p not in ignored]
 
     async def _advance_main(self, merged: str, main_before: str) -> None:
         """Move main to exactly the tested merge; keep a checked-out main's files in step."""

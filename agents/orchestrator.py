@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from agents import events as ev
+from agents import provenance
 from agents.budget import AgentBudget, BudgetLedger
 from agents.config import FactoryConfig
 from agents.conflicts import BranchInfo, ConflictForecaster
@@ -28,17 +29,12 @@ from agents.questions import QuestionDesk
 from agents.queue.merge_queue import MergeQueue, retry_event
 from agents.runtime import AgentLimits, AgentResult, AgentRunner
 from agents.sandbox.base import Limits, SandboxBackend, SandboxContext
+from agents.sandbox.quota import DiskMeter, quota_of
 from agents.specs import Spec
 from agents.store import Store
 from agents.store.projections import task_key
 from agents.tools import ToolContext
-from agents.workspace import (
-    CommitInfo,
-    Workspace,
-    WorkspaceError,
-    branch_name,
-    trailer_block,
-)
+from agents.workspace import CommitInfo, Workspace, WorkspaceError, branch_name
 
 TERMINAL = {"landed", "rejected", "failed", "blocked", "cancelled"}
 READ_ONLY_TOOLS = ["read_file", "list_files", "search_code"]
@@ -143,6 +139,7 @@ class Orchestrator:
         sb = config.sandbox
         self.sandbox_limits = Limits(sb.wall_seconds, sb.memory_mb, sb.max_processes,
                                      sb.output_bytes)
+        self.quota = quota_of(sb.quota_disk_mb, sb.quota_files, sb.quota_write_mb)
         self.spec_done: dict[str, asyncio.Event] = {}
         self.agent_tasks: dict[str, asyncio.Task[AgentResult]] = {}
         self.cancelled: set[str] = set()
@@ -268,20 +265,15 @@ class Orchestrator:
                       if a["spec_id"] == spec.id and a["role"] == "planner"
                       and a["status"] not in AGENT_ALIVE) + 1
         agent_id = f"plan.{spec.id}.{attempt}"
-        tools = ToolContext(worktree=self.ws.root, sandbox=_NoCommands(),
-                            test_command=self.config.repo.test_command)
         await self._recover_plan(agent_id, collector)
         if collector.tasks is None:
-            async with Slot(self.slots) as slot:
-                runner = AgentRunner(
-                    store=self.store, router=self.router, tools=tools, agent_id=agent_id,
-                    spec_id=spec.id, task_id=None, role="planner", key=f"plan:{spec.id}",
-                    opening=planner_messages(spec, text), limits=self.limits,
-                    budget=self.budget_for(spec.id, agent_id), tool_names=PLANNER_TOOLS,
-                    custom_tools={"submit_plan": collector}, extra_specs=[SUBMIT_PLAN_SPEC],
-                    questions=self.questions, waiting=slot.lent,
-                )
-                result = await runner.run()
+            view = await self.ws.clean_view(f"plan-{spec.id}")
+            tools = ToolContext(worktree=view, sandbox=_NoCommands(),
+                                test_command=self.config.repo.test_command)
+            try:
+                result = await self._run_planner(spec, text, agent_id, tools, collector)
+            finally:
+                self.ws.remove(view)
         else:
             result = AgentResult("finished", "plan recovered from the record")
         if collector.tasks is None:
@@ -291,6 +283,20 @@ class Orchestrator:
         await self.emit(ev.PlanAccepted(spec_id=spec.id, tasks=collector.tasks,
                                         digest=plan_digest(collector.tasks)))
         return True
+
+    async def _run_planner(self, spec: Spec, text: str, agent_id: str, tools: ToolContext,
+                           collector: PlanCollector) -> AgentResult:
+        """The planner agent, reading main's tracked files only (a clean view of main)."""
+        async with Slot(self.slots) as slot:
+            runner = AgentRunner(
+                store=self.store, router=self.router, tools=tools, agent_id=agent_id,
+                spec_id=spec.id, task_id=None, role="planner", key=f"plan:{spec.id}",
+                opening=planner_messages(spec, text), limits=self.limits,
+                budget=self.budget_for(spec.id, agent_id), tool_names=PLANNER_TOOLS,
+                custom_tools={"submit_plan": collector}, extra_specs=[SUBMIT_PLAN_SPEC],
+                questions=self.questions, waiting=slot.lent,
+            )
+            return await runner.run()
 
     async def _recover_plan(self, agent_id: str, collector: PlanCollector) -> None:
         """A planner cut short after its plan was accepted: take the plan from its record
@@ -413,15 +419,18 @@ class Orchestrator:
 
     async def _run_agent(self, spec: Spec, row: dict[str, Any], agent_id: str,
                          worktree: Path, slot: Slot) -> AgentResult:
+        meter = DiskMeter(worktree, self.quota)
         sandbox = await self.backend.open(SandboxContext(
             worktree=worktree, agent_id=agent_id,
             read_only=[worktree / ".git", worktree / ".factory.toml"],
-            env_allow=list(self.config.sandbox.env_allow),
+            env_allow=list(self.config.sandbox.env_allow), meter=meter,
         ))
+        run_as = self.backend.run_as
         try:
             tools = ToolContext(worktree=worktree, sandbox=sandbox,
                                 test_command=self.config.repo.test_command,
-                                limits=self.sandbox_limits)
+                                limits=self.sandbox_limits, meter=meter,
+                                owner=run_as.owner if run_as is not None else None)
             runner = AgentRunner(
                 store=self.store, router=self.router, tools=tools, agent_id=agent_id,
                 spec_id=spec.id, task_id=row["task_id"], role=row["role"] or "implementer",
@@ -466,9 +475,8 @@ class Orchestrator:
             -> CommitInfo | None:
         agent = self.store.get("agents", agent_id) or {}
         trailers = self._trailers(spec.id, row["task_id"], agent_id)
-        message = (f"{row['title']}\n\n{agent.get('summary') or ''}\n\n"
-                   f"{trailer_block(trailers)}\n")
-        info = await self.ws.commit(wt, message)
+        message = provenance.compose(row["title"], agent.get("summary") or "", trailers)
+        info = await self.ws.commit(wt, message, DiskMeter(wt.path, self.quota))
         if info is None:
             return None
         await self.emit(ev.BranchCommitted(

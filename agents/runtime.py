@@ -203,6 +203,11 @@ class AgentRunner:
                         **self._ids, step=step, command=outcome.command,
                         stop=outcome.sandbox.stop, detail=outcome.sandbox.detail,
                     ))
+                if outcome.limit is not None:
+                    batch.append(ev.LimitReached(
+                        **self._ids, step=step, tool=name, command=outcome.command,
+                        limit=outcome.limit.limit, used=outcome.limit.used,  # type: ignore[arg-type]
+                        allowed=outcome.limit.allowed, detail=outcome.limit.message))
                 last = self._emit(*batch)
                 changed = changed or outcome.changed
                 if outcome.finished:

@@ -1,40 +1,42 @@
 """Git worktrees and branches for tasks, and the engine's commits on them.
 
-Agents never commit: when an agent finishes, the engine writes the blobs, trees and commit
-object in-process (gitpython's object database) from `git status`, and moves the task's
-branch. That keeps the per-agent fixed cost (worktree, commit, clean-up) close to a bare
-`git worktree add`.
+Agents never commit: when an agent finishes, the engine commits its worktree through git
+itself (`git add -A`, `git write-tree`, `git commit-tree`, then the branch moved with
+`update-ref` from the commit it started on), so every ignore rule, attribute filter, file
+mode and link is handled exactly as git handles it, and special files (FIFOs, sockets) are
+left out by git rather than read. Before git reads anything, the worktree is measured
+against the agent's quota, so a commit never reads more than the quota allows; every git
+call has a time limit. Names come back NUL-separated (`-z`), never quoted.
+
+Worktrees are still laid out in-process (`create`: the files of a trusted commit, and the
+records `git worktree add` would write).
 """
 
 from __future__ import annotations
 
 import asyncio
-import difflib
-import hashlib
 import itertools
 import os
 import shutil
-import stat
 import struct
-import time
-import zlib
 from dataclasses import dataclass
-from io import BytesIO
 from pathlib import Path
 
 import git
-from git.index import IndexFile
 from git.index.fun import write_cache
 from git.index.typ import IndexEntry
-from git.objects.fun import tree_entries_from_data, tree_to_stream
+from git.objects.fun import tree_entries_from_data
 
 from agents.errors import FactoryError
+from agents.gitcmd import GitError, git_bytes
 from agents.gitcmd import git as run_git
+from agents.sandbox.quota import DiskMeter
 
 TREE_MODE = 0o040000
 _STAT_TIME = struct.Struct(">LL")
+# How long one git step of a commit may take (staging a large worktree, say).
+COMMIT_SECONDS = 300.0
 _counter = itertools.count()
-AUTHOR = "Factory <factory@localhost>"
 
 
 class WorkspaceError(FactoryError):
@@ -60,21 +62,6 @@ def branch_name(spec_id: str, task_id: str) -> str:
     return f"factory/{spec_id}/{task_id}"
 
 
-def trailer_block(trailers: dict[str, str]) -> str:
-    return "\n".join(f"{key}: {value}" for key, value in trailers.items())
-
-
-def _mode_of(st_mode: int) -> int:
-    if stat.S_ISLNK(st_mode):
-        return 0o120000
-    return 0o100755 if st_mode & stat.S_IXUSR else 0o100644
-
-
-def _tree_sort_key(entry: tuple[bytes, int, str]) -> bytes:
-    name = entry[2].encode()
-    return name + b"/" if entry[1] == TREE_MODE else name
-
-
 class Workspace:
     """One target repository: its main branch, the task worktrees and their branches."""
 
@@ -87,12 +74,9 @@ class Workspace:
         except (git.InvalidGitRepositoryError, git.NoSuchPathError) as exc:
             raise FactoryError(f"{root}: not a git repository (run `git init` first)") from exc
         self.common_dir = Path(self.repo.common_dir).resolve()
-        # Objects are written in-process (gitpython's odb shells out to `git hash-object`).
-        self._objects = self.common_dir / "objects"
         # Git objects never change, so what was read once can be kept.
         self._object_cache: dict[bytes, bytes] = {}
         self._tree_cache: dict[bytes, list[tuple[bytes, int, str]]] = {}
-        self._ignores: dict[Path, list[str]] = {}
         # Concurrent `git worktree add`s read each other's half-written records and fail.
         self.add_lock = asyncio.Lock()
 
@@ -201,6 +185,17 @@ class Workspace:
                 out.append((rel, binsha, mode))
         return out
 
+    async def clean_view(self, name: str) -> Path:
+        """A detached checkout of main's head under `.factory/views/`: its tracked files only,
+        as git checks them out. What the planner (and any reader of the project) sees, never
+        the person's working tree with its ignored files (a `.env`, say)."""
+        path = self.worktrees_dir.parent / "views" / f"{name}-{os.getpid()}-{next(_counter)}"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        async with self.add_lock:
+            await run_git("worktree", "add", "-q", "--detach", str(path), self.main_head(),
+                          cwd=self.root)
+        return path
+
     def attach(self, spec_id: str, task_id: str, base: str) -> Worktree | None:
         """The existing worktree of an interrupted task, if it survived."""
         path = self.worktree_path(spec_id, task_id)
@@ -262,91 +257,6 @@ class Workspace:
 
     # -- commits ---------------------------------------------------------------------------
 
-    def changed_paths(self, path: Path) -> tuple[dict[str, tuple[bytes, int]], list[str]]:
-        """What changed in a worktree since checkout: ({path: (blob, mode)}, deleted).
-
-        This is `git status` done in-process: the worktree's index holds each checked-out
-        file's size and mtime; files whose stat differs (or that the index does not know)
-        are hashed and compared with the index's blob. It saves a git process per commit.
-        """
-        admin = self._admin_dir(path)
-        if admin is None:
-            raise WorkspaceError(f"{path}: not a worktree of {self.root}")
-        index = IndexFile(self.repo, str(admin / "index")).entries
-        known = {key[0]: entry for key, entry in index.items() if key[1] == 0}
-        seen: set[str] = set()
-        written: dict[str, tuple[bytes, int]] = {}
-        for dirpath, dirnames, filenames in os.walk(path):
-            rel_dir = os.path.relpath(dirpath, path)
-            dirnames[:] = [d for d in dirnames if not (rel_dir == "." and d == ".git")
-                           and not self._ignored(path, rel_dir, d, True)]
-            for name in filenames:
-                rel = name if rel_dir == "." else f"{rel_dir}/{name}"
-                if rel_dir == "." and name == ".git":
-                    continue
-                entry = known.get(rel)
-                st = os.lstat(os.path.join(dirpath, name))
-                if entry is not None:
-                    seen.add(rel)
-                    mtime = entry.mtime[0] * 1_000_000_000 + entry.mtime[1]
-                    if entry.size == st.st_size and mtime == st.st_mtime_ns and \
-                            entry.mode == _mode_of(st.st_mode):
-                        continue
-                elif self._ignored(path, rel_dir, name, False):
-                    continue
-                blob = self._blob_for(Path(dirpath) / name, st)
-                if entry is None or blob != (entry.binsha, entry.mode):
-                    written[rel] = blob
-        deleted = sorted(set(known) - seen)
-        return written, deleted
-
-    def _ignored(self, root: Path, rel_dir: str, name: str, is_dir: bool) -> bool:
-        """Untracked files that .gitignore covers are not part of the agent's work."""
-        if name in ("__pycache__", ".pytest_cache") or name.endswith(".pyc"):
-            return True
-        patterns = self._ignore_patterns(root)
-        rel = name if rel_dir == "." else f"{rel_dir}/{name}"
-        from fnmatch import fnmatch
-
-        for pattern in patterns:
-            dir_only = pattern.endswith("/")
-            pat = pattern.rstrip("/")
-            if dir_only and not is_dir:
-                continue
-            if fnmatch(rel, pat.lstrip("/")) or ("/" not in pat and fnmatch(name, pat)):
-                return True
-        return False
-
-    def _ignore_patterns(self, root: Path) -> list[str]:
-        cache = self._ignores.get(root)
-        if cache is None:
-            cache = []
-            file = root / ".gitignore"
-            if file.is_file():
-                cache = [line.strip() for line in file.read_text().splitlines()
-                         if line.strip() and not line.startswith(("#", "!"))]
-            self._ignores[root] = cache
-        return cache
-
-    def _store(self, kind: bytes, data: bytes) -> bytes:
-        """Write a loose object (zlib of "<kind> <size>\\0<data>", named by its SHA-1)."""
-        raw = kind + b" " + str(len(data)).encode() + b"\0" + data
-        binsha = hashlib.sha1(raw).digest()
-        hexsha = binsha.hex()
-        folder = self._objects / hexsha[:2]
-        target = folder / hexsha[2:]
-        if target.exists():
-            return binsha
-        folder.mkdir(exist_ok=True)
-        tmp = folder / f"tmp_obj_{os.getpid()}_{next(_counter)}"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444)
-        try:
-            os.write(fd, zlib.compress(raw, 1))
-        finally:
-            os.close(fd)
-        os.replace(tmp, target)
-        return binsha
-
     def _read(self, binsha: bytes) -> bytes:
         found = self._object_cache.get(binsha)
         if found is None:
@@ -367,95 +277,53 @@ class Workspace:
             self._tree_cache[tree] = found
         return found
 
-    def _rewrite_tree(self, tree: bytes | None, changes: dict[str, tuple[bytes, int] | None]) \
-            -> bytes | None:
-        entries: dict[str, tuple[bytes, int]] = {}
-        if tree is not None:
-            for binsha, mode, name in self._entries(tree):
-                entries[name] = (binsha, mode)
-        nested: dict[str, dict[str, tuple[bytes, int] | None]] = {}
-        for rel, change in changes.items():
-            head, sep, rest = rel.partition("/")
-            if sep:
-                nested.setdefault(head, {})[rest] = change
-            elif change is None:
-                entries.pop(head, None)
-            else:
-                entries[head] = change
-        for name, sub in nested.items():
-            old = entries.get(name)
-            new = self._rewrite_tree(old[0] if old and old[1] == TREE_MODE else None, sub)
-            if new is None:
-                entries.pop(name, None)
-            else:
-                entries[name] = (new, TREE_MODE)
-        if not entries:
-            return None
-        items = sorted(((s, m, n) for n, (s, m) in entries.items()), key=_tree_sort_key)
-        buf = BytesIO()
-        tree_to_stream(items, buf.write)
-        return self._store(b"tree", buf.getvalue())
+    async def changes(self, base: str, head: str) -> tuple[list[str], int, int]:
+        """(paths, insertions, deletions) between two commits, as git counts them."""
+        out = await git_bytes("diff", "--numstat", "-z", "--no-renames", base, head,
+                              cwd=self.root)
+        files: list[str] = []
+        insertions = deletions = 0
+        for record in out.split(b"\0"):
+            if not record:
+                continue
+            added, removed, path = record.split(b"\t", 2)
+            files.append(os.fsdecode(path))
+            insertions += int(added) if added.isdigit() else 0  # "-" for binary files
+            deletions += int(removed) if removed.isdigit() else 0
+        return sorted(files), insertions, deletions
 
-    def _blob_for(self, file: Path, st: os.stat_result) -> tuple[bytes, int]:
-        if stat.S_ISLNK(st.st_mode):
-            return self._store(b"blob", os.readlink(file).encode()), 0o120000
-        return self._store(b"blob", file.read_bytes()), _mode_of(st.st_mode)
+    async def commit(self, wt: Worktree, message: str,
+                     meter: DiskMeter | None = None) -> CommitInfo | None:
+        """Commit everything the agent changed onto its branch; None when nothing changed.
 
-    def _old_text(self, tree: bytes, rel: str) -> list[str]:
-        current: bytes | None = tree
-        parts = rel.split("/")
-        for i, part in enumerate(parts):
-            if current is None:
-                return []
-            found = None
-            for binsha, mode, name in self._entries(current):
-                if name == part:
-                    found = (binsha, mode)
-                    break
-            if found is None:
-                return []
-            if i == len(parts) - 1:
-                return self._read(found[0]).decode("utf-8", "replace").splitlines()
-            current = found[0] if found[1] == TREE_MODE else None
-        return []
-
-    async def commit(self, wt: Worktree, message: str) -> CommitInfo | None:
-        """Commit everything the agent changed onto its branch; None when nothing changed."""
+        Raises WorkspaceError when the worktree is over its quota or git refuses (a tracked
+        file replaced by a FIFO, say), with git's reason.
+        """
         head = self.ref_sha(f"refs/heads/{wt.branch}")
         if head is not None and head != wt.base_commit:
             # Committed already, and the record of it was lost to a crash: reuse it.
-            files = (await run_git("diff", "--name-only", wt.base_commit, head,
-                                   cwd=self.root)).split()
-            return CommitInfo(head, files, 0, 0)
-        written, deleted = self.changed_paths(wt.path)
-        if not written and not deleted:
-            return None
-        base_commit = self._read(bytes.fromhex(wt.base_commit))
-        base_tree = bytes.fromhex(base_commit.split(b"\n", 1)[0].split(b" ")[1].decode())
-        changes: dict[str, tuple[bytes, int] | None] = dict.fromkeys(deleted)
-        changes.update(written)
-        insertions = deletions = 0
-        for rel, change in changes.items():
-            old = self._old_text(base_tree, rel)
-            new = (wt.path / rel).read_text("utf-8", "replace").splitlines() \
-                if change is not None and change[1] != 0o120000 else []
-            for tag, i1, i2, j1, j2 in difflib.SequenceMatcher(None, old, new).get_opcodes():
-                if tag != "equal":
-                    deletions += i2 - i1
-                    insertions += j2 - j1
-        tree = self._rewrite_tree(base_tree, changes)
-        if tree is None:
-            tree = self._store(b"tree", b"")
-        now = int(time.time())
-        body = (
-            f"tree {tree.hex()}\nparent {wt.base_commit}\n"
-            f"author {AUTHOR} {now} +0000\ncommitter {AUTHOR} {now} +0000\n\n{message}"
-        )
-        if not body.endswith("\n"):
-            body += "\n"
-        sha = self._store(b"commit", body.encode()).hex()
-        self._set_ref(f"refs/heads/{wt.branch}", sha, wt.base_commit)
-        return CommitInfo(sha, sorted(changes), insertions, deletions)
+            files, insertions, deletions = await self.changes(wt.base_commit, head)
+            return CommitInfo(head, files, insertions, deletions)
+        if meter is not None:
+            over = await meter.measure_async()
+            if over is not None:
+                raise WorkspaceError(f"not committed: {over.message}")
+        try:
+            await run_git("add", "-A", cwd=wt.path, timeout=COMMIT_SECONDS)
+            tree = (await run_git("write-tree", cwd=wt.path)).strip()
+            base_tree = (await run_git("rev-parse", f"{wt.base_commit}^{{tree}}",
+                                   cwd=self.root)).strip()
+            if tree == base_tree:
+                return None
+            sha = (await run_git("commit-tree", tree, "-p", wt.base_commit, "-F", "-",
+                             cwd=self.root, stdin=message.encode())).strip()
+            await run_git("update-ref", "-m", "factory: commit", f"refs/heads/{wt.branch}", sha,
+                      wt.base_commit, cwd=self.root)
+        except GitError as exc:
+            raise WorkspaceError(f"git refused the commit: {exc.stderr.strip() or exc}") \
+                from None
+        files, insertions, deletions = await self.changes(wt.base_commit, sha)
+        return CommitInfo(sha, files, insertions, deletions)
 
     def _set_ref(self, ref: str, new: str, old: str | None) -> None:
         """Move a loose ref from old (None: must not exist) to new, under git's lock-file

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from agents.workspace import Workspace, WorkspaceError, trailer_block
+from agents.provenance import trailer_block
+from agents.workspace import Workspace, WorkspaceError
 from tests.conftest import git
 
 

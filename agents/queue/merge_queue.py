@@ -81,11 +81,26 @@ class MergeQueue:
         try:
             await on_turn()
             assert self.lander is not None, "a queue without a landing step only records"
-            return await self.lander.land(request)
+            return await self.lander.land(request, self.may_land)
         finally:
             async with self._changed:
                 self._landing = None
                 self._changed.notify_all()
+
+    async def may_land(self, request: LandingRequest) -> str | None:
+        """Asked by the landing step just before main moves: the entry as the store has it
+        now must still be this commit, landing, and approved when approval was asked."""
+        entry = self.store.get("queue", task_key(request.spec_id, request.task_id))
+        if entry is None:
+            return "the queue has no entry for it any more"
+        if entry["commit_sha"] != request.commit:
+            return (f"the queue's entry is now commit {str(entry['commit_sha'])[:12]}, "
+                    f"not {request.commit[:12]}")
+        if entry["approval"] not in ("approved", "not_required"):
+            return f"it is not approved to land ({entry['approval']})"
+        if entry["status"] != "landing":
+            return f"it is no longer landing ({entry['status']})"
+        return None
 
     def _decided(self, key: str) -> bool:
         entry = self.store.get("queue", key)

@@ -12,7 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol
 
-StopReason = Literal["exit", "timeout", "memory", "output_cap", "denied"]
+from agents.sandbox.identity import RunAs
+from agents.sandbox.quota import DiskMeter, Over
+
+StopReason = Literal["exit", "timeout", "memory", "output_cap", "denied", "quota"]
 
 
 @dataclass(frozen=True)
@@ -33,6 +36,7 @@ class RunResult:
     duration: float
     stop: StopReason = "exit"
     detail: str = ""
+    over: Over | None = None  # which quota a "quota" stop is about
 
     @property
     def ok(self) -> bool:
@@ -48,6 +52,8 @@ class SandboxContext:
     # Paths inside the worktree the agent must never write (git metadata, factory config).
     read_only: list[Path] = field(default_factory=list)
     env_allow: list[str] = field(default_factory=list)
+    # The agent's quota (shared with its file tools), checked during and after each command.
+    meter: DiskMeter | None = None
 
 
 class Sandbox(Protocol):
@@ -67,9 +73,23 @@ class Sandbox(Protocol):
 
 class SandboxBackend(Protocol):
     name: str
+    # Whom commands run as when it is not the engine's own user (see identity.py).
+    run_as: RunAs | None
 
     async def open(self, ctx: SandboxContext) -> Sandbox: ...
 
 
 class SandboxError(Exception):
     """A backend that cannot start at all (missing binary, no daemon, bad image)."""
+
+
+async def checked(result: RunResult, meter: DiskMeter | None) -> RunResult:
+    """The result of a command that ran, with the quota measured after it: a command that
+    left the worktree over its quota is reported as stopped for it, whatever its exit."""
+    if meter is None or result.stop == "quota":
+        return result
+    over = await meter.measure_async()
+    if over is None:
+        return result
+    return RunResult(result.exit_code, result.stdout, result.stderr, result.duration,
+                     "quota", over.message, over)

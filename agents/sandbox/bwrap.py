@@ -34,9 +34,10 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from agents.sandbox import cgroups
-from agents.sandbox.base import Limits, RunResult, SandboxContext, SandboxError
+from agents.sandbox import cgroups, seccomp
+from agents.sandbox.base import Limits, RunResult, SandboxContext, SandboxError, checked
 from agents.sandbox.env import scrubbed_env
+from agents.sandbox.identity import RunAs, hand_over
 from agents.sandbox.launcher import (
     LAUNCHER,
     LAUNCHER_PATH,
@@ -47,6 +48,7 @@ from agents.sandbox.launcher import (
     make_pipe,
 )
 from agents.sandbox.process import supervise
+from agents.sandbox.quota import set_fsize
 
 # The dynamic linker's cache, the alternatives links under /usr/bin, and user names.
 ETC_FILES = ("ld.so.cache", "alternatives", "passwd", "group")
@@ -243,11 +245,12 @@ class BwrapSandbox:
     name = "bwrap"
 
     def __init__(self, ctx: SandboxContext, limits: Limits, binary: str,
-                 ro_paths: list[Path]) -> None:
+                 ro_paths: list[Path], run_as: RunAs | None = None) -> None:
         self.ctx = ctx
         self.limits = limits
         self.binary = binary
         self.ro_paths = ro_paths
+        self.run_as = run_as
         # One pids+memory group per agent, made once: its ceilings bind every command the
         # agent runs, and nothing a command leaves behind outlives it.
         self.group = cgroups.create(ctx.agent_id.replace("/", "-")[:40],
@@ -266,17 +269,31 @@ class BwrapSandbox:
     def mount_key(self) -> MountKey:
         return tuple(_identity(p) for p in [self.ctx.worktree, *self.ctx.read_only])
 
-    def command(self, info_fd: int, program_fd: int) -> list[str]:
+    def command(self, info_fd: int, program_fd: int, block_fd: int | None = None,
+                seccomp_fd: int | None = None) -> list[str]:
         """bubblewrap's command line, up to the `--` after which the launcher comes.
 
         bubblewrap reports the sandbox's pid 1 (the launcher) on info_fd and copies the
-        launcher's program from program_fd.
+        launcher's program from program_fd. With a command user (run_as), it waits on
+        block_fd until the engine has written its user namespace's map (see identity.py),
+        and reads from seccomp_fd the filter that keeps commands from making user namespaces
+        of their own (what --disable-userns does otherwise).
         """
         worktree = self.ctx.worktree.resolve()
         args = [self.binary, "--unshare-all", "--unshare-user", "--die-with-parent",
                 "--new-session", "--as-pid-1", "--cap-drop", "ALL", "--clearenv",
                 "--info-fd", str(info_fd)]
-        if _supports(self.binary, "--disable-userns"):
+        if self.run_as is not None and block_fd is not None:
+            args += ["--userns-block-fd", str(block_fd)]
+            # The launcher's own: start commands as the command user, signal them, and
+            # empty the scratch space they leave (their files, whatever their modes).
+            for cap in ("CAP_SETUID", "CAP_SETGID", "CAP_FOWNER", "CAP_KILL"):
+                args += ["--cap-add", cap]
+            if seccomp_fd is not None:
+                args += ["--seccomp", str(seccomp_fd)]
+        if self.run_as is not None and block_fd is not None:
+            pass  # --disable-userns cannot go with --userns-block-fd: seccomp does it
+        elif _supports(self.binary, "--disable-userns"):
             args.append("--disable-userns")
         args += ["--ro-bind", "/usr", "/usr"]
         for link in ("bin", "lib", "lib32", "lib64", "libx32", "sbin"):
@@ -294,8 +311,17 @@ class BwrapSandbox:
         args += ["--proc", "/proc", "--ro-bind", "/proc/sys", "/proc/sys",
                  "--ro-bind-try", "/proc/sysrq-trigger", "/proc/sysrq-trigger"]
         # /dev itself read-only; /dev/shm and message queues are scratch space, like /tmp.
-        args += ["--dev", "/dev", "--tmpfs", "/dev/shm", "--mqueue", "/dev/mqueue",
-                 "--remount-ro", "/dev", "--tmpfs", "/tmp"]
+        # Both are at most the disk quota in size (the memory cgroup bounds them too).
+        size = [] if self.ctx.meter is None else \
+            ["--size", str(self.ctx.meter.quota.disk_bytes)]
+        args += ["--dev", "/dev", "--perms", "1777", *size, "--tmpfs", "/dev/shm",
+                 "--mqueue", "/dev/mqueue", "--remount-ro", "/dev",
+                 "--perms", "1777", *size, "--tmpfs", "/tmp"]
+        # The folders that lead to the mounts below, made traversable: bubblewrap would
+        # make them with their source's mode, and a worktree under the 0700 `.factory/` (or
+        # a toolchain under /root) would be out of the command user's reach.
+        targets = [p for p in self.ro_paths if p.exists()] + [worktree]
+        args += _mount_points(targets)
         for path in self.ro_paths:
             if path.exists():
                 args += ["--ro-bind", str(path), str(path)]
@@ -318,19 +344,52 @@ class BwrapSandbox:
         mounted = self.mount_key()
         info_read, info_write = os.pipe()
         program_read, program_write = os.pipe()
+        block_read, block_write = os.pipe() if self.run_as is not None else (-1, -1)
+        seccomp_read = -1
+        if self.run_as is not None:
+            seccomp_read, seccomp_write = os.pipe()
+            with os.fdopen(seccomp_write, "wb") as program:
+                program.write(seccomp.no_user_namespaces())
+        os.set_blocking(info_read, False)
+        reported: list[dict[str, object]] = []
+
+        async def started() -> None:
+            """Read bubblewrap's report; with a command user, write its namespace's map
+            (root and the command user, each to itself) and let it go on."""
+            try:
+                reported.append(await _read_info(info_read))
+                if self.run_as is not None:
+                    _write_map(int(str(reported[0]["child-pid"])), self.run_as)
+                    os.write(block_write, b"1")
+            except BaseException:
+                # bubblewrap's sandbox process would wait on the block fd for ever, holding
+                # its stderr open: end everything it started.
+                self.group.kill_all()
+                raise
+
+        fsize = None if self.ctx.meter is None else self.ctx.meter.quota.disk_bytes
+
+        def preexec() -> None:
+            self.group.join()
+            set_fsize(fsize)
+
         try:
             with os.fdopen(program_write, "wb") as program:  # far less than a pipe holds
                 program.write(LAUNCHER.encode())
-            launcher = await Launcher.start(self.command(info_write, program_read),
-                                            self.group.join,
-                                            pass_fds=(info_write, program_read))
-            os.set_blocking(info_read, False)
-            info = json.loads(os.read(info_read, 65536))
+            passed = (info_write, program_read) + \
+                ((block_read, seccomp_read) if self.run_as is not None else ())
+            launcher = await Launcher.start(
+                self.command(info_write, program_read, block_read, seccomp_read), preexec,
+                pass_fds=passed, started=started,
+                user=str(self.run_as) if self.run_as is not None else "-")
         except (OSError, ValueError) as exc:
             raise LauncherGone(f"bubblewrap did not report its sandbox: {exc}") from exc
         finally:
-            discard_fds(info_read, info_write, program_read)
-        inner = int(info["child-pid"])
+            discard_fds(info_read, info_write, program_read,
+                        *((block_read, block_write, seccomp_read)
+                          if self.run_as is not None else ()))
+        info = reported[0]
+        inner = int(str(info["child-pid"]))
         try:
             launcher.watch(inner)
         except OSError as exc:
@@ -389,6 +448,7 @@ class BwrapSandbox:
                                      "denied", f"could not start the sandbox: {exc}")
                 result = await self._run(launcher, argv, cwd, full_env, limits, wall)
             stripped = self.setuid.check()
+            result = await checked(result, self.ctx.meter)
         if stripped:
             return RunResult(result.exit_code, result.stdout, result.stderr, result.duration,
                              "denied", "removed the setuid/setgid bit from "
@@ -426,7 +486,7 @@ class BwrapSandbox:
                 transports.append(transport)
                 streams.append(reader)
             result = await supervise(streams[0], streams[1], _exit_code(exited, outcome),
-                                     limits, wall, started, self._sweep)
+                                     limits, wall, started, self._sweep, self.ctx.meter)
         except BaseException:
             self._sweep()  # supervise did not get to it (cancelled, say)
             raise
@@ -454,6 +514,61 @@ class BwrapSandbox:
         self.setuid.close()
 
 
+def _mount_points(targets: Sequence[Path]) -> list[str]:
+    """`--perms 0755 --dir` for every folder above the targets that the sandbox does not
+    have yet (its root holds only /usr, the links and /tmp at this point), shallow first."""
+    made = {Path("/"), Path("/usr"), Path("/tmp"), Path("/dev"), Path("/proc"), Path("/etc")}
+    made.update(Path("/") / link for link in ("bin", "lib", "lib32", "lib64", "libx32",
+                                               "sbin"))
+    folders: set[Path] = set()
+    for target in targets:
+        if any(target.is_relative_to(m) and m != Path("/") for m in
+               (Path("/usr"), Path("/proc"), Path("/dev"))):
+            continue
+        folders.update(p for p in target.parents if p not in made)
+    args: list[str] = []
+    for folder in sorted(folders, key=lambda p: (len(p.parts), str(p))):
+        args += ["--perms", "0755", "--dir", str(folder)]
+    return args
+
+
+async def _read_info(fd: int) -> dict[str, object]:
+    """bubblewrap's JSON report on its info fd (non-blocking), once all of it is there (it
+    comes in several writes)."""
+    loop = asyncio.get_running_loop()
+    data = b""
+    deadline = loop.time() + 30
+    while True:
+        ready = loop.create_future()
+        loop.add_reader(fd, lambda f=ready: f.done() or f.set_result(None))
+        try:
+            await asyncio.wait_for(ready, max(deadline - loop.time(), 0))
+        finally:
+            loop.remove_reader(fd)
+        try:
+            chunk = os.read(fd, 65536)
+        except BlockingIOError:
+            continue
+        if not chunk:
+            raise OSError("bubblewrap exited before reporting its sandbox")
+        data += chunk
+        try:
+            return json.loads(data)  # type: ignore[no-any-return]
+        except ValueError:
+            continue  # the rest is still on its way
+
+
+def _write_map(pid: int, run_as: RunAs) -> None:
+    """The sandbox's user namespace: root and the command user, each mapped to itself.
+
+    bubblewrap needs root mapped to set up mounts as root (worktrees under a 0700 folder);
+    the launcher then starts commands as the command user, who maps to the same unprivileged
+    uid on the host. Nothing else of the host's users exists inside.
+    """
+    Path(f"/proc/{pid}/uid_map").write_text(f"0 0 1\n{run_as.uid} {run_as.uid} 1\n")
+    Path(f"/proc/{pid}/gid_map").write_text(f"0 0 1\n{run_as.gid} {run_as.gid} 1\n")
+
+
 async def _exit_code(exited: asyncio.Future[Exit],
                      outcome: list[Exit | BaseException]) -> int | None:
     """The command's exit code; None (and why, in `outcome`) when it did not start or its
@@ -472,7 +587,7 @@ class BwrapBackend:
     confines = True
 
     def __init__(self, limits: Limits | None = None, env_allow: Sequence[str] = (),
-                 ro_paths: Sequence[Path] | None = None) -> None:
+                 ro_paths: Sequence[Path] | None = None, run_as: RunAs | None = None) -> None:
         binary = shutil.which("bwrap")
         if binary is None:
             raise SandboxError("bubblewrap is not installed (apt-get install bubblewrap)")
@@ -480,6 +595,10 @@ class BwrapBackend:
         self.limits = limits or Limits()
         self.env_allow = list(env_allow)
         self.ro_paths = list(ro_paths) if ro_paths is not None else toolchain_paths()
+        self.run_as = run_as
+        if run_as is not None and not _supports(binary, "--userns-block-fd"):
+            raise SandboxError("this bubblewrap cannot start commands as another user "
+                               "(it lacks --userns-block-fd; 0.5 or newer has it)")
         reason = cgroups.available()
         if reason is not None:
             raise SandboxError(f"bwrap needs pids and memory cgroups for its limits: {reason}")
@@ -487,4 +606,5 @@ class BwrapBackend:
     async def open(self, ctx: SandboxContext) -> BwrapSandbox:
         if not ctx.env_allow:
             ctx.env_allow = self.env_allow
-        return BwrapSandbox(ctx, self.limits, self.binary, self.ro_paths)
+        await asyncio.to_thread(hand_over, ctx.worktree, self.run_as)
+        return BwrapSandbox(ctx, self.limits, self.binary, self.ro_paths, self.run_as)

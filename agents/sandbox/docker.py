@@ -50,9 +50,18 @@ import docker.errors
 from docker.types import Mount
 
 from agents.errors import FactoryError
-from agents.sandbox.base import Limits, RunResult, SandboxContext, SandboxError, StopReason
+from agents.sandbox.base import (
+    Limits,
+    RunResult,
+    SandboxContext,
+    SandboxError,
+    StopReason,
+    checked,
+)
 from agents.sandbox.bwrap import ETC_FILES, strip_setuid, toolchain_paths
 from agents.sandbox.env import scrubbed_env
+from agents.sandbox.identity import RunAs, command_user, hand_over
+from agents.sandbox.quota import POLL_SECONDS, Over
 
 LOCAL_IMAGE = "factory-sandbox:local"
 HOST_TOOLCHAIN_LABEL = "factory.host-toolchain"
@@ -61,8 +70,12 @@ LABEL_ROOT = "factory.root"
 LABEL_SANDBOX = "factory.sandbox"
 START_DOCKERD = ("start the daemon (as root: `dockerd --bridge=none --iptables=false "
                  "--ip-masq=false > /tmp/dockerd.log 2>&1 &`, or `systemctl start docker`)")
-# The init's uid: commands run as the host's uid without CAP_KILL, so they cannot signal it.
-INIT_UID = 65534 if os.getuid() != 65534 else 65533
+
+
+def init_uid(command_uid: int) -> int:
+    """The init's uid: commands run as another uid without CAP_KILL, so they cannot signal
+    it."""
+    return 65534 if command_uid != 65534 else 65532
 # Room for the wrapper's status line on top of the command's own output budget.
 TRAILER_ROOM = 256
 # The links merged-/usr systems keep at the root; /sbin stays a real directory in the local
@@ -318,7 +331,7 @@ class DockerSandbox:
         self.ctx = ctx
         self.limits = backend.limits
         self.container = container
-        self.user = f"{os.getuid()}:{os.getgid()}"
+        self.user = str(command_user(backend.run_as))
         self.oom_seen: int | None = None
         self.closed = False
         # Commands of one agent run one at a time: each one's cleanup kills every process
@@ -352,6 +365,7 @@ class DockerSandbox:
                 result, _ = await self._run(list(argv), cwd, full_env, limits, wall,
                                             time.perf_counter())
         stripped = strip_setuid(self.ctx.worktree)
+        result = await checked(result, self.ctx.meter)
         if stripped:
             return RunResult(result.exit_code, result.stdout, result.stderr, result.duration,
                              "denied", "removed the setuid/setgid bit from "
@@ -380,12 +394,25 @@ class DockerSandbox:
         stop: StopReason = "exit"
         detail = ""
         ended = False
+        meter = self.ctx.meter
+        over: Over | None = None
+        next_measure = time.perf_counter() + POLL_SECONDS
         try:
             while True:
                 left = started + wall - time.perf_counter()
+                if meter is not None:
+                    if time.perf_counter() >= next_measure:
+                        over = await meter.measure_async()
+                        next_measure = time.perf_counter() + POLL_SECONDS
+                        if over is not None:
+                            stop, detail = "quota", over.message
+                            break
+                    left = min(left, max(next_measure - time.perf_counter(), 0))
                 try:
                     item = await asyncio.wait_for(stream.chunks.get(), max(left, 0))
                 except TimeoutError:
+                    if started + wall - time.perf_counter() > 0:
+                        continue  # time to measure the worktree
                     stop, detail = "timeout", f"killed after {wall:g} s"
                     break
                 if item is None:
@@ -453,7 +480,8 @@ class DockerSandbox:
                                      f"killed at the {self.backend.limits.memory_mb} MB "
                                      "memory limit")
         if stop != "exit":
-            return stream, RunResult(None, stdout_text, stderr_text, duration, stop, detail)
+            return stream, RunResult(None, stdout_text, stderr_text, duration, stop, detail,
+                                     over)
         if trailer is None:
             failed = "OCI runtime exec failed" in stdout_text + stderr_text
             if failed or code is None:
@@ -553,7 +581,8 @@ class DockerBackend:
 
     def __init__(self, limits: Limits | None = None, env_allow: Sequence[str] = (),
                  image: str | None = None, root: Path | None = None,
-                 client: docker.DockerClient | None = None) -> None:
+                 client: docker.DockerClient | None = None,
+                 run_as: RunAs | None = None) -> None:
         if not image:
             raise DockerUnavailable(
                 "the docker backend needs an image: set [sandbox] image in .factory.toml "
@@ -562,6 +591,7 @@ class DockerBackend:
                 f"build {LOCAL_IMAGE}` and name that")
         self.limits = limits or Limits()
         self.env_allow = list(env_allow)
+        self.run_as = run_as
         self.image = image
         self.root = (root or Path.cwd()).resolve()
         self.client = client or connect()
@@ -603,6 +633,14 @@ class DockerBackend:
     def _create(self, ctx: SandboxContext) -> str:
         limits = self.limits
         slug = re.sub(r"[^a-zA-Z0-9_.-]", "-", ctx.agent_id)[:40]
+        init = init_uid(command_user(self.run_as).uid)
+        tmpfs = "rw,exec,nosuid,nodev,mode=1777"
+        ulimits = []
+        if ctx.meter is not None:
+            quota = ctx.meter.quota
+            tmpfs += f",size={quota.disk_bytes},nr_inodes={quota.files}"
+            ulimits = [docker.types.Ulimit(name="fsize", soft=quota.disk_bytes,
+                                           hard=quota.disk_bytes)]
         container = self.client.containers.run(
             self.image,
             command=["sleep", "2147483647"],
@@ -610,7 +648,7 @@ class DockerBackend:
             labels=self.labels(ctx.agent_id),
             detach=True,
             init=True,
-            user=f"{INIT_UID}:{INIT_UID}",
+            user=f"{init}:{init}",
             network_mode="none",
             read_only=True,
             cap_drop=["ALL"],
@@ -620,7 +658,8 @@ class DockerBackend:
             memswap_limit=f"{limits.memory_mb}m",
             mounts=self.mounts(ctx),
             # Docker's tmpfs default is noexec; bwrap's /tmp runs what a build puts there.
-            tmpfs={"/tmp": "rw,exec,nosuid,nodev,mode=1777"},
+            tmpfs={"/tmp": tmpfs},
+            ulimits=ulimits,
             working_dir=str(ctx.worktree.resolve()),
             hostname="sandbox",
             environment={},
@@ -630,6 +669,7 @@ class DockerBackend:
     async def open(self, ctx: SandboxContext) -> DockerSandbox:
         if not ctx.env_allow:
             ctx.env_allow = self.env_allow
+        await asyncio.to_thread(hand_over, ctx.worktree, self.run_as)
         try:
             container = await asyncio.to_thread(self._create, ctx)
         except docker.errors.DockerException as exc:

@@ -37,7 +37,7 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,7 +49,7 @@ MAX_REQUEST = 1 << 21
 LAUNCHER_PATH = "/run/factory-launcher.py"
 
 # Runs as the sandbox's pid 1 under `python -I -S`: argv[1] is the socket's fd, argv[2] the
-# largest request.
+# largest request, argv[3] the command user as "uid:gid" ("-": commands run as the launcher).
 LAUNCHER = r"""
 import contextlib, ctypes, json, os, selectors, signal, socket, stat, subprocess, sys
 
@@ -58,6 +58,7 @@ if libc.prctl(4, 0, 0, 0, 0) != 0:  # PR_SET_DUMPABLE, 0
     sys.exit("launcher: cannot make itself undumpable")
 sock = socket.socket(fileno=int(sys.argv[1]))
 MAX = int(sys.argv[2])
+USER = None if sys.argv[3] == "-" else tuple(int(n) for n in sys.argv[3].split(":"))
 SCRATCH = [p for p in ("/tmp", "/dev/shm", "/dev/mqueue") if os.path.isdir(p)]
 wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
 signal.set_wakeup_fd(wake_w)
@@ -90,7 +91,9 @@ def remove(path, st, dev):
     if not stat.S_ISDIR(st.st_mode):
         os.unlink(path)
         return
-    os.chmod(path, 0o700)  # ours (same uid), even if a command took the permissions away
+    # Even if a command took the permissions away (CAP_FOWNER when commands run as another
+    # user; then only "other" bits apply to the launcher: it is about to go anyway).
+    os.chmod(path, 0o777)
     with os.scandir(path) as entries:
         for entry in entries:
             remove(entry.path, entry.stat(follow_symlinks=False), dev)
@@ -105,15 +108,45 @@ def clear(path, dev):
             elif stat.S_ISDIR(st.st_mode) and st.st_dev == dev:
                 clear(entry.path, dev)
 
-def wipe_ipc():
-    for kind, drop in (("shm", lambda i: libc.shmctl(i, 0, None)),  # IPC_RMID
-                       ("sem", lambda i: libc.semctl(i, 0, 0)),
-                       ("msg", lambda i: libc.msgctl(i, 0, None))):
+DROPS = (("shm", lambda i: libc.shmctl(i, 0, None)),  # IPC_RMID
+         ("sem", lambda i: libc.semctl(i, 0, 0)),
+         ("msg", lambda i: libc.msgctl(i, 0, None)))
+
+def ipc_ids():
+    found = []
+    for kind, drop in DROPS:
         with open(f"/proc/sysvipc/{kind}") as table:
-            ids = [int(line.split()[1]) for line in table.readlines()[1:] if line.strip()]
-        for ipc_id in ids:
-            if drop(ipc_id) != 0:
-                raise OSError(ctypes.get_errno(), f"cannot remove SysV {kind} {ipc_id}")
+            found += [(kind, drop, int(line.split()[1]))
+                      for line in table.readlines()[1:] if line.strip()]
+    return found
+
+def drop_ipc(found):
+    for kind, drop, ipc_id in found:
+        if drop(ipc_id) != 0:
+            raise OSError(ctypes.get_errno(), f"cannot remove SysV {kind} {ipc_id}")
+
+def wipe_ipc():
+    found = ipc_ids()
+    if not found:
+        return
+    if USER is None:
+        drop_ipc(found)
+        return
+    # Only their owner (the command user) may remove them: a child becomes it to do so.
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.setgroups([])
+            os.setgid(USER[1])
+            os.setuid(USER[0])
+            drop_ipc(found)
+            code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    if status != 0:
+        raise OSError("cannot remove the SysV IPC objects a command left")
 
 def wipe():
     for path in SCRATCH:
@@ -161,9 +194,10 @@ def start(req, fds):
         send({"id": rid, "error": "another command is still running"})
         return
     try:
+        who = {} if USER is None else {"user": USER[0], "group": USER[1], "extra_groups": []}
         proc = subprocess.Popen(req["argv"], cwd=req["cwd"], env=req["env"],
                                 stdin=subprocess.DEVNULL, stdout=fds[0], stderr=fds[1],
-                                start_new_session=True)
+                                start_new_session=True, **who)
     except (OSError, ValueError, subprocess.SubprocessError) as exc:
         send({"id": rid, "error": str(exc)})
     else:
@@ -226,10 +260,15 @@ class Launcher:
 
     @classmethod
     async def start(cls, prefix: Sequence[str], preexec: Callable[[], None],
-                    pass_fds: Sequence[int] = (), timeout: float = 30.0) -> Launcher:
+                    pass_fds: Sequence[int] = (), timeout: float = 30.0,
+                    started: Callable[[], Awaitable[None]] | None = None,
+                    user: str = "-") -> Launcher:
         """Start `prefix + [python, LAUNCHER_PATH]` (the sandbox around it, which shows
         LAUNCHER there) and wait until it answers. Raises LauncherGone with whatever the
         sandbox said on stderr if it does not.
+
+        `started` runs once the process exists, before the wait (bubblewrap's report, the
+        user namespace's map); `user` is the command user ("uid:gid", or "-").
         """
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         # A request is one message: room for the largest one, argv and env included.
@@ -238,7 +277,8 @@ class Launcher:
         try:
             proc = await asyncio.create_subprocess_exec(
                 *prefix, sys.executable, "-I", "-S", LAUNCHER_PATH, str(theirs.fileno()),
-                str(MAX_REQUEST), pass_fds=(theirs.fileno(), *pass_fds), preexec_fn=preexec,
+                str(MAX_REQUEST), user, pass_fds=(theirs.fileno(), *pass_fds),
+                preexec_fn=preexec,
                 stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
                 stderr=asyncio.subprocess.PIPE)
         except (OSError, subprocess.SubprocessError) as exc:
@@ -251,8 +291,10 @@ class Launcher:
             theirs.close()
         launcher = cls(proc, ours)
         try:
+            if started is not None:
+                await asyncio.wait_for(started(), timeout)
             await asyncio.wait_for(asyncio.shield(launcher._ready), timeout)
-        except (LauncherGone, TimeoutError) as exc:
+        except (OSError, ValueError, TimeoutError) as exc:
             await launcher.close()
             said = launcher.stderr.decode("utf-8", "replace").strip()
             raise LauncherGone(said or f"the sandbox did not start: {exc or 'timed out'}") \

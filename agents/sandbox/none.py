@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from agents.sandbox.base import Limits, RunResult, SandboxContext
+from agents.sandbox.base import Limits, RunResult, SandboxContext, checked
 from agents.sandbox.env import scrubbed_env
 from agents.sandbox.process import run_process
 
@@ -30,7 +30,10 @@ class NoneSandbox:
         limits: Limits | None = None,
     ) -> RunResult:
         merged = scrubbed_env(self.ctx.env_allow, extra=env)
-        return await run_process(argv, cwd, merged, limits or self.limits, timeout)
+        meter = self.ctx.meter
+        result = await run_process(argv, cwd, merged, limits or self.limits, timeout,
+                                   meter=meter)
+        return await checked(result, meter)
 
     async def close(self) -> None:
         return None
@@ -39,6 +42,7 @@ class NoneSandbox:
 class NoneBackend:
     name = "none"
     confines = False
+    run_as = None  # confines nothing: commands run as the engine's own user
 
     def __init__(self, limits: Limits | None = None) -> None:
         self.limits = limits or Limits()

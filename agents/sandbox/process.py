@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from agents.sandbox.base import Limits, RunResult, StopReason
+from agents.sandbox.quota import DiskMeter, Over, poll, set_fsize
 
 
 async def _drain(stream: asyncio.StreamReader, sink: bytearray, budget: list[int],
@@ -45,10 +46,20 @@ async def run_process(
     timeout: float | None = None,
     pass_fds: Sequence[int] = (),
     preexec: Callable[[], None] | None = None,
+    meter: DiskMeter | None = None,
 ) -> RunResult:
-    """Run argv in its own process group; kill the whole group on timeout or output flood."""
+    """Run argv in its own process group; kill the whole group on timeout, output flood or
+    (with a meter) once the worktree goes over its quota."""
     wall = min(timeout, limits.wall_seconds) if timeout else limits.wall_seconds
     started = time.perf_counter()
+    if meter is not None:
+        fsize = meter.quota.disk_bytes
+        inner = preexec
+
+        def preexec() -> None:
+            set_fsize(fsize)
+            if inner is not None:
+                inner()
     try:
         proc = await asyncio.create_subprocess_exec(
             *argv,
@@ -73,7 +84,7 @@ async def run_process(
     assert proc.stdout is not None and proc.stderr is not None
     pid = proc.pid
     return await supervise(proc.stdout, proc.stderr, proc.wait(), limits, wall, started,
-                           lambda: _killpg(pid))
+                           lambda: _killpg(pid), meter)
 
 
 def _killpg(pid: int) -> None:
@@ -91,6 +102,7 @@ async def supervise(
     wall: float,
     started: float,
     kill: Callable[[], None],
+    meter: DiskMeter | None = None,
 ) -> RunResult:
     """Collect a started command's output under the limits; `kill` it when it must stop.
 
@@ -108,12 +120,17 @@ async def supervise(
     readers = asyncio.gather(_drain(stdout, out, budget, overflow),
                              _drain(stderr, err, budget, overflow))
     flooded = asyncio.ensure_future(overflow.wait())
+    over_quota = asyncio.Event()
+    overs: list[Over] = []
+    watch = asyncio.ensure_future(poll(meter, over_quota, overs)) if meter is not None \
+        else None
+    quota_hit = asyncio.ensure_future(over_quota.wait())
     stop: StopReason = "exit"
     detail = ""
     swept = False  # whether kill() ran after the command's own exit
     try:
-        waiting: set[asyncio.Future[Any]] = {readers, flooded, exit_code}
-        while not readers.done() and not overflow.is_set():
+        waiting: set[asyncio.Future[Any]] = {readers, flooded, exit_code, quota_hit}
+        while not readers.done() and not overflow.is_set() and not over_quota.is_set():
             done, _ = await asyncio.wait(waiting, timeout=max(0.0, deadline - loop.time()),
                                          return_when=asyncio.FIRST_COMPLETED)
             if not done:
@@ -123,12 +140,17 @@ async def supervise(
                 kill()
                 swept = True
                 waiting.discard(exit_code)
-        if overflow.is_set():
+        if overs:
+            stop, detail = "quota", overs[0].message
+        elif overflow.is_set():
             stop, detail = "output_cap", f"output exceeded {limits.output_bytes} bytes"
         elif not readers.done():
             stop, detail = "timeout", f"killed after {wall:g} s"
     finally:
         flooded.cancel()
+        quota_hit.cancel()
+        if watch is not None:
+            watch.cancel()
         if stop != "exit":
             kill()
         if not readers.done():
@@ -152,4 +174,5 @@ async def supervise(
         duration=time.perf_counter() - started,
         stop=stop,
         detail=detail,
+        over=overs[0] if overs else None,
     )

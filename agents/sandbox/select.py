@@ -8,17 +8,22 @@ from pathlib import Path
 from typing import Literal
 
 from agents.sandbox.base import Limits, SandboxBackend, SandboxError
+from agents.sandbox.identity import resolve
 
 BackendName = Literal["auto", "bwrap", "docker", "none"]
 
 
 def make_backend(name: BackendName, *, limits: Limits, image: str | None = None,
-                 env_allow: Sequence[str] = (), root: Path | None = None) -> SandboxBackend:
+                 env_allow: Sequence[str] = (), root: Path | None = None,
+                 run_as: str = "auto") -> SandboxBackend:
     """The named backend, ready to open sandboxes.
 
     `root` is the repository the agents work on: docker labels its containers with it so
-    that a later run on the same repository can sweep what this one left.
+    that a later run on the same repository can sweep what this one left. `run_as` is the
+    `[sandbox] run_as` setting (see identity.py): the confining backends start commands as
+    that user; `none` confines nothing and runs them as the engine's.
     """
+    user = resolve(run_as)
     if name == "none":
         from agents.sandbox.none import NoneBackend
 
@@ -27,12 +32,12 @@ def make_backend(name: BackendName, *, limits: Limits, image: str | None = None,
         # Imported only here: the docker SDK is not needed (nor cheap) for other backends.
         from agents.sandbox.docker import DockerBackend
 
-        return DockerBackend(limits, env_allow, image=image, root=root)
+        return DockerBackend(limits, env_allow, image=image, root=root, run_as=user)
     if name in ("auto", "bwrap"):
         from agents.sandbox.bwrap import BwrapBackend
 
         try:
-            return BwrapBackend(limits, env_allow)
+            return BwrapBackend(limits, env_allow, run_as=user)
         except SandboxError as exc:
             if name == "bwrap":
                 raise

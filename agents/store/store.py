@@ -27,6 +27,7 @@ import aiosqlite
 
 from agents.errors import FactoryError
 from agents.events import Event, parse_event
+from agents.private import private_file
 from agents.store import projections
 from agents.store.schema import MIGRATIONS
 
@@ -323,6 +324,7 @@ class Store:
             pending = aiosqlite.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
         else:
             path.parent.mkdir(parents=True, exist_ok=True)
+            private_file(path)  # 0600 before SQLite writes a byte (its -wal follows it)
             pending = aiosqlite.connect(path, isolation_level=None)
         # A store left open by an error must not keep the process alive at exit; every
         # committed batch is already durable, so nothing is lost by not joining the thread.

@@ -2,28 +2,44 @@
 
 Arguments are validated with pydantic; a malformed or unknown call becomes an error message
 for the model, never an exception in the agent. Commands (`run`, `run_tests`) go through the
-sandbox; file tools stay in-process and confine themselves (see paths.py).
+sandbox; file tools stay in the engine's process and open every path beneath the worktree's
+directory handle (agents/beneath.py: no link followed, regular files only, writes through a
+temporary file of the engine's own), within the agent's quota (agents/sandbox/quota.py).
+Walks and searches run on a worker thread with bounds on entries, bytes and time, so no
+tree an agent leaves can stall the engine's loop.
 """
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import json
 import os
 import re
+import stat
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from fnmatch import fnmatch
 from pathlib import Path
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
+from agents.beneath import Beneath, PathDenied, WalkCut, kind_of, normalise, read_regular
 from agents.sandbox.base import Limits, RunResult, Sandbox
-from agents.tools.paths import PROTECTED_NAMES, PathDenied, resolve_inside
+from agents.sandbox.quota import DiskMeter, Over, QuotaExceeded
 
 MAX_READ = 200_000
 MAX_RESULT = 20_000
+# What the engine keeps for itself: never listed or written; `.factory.toml` may be read.
+PROTECTED_NAMES = {".git", ".factory.toml", ".factory"}
 SKIP_DIRS = {".git", ".factory", "__pycache__", ".venv", "node_modules", ".pytest_cache"}
+# Bounds of one listing or search: entries looked at, bytes read, seconds spent.
+WALK_ENTRIES = 200_000
+SEARCH_BYTES = 64 * 1024**2
+WALK_SECONDS = 10.0
+_READ_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 @dataclass
@@ -32,6 +48,10 @@ class ToolContext:
     sandbox: Sandbox
     test_command: str = "python -m pytest -q"
     limits: Limits = field(default_factory=Limits)
+    # The agent's quota, shared with its sandbox; None: no quota (the planner's clean view).
+    meter: DiskMeter | None = None
+    # Who owns what the file tools create (uid, gid): the user the agent's commands run as.
+    owner: tuple[int, int] | None = None
 
 
 @dataclass
@@ -44,6 +64,8 @@ class ToolOutcome:
     # Set when a sandboxed command was denied or cut short.
     sandbox: RunResult | None = None
     command: str = ""
+    # Set when a write or a command went over the agent's quota.
+    limit: Over | None = None
 
 
 class _Args(BaseModel):
@@ -131,64 +153,148 @@ def _result_text(result: RunResult) -> str:
     return _clip(f"{head}\n--- stdout ---\n{result.stdout}\n--- stderr ---\n{result.stderr}")
 
 
+def _rel(ctx: ToolContext, raw: str, *, for_write: bool = False) -> str:
+    rel = normalise(raw, ctx.worktree)
+    top = rel.split("/", 1)[0]
+    if top in PROTECTED_NAMES and (for_write or top != ".factory.toml"):
+        raise PathDenied(f"{raw}: {top} is managed by the engine")
+    return rel
+
+
+def _text(data: bytes) -> str:
+    return data.decode("utf-8", "replace")
+
+
 async def _read_file(ctx: ToolContext, a: ReadFile) -> ToolOutcome:
-    path = resolve_inside(ctx.worktree, a.path)
-    if not path.is_file():
-        return ToolOutcome(f"{a.path}: no such file", is_error=True)
-    if path.stat().st_size > MAX_READ:
-        return ToolOutcome(f"{a.path}: file larger than {MAX_READ} bytes", is_error=True)
-    lines = path.read_text("utf-8", "replace").splitlines(keepends=True)
+    rel = _rel(ctx, a.path)
+    with Beneath(ctx.worktree) as tree:
+        lines = _text(tree.read(rel, MAX_READ, a.path)).splitlines(keepends=True)
     end = a.offset + a.limit if a.limit else None
     return ToolOutcome(_clip("".join(lines[a.offset:end])))
 
 
+def _write(ctx: ToolContext, rel: str, raw: str, data: bytes) -> bool:
+    """Write through the worktree's handle within the quota; whether the content changed."""
+    meter = ctx.meter
+    if meter is not None:
+        meter.check_write(len(data))
+    with Beneath(ctx.worktree) as tree:
+        return tree.write(rel, data, raw=raw, owner=ctx.owner,
+                          check=meter.charge if meter is not None else None).changed
+
+
 async def _write_file(ctx: ToolContext, a: WriteFile) -> ToolOutcome:
-    path = resolve_inside(ctx.worktree, a.path, for_write=True)
-    old = path.read_text("utf-8", "replace") if path.is_file() else None
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.factory-tmp")
-    tmp.write_text(a.content)
-    os.replace(tmp, path)
-    return ToolOutcome(f"wrote {a.path} ({len(a.content)} characters)", changed=old != a.content)
+    data = a.content.encode()
+    changed = _write(ctx, _rel(ctx, a.path, for_write=True), a.path, data)
+    return ToolOutcome(f"wrote {a.path} ({len(a.content)} characters)", changed=changed)
 
 
 async def _edit_file(ctx: ToolContext, a: EditFile) -> ToolOutcome:
-    path = resolve_inside(ctx.worktree, a.path, for_write=True)
-    if not path.is_file():
-        return ToolOutcome(f"{a.path}: no such file", is_error=True)
-    text = path.read_text("utf-8", "replace")
+    rel = _rel(ctx, a.path, for_write=True)
+    with Beneath(ctx.worktree) as tree:
+        text = _text(tree.read(rel, MAX_READ, a.path))
     count = text.count(a.search)
     if count != 1:
         return ToolOutcome(
             f"{a.path}: the search text occurs {count} times; it must occur exactly once",
             is_error=True,
         )
-    path.write_text(text.replace(a.search, a.replace, 1))
+    _write(ctx, rel, a.path, text.replace(a.search, a.replace, 1).encode())
     return ToolOutcome(f"edited {a.path}", changed=a.search != a.replace)
 
 
-def _walk(root: Path, start: Path) -> list[str]:
+def _skip(name: str) -> bool:
+    return name in SKIP_DIRS
+
+
+def _folder(tree: Beneath, rel: str, raw: str) -> None:
+    info = tree.lstat(rel)
+    if info is None:
+        raise PathDenied(f"{raw}: no such folder")
+    if not stat.S_ISDIR(info.st_mode):
+        raise PathDenied(f"{raw}: not a folder (it is {kind_of(info.st_mode)})")
+
+
+def _list(ctx: ToolContext, rel: str, raw: str, pattern: str | None) -> ToolOutcome:
     found: list[str] = []
-    for dirpath, dirnames, filenames in os.walk(start):
-        dirnames[:] = sorted(d for d in dirnames if d not in SKIP_DIRS)
-        for name in sorted(filenames):
-            if name in PROTECTED_NAMES:
-                continue
-            found.append(str((Path(dirpath) / name).relative_to(root)))
-    return found
+    note = ""
+    with Beneath(ctx.worktree) as tree:
+        _folder(tree, rel, raw)
+        try:
+            for path, _, entry in tree.walk(rel, skip=_skip, max_entries=WALK_ENTRIES,
+                                            deadline=time.monotonic() + WALK_SECONDS):
+                if entry.is_dir(follow_symlinks=False) or entry.name in PROTECTED_NAMES:
+                    continue
+                if pattern and not fnmatch(entry.name, pattern):
+                    continue
+                if entry.is_symlink():
+                    path += " (symbolic link)"
+                elif not entry.is_file(follow_symlinks=False):
+                    path += f" ({kind_of(entry.stat(follow_symlinks=False).st_mode)})"
+                found.append(path)
+        except WalkCut as cut:
+            note = f"\n... (listing cut: {cut.reason})"
+    return ToolOutcome(_clip("\n".join(found) + note if found else "(no files)" + note))
 
 
 async def _list_files(ctx: ToolContext, a: ListFiles) -> ToolOutcome:
-    start = resolve_inside(ctx.worktree, a.path)
-    if not start.is_dir():
-        return ToolOutcome(f"{a.path}: not a folder", is_error=True)
-    root = Path(os.path.realpath(ctx.worktree))
-    files = _walk(root, start)
-    if a.pattern:
-        from fnmatch import fnmatch
+    rel = _rel(ctx, a.path)
+    return await asyncio.to_thread(_list, ctx, rel, a.path, a.pattern)
 
-        files = [f for f in files if fnmatch(Path(f).name, a.pattern)]
-    return ToolOutcome(_clip("\n".join(files) or "(no files)"))
+
+def _search(ctx: ToolContext, regex: re.Pattern[str], rel: str, raw: str) -> ToolOutcome:
+    hits: list[str] = []
+    budget = SEARCH_BYTES
+    deadline = time.monotonic() + WALK_SECONDS
+
+    def scan(path: str, data: bytes) -> bool:
+        """Look through one file; False once enough was found or time is up."""
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            return True  # binary
+        for number, line in enumerate(text.splitlines(), start=1):
+            if regex.search(line[:4000]):
+                hits.append(f"{path}:{number}: {line.strip()[:200]}")
+                if len(hits) >= 200:
+                    return False
+            if number % 1000 == 0 and time.monotonic() > deadline:
+                return False
+        return True
+
+    with Beneath(ctx.worktree) as tree:
+        info = tree.lstat(rel)
+        if info is None:
+            raise PathDenied(f"{raw}: no such file or folder")
+        if not stat.S_ISDIR(info.st_mode):
+            scan(rel, tree.read(rel, MAX_READ, raw))
+            return ToolOutcome("\n".join(hits) or "(no matches)")
+        try:
+            for path, fd, entry in tree.walk(rel, skip=_skip, max_entries=WALK_ENTRIES,
+                                             deadline=deadline):
+                if not entry.is_file(follow_symlinks=False) or entry.name in PROTECTED_NAMES:
+                    continue
+                try:
+                    file = os.open(entry.name, _READ_FLAGS, dir_fd=fd)
+                except OSError:
+                    continue
+                try:
+                    data = read_regular(file, MAX_READ, path)
+                except PathDenied:
+                    continue  # too large, or swapped for something else meanwhile
+                finally:
+                    os.close(file)
+                budget -= len(data)
+                if not scan(path, data):
+                    break
+                if budget < 0 or time.monotonic() > deadline:
+                    hits.append("... (search cut: it read as much as one search may)")
+                    break
+        except WalkCut as cut:
+            hits.append(f"... (search cut: {cut.reason})")
+    if len(hits) >= 200:
+        hits.append("... (more matches cut)")
+    return ToolOutcome("\n".join(hits) or "(no matches)")
 
 
 async def _search_code(ctx: ToolContext, a: SearchCode) -> ToolOutcome:
@@ -196,23 +302,8 @@ async def _search_code(ctx: ToolContext, a: SearchCode) -> ToolOutcome:
         regex = re.compile(a.pattern)
     except re.error as exc:
         return ToolOutcome(f"invalid regular expression: {exc}", is_error=True)
-    start = resolve_inside(ctx.worktree, a.path)
-    root = Path(os.path.realpath(ctx.worktree))
-    hits: list[str] = []
-    for rel in _walk(root, start) if start.is_dir() else [str(start.relative_to(root))]:
-        file = root / rel
-        if file.is_symlink() or file.stat().st_size > MAX_READ:
-            continue
-        try:
-            text = file.read_text("utf-8")
-        except (UnicodeDecodeError, OSError):
-            continue
-        for number, line in enumerate(text.splitlines(), start=1):
-            if regex.search(line):
-                hits.append(f"{rel}:{number}: {line.strip()[:200]}")
-                if len(hits) >= 200:
-                    return ToolOutcome("\n".join(hits) + "\n... (more matches cut)")
-    return ToolOutcome("\n".join(hits) or "(no matches)")
+    rel = _rel(ctx, a.path)
+    return await asyncio.to_thread(_search, ctx, regex, rel, a.path)
 
 
 async def _sandboxed(ctx: ToolContext, command: str, timeout: float | None) -> ToolOutcome:
@@ -221,8 +312,9 @@ async def _sandboxed(ctx: ToolContext, command: str, timeout: float | None) -> T
     return ToolOutcome(
         _result_text(result),
         is_error=not result.ok,
-        sandbox=result if result.stop != "exit" else None,
+        sandbox=result if result.stop not in ("exit", "quota") else None,
         command=command,
+        limit=result.over,
     )
 
 
@@ -329,6 +421,9 @@ async def call_tool(ctx: ToolContext, name: str, arguments: str | dict[str, Any]
         outcome = await fn(ctx, args)
     except PathDenied as exc:
         return ToolOutcome(f"denied: {exc}", is_error=True)
+    except QuotaExceeded as exc:
+        return ToolOutcome(f"{name} refused: {exc}; delete files to make room",
+                           is_error=True, limit=exc.over)
     except (OSError, UnicodeError) as exc:
         return ToolOutcome(f"{name} failed: {exc}", is_error=True)
     return outcome

@@ -40,7 +40,8 @@ from agents.sandbox.base import SandboxContext
 from agents.sandbox.none import NoneBackend
 from agents.store import Store
 from agents.tools import ToolContext, tool_specs
-from agents.workspace import Workspace, trailer_block
+from agents.provenance import trailer_block
+from agents.workspace import Workspace
 
 STEPS = 10
 
