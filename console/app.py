@@ -23,6 +23,7 @@ from textual.screen import Screen
 from textual.widgets import Footer, Input, OptionList, TabbedContent, TabPane
 
 from agents.errors import FactoryError
+from agents.textsafe import clean, clean_line
 from console.compositor import FactoryScreen
 from console.screens import DiffScreen, HelpScreen, QuitScreen, ReasonScreen
 from console.themes import DEFAULT_THEME, load_themes, remember_theme, remembered_theme
@@ -34,6 +35,8 @@ from console.widgets.specs import SpecsPane
 from console.widgets.status import RunStatus
 
 if TYPE_CHECKING:  # engine modules load on connect, after the first frame is on screen
+    from textual.notifications import SeverityLevel
+
     from agents.store.store import StoredEvent
     from console.client import FactoryClient
     from console.model import ViewModel
@@ -340,6 +343,13 @@ class FactoryApp(App[None]):
         self.query_one(RunStatus).show(m.totals(), m.budget_tokens, m.budget_usd, m.sandbox,
                                        m.engine, m.lag())
 
+    def notify(self, message: str, *, title: str = "", severity: SeverityLevel = "information",
+               timeout: float | None = None, markup: bool = False) -> None:
+        """Every notification: what it quotes (an engine's error, a key, a reason, an agent)
+        is made inert, and it is plain text unless a caller asks for markup."""
+        super().notify(clean(message), title=clean_line(title), severity=severity,
+                       timeout=timeout, markup=markup)
+
     # -- commands, one way for all: errors a person can act on become notifications -----
 
     async def _command(self, call: Awaitable[Any], done: str | None = None) -> bool:
@@ -418,6 +428,10 @@ class FactoryApp(App[None]):
         pane = self.query_one(SpecsPane)
         if pane.current is None:
             self.notify("no spec open", severity="warning")
+            return
+        if pane.locked:
+            self.notify(f"{pane.current.path.name} holds control characters and is shown "
+                        "read-only: edit it outside the console", severity="warning")
             return
         text = pane.editor.text
         try:

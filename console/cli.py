@@ -3,6 +3,9 @@
 Every command that could open a screen also works headless (`--headless`, or automatically
 when stdout is not a terminal). Errors a person can act on are printed plainly, without a
 traceback, and exit with status 2.
+
+What agents, models, test runs and branches wrote (reasons, names, summaries, spec text) is
+printed as `Text`, never inside a markup string, and made inert first (`agents.textsafe`).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from rich.table import Table
 from rich.text import Text
 
 from agents.errors import FactoryError
+from agents.textsafe import clean, clean_line
 
 CONFIG_NAME = ".factory.toml"
 out = Console(highlight=False, soft_wrap=not sys.stdout.isatty())
@@ -74,10 +78,12 @@ def cmd_spec_lint(args: argparse.Namespace) -> int:
             raise FactoryError(f"{path}: cannot read: {exc.strerror}") from None
         findings = lint_spec(text, path)
         score = lint_score(findings)
-        out.print(f"[bold]{path}[/]: precision {score}/100")
+        name = clean_line(str(path))  # a spec a branch landed may be named by an agent
+        out.print(Text.assemble((name, "bold"), f": precision {score}/100"))
         for f in findings:
             style = {"error": "red", "warning": "yellow"}.get(f.severity, "dim")
-            out.print(f"  {path}:{f.line}: [{style}]{f.severity}[/] {f.code}: {f.message}")
+            out.print(Text.assemble(f"  {name}:{f.line}: ", (f.severity, style),
+                                    f" {f.code}: {clean_line(f.message)}"))
             if f.severity == "error":
                 worst = max(worst, 1)
     return worst
@@ -103,7 +109,8 @@ async def _run(root: Path, specs: list[str] | None, headless: bool) -> int:
         await serving.start()
         daemon = serving
     except (FactoryError, OSError) as exc:
-        err.print(f"[yellow]consoles cannot attach to this run: {exc}[/]")
+        err.print(Text(f"consoles cannot attach to this run: {clean_line(str(exc))}",
+                       style="yellow"))
     try:
         if factory.backend.name == "none":
             err.print("[bold red]WARNING: sandbox backend is 'none': agents run commands "
@@ -114,14 +121,18 @@ async def _run(root: Path, specs: list[str] | None, headless: bool) -> int:
         with Progress(factory.store, console, budget.usd, budget.tokens) as progress:
             summary = await factory.run(specs or None)
         out.print()
-        out.print(f"[bold]Run {summary.run_id}[/]: {summary.status}; peak "
-                  f"{progress.peak_active} agents at once")
+        out.print(Text.assemble((f"Run {clean_line(summary.run_id)}", "bold"),
+                                f": {clean_line(summary.status)}; peak "
+                                f"{progress.peak_active} agents at once"))
+        # Reasons quote gates' output: what the agents' code printed.
         for key in summary.landed:
-            out.print(f"  [green]landed[/]   {key}")
+            out.print(Text.assemble("  ", ("landed", "green"), f"   {clean_line(key)}"))
         for key, reason in summary.rejected:
-            out.print(f"  [red]rejected[/] {key}: {reason}")
+            out.print(Text.assemble("  ", ("rejected", "red"),
+                                    f" {clean_line(key)}: {clean_line(reason)}"))
         for key, reason in summary.failed:
-            out.print(f"  [yellow]failed[/]   {key}: {reason}")
+            out.print(Text.assemble("  ", ("failed", "yellow"),
+                                    f"   {clean_line(key)}: {clean_line(reason)}"))
         return 0 if summary.status == "done" else 1
     finally:
         if daemon is not None:
@@ -272,9 +283,9 @@ async def _daemon(root: Path, path: Path, run: bool, approval: str | None = None
                   "UNSANDBOXED on this machine[/]")
 
     def ready(daemon: Any) -> None:
-        out.print(f"serving {root} on {daemon.path} (pid {os.getpid()}); attach with "
-                  "`factory console`" + (f" --attach {daemon.path}" if path != socket_path(root)
-                                         else ""))
+        out.print(Text(f"serving {root} on {daemon.path} (pid {os.getpid()}); attach with "
+                       "`factory console`" + (f" --attach {daemon.path}"
+                                              if path != socket_path(root) else "")))
 
     try:
         await serve(factory, path, run=run, ready=ready)
@@ -315,11 +326,16 @@ async def _status(root: Path, as_json: bool) -> int:
             return 0
         last = runs[-1] if runs else None
         if last:
-            out.print(f"[bold]run {last['id']}[/]: {last['status']} "
-                      f"(specs {', '.join(last['specs'] or [])}); {store.last_id} events")
+            out.print(Text.assemble(
+                (f"run {clean_line(last['id'])}", "bold"),
+                clean_line(f": {last['status']} (specs {', '.join(last['specs'] or [])}); "
+                           f"{store.last_id} events")))
+        # Every cell a Text (a str cell is markup to rich), made inert: ids, keys and reasons
+        # come from specs, planners and gates' output.
+        cell = lambda value: Text(clean_line(str(value or "")))  # noqa: E731
         table = Table("spec", "status", "tasks", "landed", "rejected", "tokens", "USD")
         for s in sorted(store.rows("specs"), key=lambda r: r["id"]):
-            table.add_row(s["id"], s["status"] or "", str(s["tasks_total"] or 0),
+            table.add_row(cell(s["id"]), cell(s["status"]), str(s["tasks_total"] or 0),
                           str(s["tasks_landed"] or 0), str(s["tasks_rejected"] or 0),
                           f"{s['tokens'] or 0:,}", f"{s['cost'] or 0.0:.4f}")
         out.print(table)
@@ -328,9 +344,9 @@ async def _status(root: Path, as_json: bool) -> int:
         table.columns[5].overflow = "ellipsis"
         table.columns[5].no_wrap = True
         for t in tasks:
-            table.add_row(t["key"], t["status"] or "", t["agent_id"] or "",
+            table.add_row(cell(t["key"]), cell(t["status"]), cell(t["agent_id"]),
                           f"{t['tokens'] or 0:,}", f"{t['cost'] or 0.0:.4f}",
-                          (t["reason"] or "")[:80])
+                          cell((t["reason"] or "")[:80]))
         out.print(table)
         return 0
     finally:
@@ -349,10 +365,11 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     config = load_config(root / CONFIG_NAME)
     report = verify_chain(config.store_path)
     if report.ok:
-        out.print(f"[green]ok[/]: {report.events} events, hash chain intact ({config.store_path})")
+        out.print(Text.assemble(("ok", "green"), f": {report.events} events, hash chain intact "
+                                f"({clean_line(str(config.store_path))})"))
         return 0
     for problem in report.problems:
-        out.print(f"[red]{problem}[/]")
+        out.print(Text(clean_line(problem), style="red"))
     out.print(f"[red]TAMPERED[/]: {len(report.problems)} problem(s) in {report.events} events")
     return 1
 
@@ -365,7 +382,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     for status in diagnose():
         ok = ok or (status.works and status.name != "none")
         table.add_row(status.name, "[green]yes[/]" if status.works else "[red]no[/]",
-                      status.reason)
+                      Text(clean(status.reason)))  # quotes what a backend printed
     out.print(table)
     return 0 if ok else 1
 
@@ -443,7 +460,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.fn(args) or 0)
     except FactoryError as exc:
-        err.print(Text.assemble(("error: ", "bold red"), str(exc)), soft_wrap=True)
+        # Errors quote paths, keys and what the engine or a daemon said.
+        err.print(Text.assemble(("error: ", "bold red"), clean(str(exc))), soft_wrap=True)
         return 2
     except KeyboardInterrupt:
         err.print("interrupted: the store keeps every committed step; `factory run` resumes")

@@ -15,6 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from agents.store import Store, StoredEvent
+from agents.textsafe import clean_line
 
 QUIET_KINDS = {"agent_turn", "tool_executed", "agent_note", "gate_result", "spec_registered",
                "worktree_removed", "landing_started"}
@@ -24,7 +25,14 @@ STATUS_STYLE = {"landed": "green", "rejected": "red", "failed": "red", "blocked"
 
 
 def describe(item: StoredEvent) -> str | None:
-    """One line for an event worth a line in a log; None for the chatter."""
+    """One line for an event worth a line in a log; None for the chatter. What it quotes
+    (reasons, summaries, commands, names) was written by agents and the code they wrote:
+    the line is made inert, and one line."""
+    line = _describe(item)
+    return None if line is None else clean_line(line)
+
+
+def _describe(item: StoredEvent) -> str | None:
     e: Any = item.event
     key = f"{e.spec_id}/{e.task_id}" if e.task_id else (e.spec_id or "")
     match e.kind:
@@ -138,8 +146,10 @@ class Progress:
         for task in sorted(self.store.rows("tasks"), key=lambda r: r["key"])[-30:]:
             agent = agents.get(task["agent_id"] or "", {})
             status = task["status"] or ""
-            table.add_row(task["key"], Text(status, STATUS_STYLE.get(status, "")),
-                          task["agent_id"] or "", str(agent.get("step") or ""),
+            # Cells as Text: a str cell is markup to rich; and made inert.
+            table.add_row(Text(clean_line(task["key"])),
+                          Text(clean_line(status), STATUS_STYLE.get(status, "")),
+                          Text(clean_line(task["agent_id"] or "")), str(agent.get("step") or ""),
                           f"{task['tokens'] or 0:,}", f"{task['cost'] or 0.0:.4f}")
         return Group(head, table)
 

@@ -8,6 +8,8 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, TextArea
 
+from agents.textsafe import clean, clean_line
+
 HELP = """\
 # Factory console
 
@@ -53,7 +55,10 @@ class HelpScreen(ModalScreen[None]):
 
 
 class ReasonScreen(ModalScreen[str | None]):
-    """Ask for a line of text that may not be empty: why a rejection, or an agent's answer."""
+    """Ask for a line of text that may not be empty: why a rejection, or an agent's answer.
+
+    The title and the choices quote an agent (its question, its options): shown as plain
+    text, made inert, never as markup."""
 
     BINDINGS = [Binding("escape", "cancel", "Cancel")]
     DEFAULT_CSS = """
@@ -75,9 +80,9 @@ class ReasonScreen(ModalScreen[str | None]):
 
     def compose(self) -> ComposeResult:
         with Vertical():
-            yield Label(self.title_text)
+            yield Label(clean(self.title_text), markup=False)
             for number, choice in enumerate(self.choices, start=1):
-                yield Label(f"  {number}. {choice}")
+                yield Label(f"  {number}. {clean_line(choice)}", markup=False)
             yield Input(placeholder=self.placeholder, id="reason")
             with Horizontal():
                 yield Button(self.ok, variant="error" if self.ok == "Reject" else "primary",
@@ -107,6 +112,8 @@ class ReasonScreen(ModalScreen[str | None]):
 
 
 class DiffScreen(ModalScreen[None]):
+    """A branch's diff: text an agent wrote, made inert (TextArea writes it as it is)."""
+
     BINDINGS = [Binding("escape,q", "dismiss", "Close")]
     DEFAULT_CSS = """
     DiffScreen { align: center middle; }
@@ -121,8 +128,8 @@ class DiffScreen(ModalScreen[None]):
 
     def compose(self) -> ComposeResult:
         with Vertical():
-            yield Label(self.title_text)
-            yield TextArea(self.diff, read_only=True, id="diff", show_line_numbers=True)
+            yield Label(clean_line(self.title_text), markup=False)
+            yield TextArea(clean(self.diff), read_only=True, id="diff", show_line_numbers=True)
 
 
 class QuitScreen(ModalScreen[bool]):

@@ -9,6 +9,7 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual.widgets import Label, TextArea
 
+from agents.textsafe import clean, clean_line
 from console import format as fmt
 from console.widgets.rows import Column, RowsView
 
@@ -61,13 +62,15 @@ class ConflictsPane(Vertical):
             pairs, sorted(pairs, key=lambda k: (order.get(pairs[k]["status"], 3), k)))
 
     def show_hunks(self, pair: str, hunks: dict[str, str]) -> None:
+        """The branches' text, made inert: TextArea writes a line's characters as they are."""
         area = self.query_one("#hunks", TextArea)
         if not hunks:
-            area.load_text(f"{pair}\n\nmerges cleanly: no conflicting hunks")
+            area.load_text(f"{clean_line(pair)}\n\nmerges cleanly: no conflicting hunks")
             return
         parts = []
         for path, text in hunks.items():
-            lines = text.splitlines()
+            path = clean_line(path)
+            lines = clean(text).splitlines()
             keep: list[str] = []
             inside = False
             for number, line in enumerate(lines, 1):

@@ -23,6 +23,8 @@ from textual.reactive import reactive
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
+from agents.textsafe import clean_line
+
 Row = dict[str, Any]
 
 
@@ -196,9 +198,12 @@ class RowsView(ScrollView, can_focus=True):
         return base, cursor, marked, header  # type: ignore[return-value]
 
     def _format(self, row: Row | None, base: Style, plain: bool) -> Strip:
+        # Cells hold what agents, models and branches wrote (names, reasons, questions):
+        # made inert here, as the line is painted, not as rows change.
         segments = []
         for column in self.columns:
-            text = _fit(column.value(row) if row else "", column.width, column.align)
+            text = _fit(clean_line(column.value(row)) if row else "", column.width,
+                        column.align)
             style = base
             if column.style is not None and row and not plain:
                 style = base + Style.parse(column.style(row))

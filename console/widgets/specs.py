@@ -8,12 +8,19 @@ from typing import TYPE_CHECKING
 
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
+from textual.content import Content
 from textual.widgets import Label, OptionList, TextArea
 from textual.widgets.option_list import Option
+
+from agents.textsafe import clean, clean_line
 
 if TYPE_CHECKING:
     from agents.specs import LintFinding
     from console.client import SpecFile
+
+
+LOCKED = "read-only: this spec holds control characters (shown as ␛ and the like); edit it " \
+    "outside the console"
 
 
 class SpecsPane(Horizontal):
@@ -31,6 +38,8 @@ class SpecsPane(Horizontal):
         self.current: SpecFile | None = None
         self.saved_text: str = ""
         self.findings: list[LintFinding] = []
+        # The open spec holds control characters: shown made visible, and read-only.
+        self.locked = False
 
     def compose(self) -> ComposeResult:
         yield OptionList(id="spec-list")
@@ -46,20 +55,31 @@ class SpecsPane(Horizontal):
 
     @property
     def dirty(self) -> bool:
-        return self.current is not None and self.editor.text != self.saved_text
+        return self.current is not None and not self.locked and \
+            self.editor.text != self.saved_text
 
     def set_files(self, files: list[SpecFile]) -> None:
         self.files = files
         listing = self.query_one("#spec-list", OptionList)
         listing.clear_options()
-        listing.add_options([Option(f.path.name, id=str(f.path)) for f in files])
+        # A branch that landed may have named a spec file: plain text, never markup.
+        listing.add_options([Option(Content(clean_line(f.path.name)), id=str(f.path))
+                             for f in files])
 
     def open(self, path: Path) -> None:
         for spec in self.files:
             if spec.path == path:
                 self.current = spec
-                self.saved_text = spec.text
-                self.editor.load_text(spec.text)
+                # TextArea writes a line's characters to the terminal as they are, and a
+                # branch that landed may have changed specs/: a spec with control
+                # characters (but tabs and line ends) is shown with them made visible,
+                # read-only, so that the placeholders can never be saved over it.
+                shown = clean(spec.text)
+                self.locked = shown != spec.text.replace("\r\n", "\n")
+                self.saved_text = shown if self.locked else spec.text
+                self.editor.read_only = self.locked
+                self.editor.border_title = LOCKED if self.locked else None
+                self.editor.load_text(self.saved_text)
                 self.show_findings(spec.findings)
                 return
 
@@ -74,8 +94,10 @@ class SpecsPane(Horizontal):
         self.findings = findings
         lint = self.query_one("#lint", OptionList)
         lint.clear_options()
-        lint.add_options([Option(f"{f.line:>4} {f.severity[0].upper()} {f.code} {f.message}")
-                          for f in findings] or [Option("no findings", disabled=True)])
+        # Findings quote the spec's text: plain text, made inert.
+        lint.add_options([Option(Content(clean_line(
+            f"{f.line:>4} {f.severity[0].upper()} {f.code} {f.message}"))) for f in findings]
+            or [Option("no findings", disabled=True)])
         self.query_one("#lint-title", Label).update(
             f"lint: score {_score(findings)} · {len(findings)} finding(s)")
 

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 from rich.text import Text
 from textual.widgets import Static
 
+from agents.textsafe import clean_line
 from console import format as fmt
 
 if TYPE_CHECKING:
@@ -28,15 +29,17 @@ class RunStatus(Static):
                     layout=False)
 
     def detached(self, reason: str) -> None:
-        self.update(Text.assemble((" DETACHED ", "bold reverse red"), f"  {reason}"),
+        self.update(Text.assemble((" DETACHED ", "bold reverse red"), f"  {clean_line(reason)}"),
                     layout=False)
 
     def show(self, t: Totals, budget_tokens: int | None, budget_usd: float | None,
              sandbox: str, engine: str, lag: float) -> None:
         text = Text()
-        text.append(f" {t.run_status.upper()} ", style="bold reverse")
+        # The run's status and where the engine runs come from the store or a daemon:
+        # made inert too (a few strings, at most four times a second).
+        text.append(f" {clean_line(t.run_status.upper())} ", style="bold reverse")
         if engine:
-            text.append(f"  {engine}", style="dim")
+            text.append(f"  {clean_line(engine)}", style="dim")
         text.append(f"  agents {t.agents_active} active/{t.agents_total}")
         text.append(f"  tasks {t.tasks_done}/{t.tasks_total}")
         tok = fmt.tokens(t.tokens) + (f"/{fmt.tokens(budget_tokens)}" if budget_tokens else "")
@@ -53,7 +56,7 @@ class RunStatus(Static):
         if sandbox == "none":
             text.append("  UNSANDBOXED", style="bold red reverse")
         elif sandbox:
-            text.append(f"  sandbox {sandbox}", style="dim")
+            text.append(f"  sandbox {clean_line(sandbox)}", style="dim")
         if lag > 1:
             text.append(f"  lag {lag:.1f}s", style="yellow")
         self.update(text, layout=False)  # one line, always: no layout pass

@@ -16,6 +16,8 @@ from textual.geometry import Size
 from textual.reactive import Reactive
 from textual.widgets import RichLog
 
+from agents.textsafe import clean, clean_line
+
 if TYPE_CHECKING:
     from agents.store.store import StoredEvent
 
@@ -27,7 +29,7 @@ WRITE_SECONDS = 1.0
 def _args(arguments: dict[str, Any] | str) -> str:
     text = arguments if isinstance(arguments, str) else json.dumps(arguments,
                                                                    ensure_ascii=False)
-    return text if len(text) <= 160 else text[:159] + "…"
+    return clean_line(text if len(text) <= 160 else text[:159] + "…")
 
 
 def _fold(text: str) -> str:
@@ -38,12 +40,16 @@ def _fold(text: str) -> str:
 
 
 def describe(stored: StoredEvent) -> Text | None:
+    """One entry of the timeline. Everything in it but the engine's own words was written by
+    a model or a command (messages, tool names, arguments and results, questions, reasons):
+    each such piece is made inert as the line is made, that is as it is written, at most
+    once a second, not as events arrive."""
     e: Any = stored.event
     clock = time.strftime("%H:%M:%S", time.localtime(stored.ts))
     out = Text(f"{clock} ", style="dim")
     kind = e.kind
     if kind == "agent_started":
-        out.append(f"started {e.role} on {e.model}", style="bold")
+        out.append(f"started {clean_line(e.role)} on {clean_line(e.model)}", style="bold")
         if e.resumed_at_step:
             out.append(f" (resumed at step {e.resumed_at_step})")
     elif kind == "agent_turn":
@@ -51,45 +57,53 @@ def describe(stored: StoredEvent) -> Text | None:
         out.append(f"{e.tokens_in}+{e.tokens_out} tok ${e.cost_usd:.4f}", style="dim")
         content = (e.message.get("content") or "").strip()
         if content:
-            out.append("\n  " + content[:400])
+            out.append("\n  " + clean(content[:400]))
         for call in e.message.get("tool_calls") or []:
             fn = call.get("function", {})
-            out.append(f"\n  → {fn.get('name')}({_args(fn.get('arguments', ''))})",
-                       style="magenta")
+            out.append(f"\n  → {clean_line(str(fn.get('name')))}"
+                       f"({_args(fn.get('arguments', ''))})", style="magenta")
     elif kind == "tool_executed":
         style = "red" if e.is_error else ("green" if e.changed else "")
-        out.append(f"step {e.step} {e.name}", style="bold " + style)
+        out.append(f"step {e.step} {clean_line(e.name)}", style="bold " + style)
         out.append(f" {e.duration * 1000:.0f} ms", style="dim")
-        if e.result:
-            out.append("\n  " + _fold(e.result).replace("\n", "\n  "),
+        if e.result:  # cleaned first: splitlines would break lines at other controls too
+            out.append("\n  " + _fold(clean(e.result)).replace("\n", "\n  "),
                        style="red" if e.is_error else "")
     elif kind == "agent_note":
-        out.append(f"note: {(e.message.get('content') or '')[:300]}", style="yellow")
+        out.append(f"note: {clean((e.message.get('content') or '')[:300])}", style="yellow")
     elif kind == "sandbox_limited":
-        out.append(f"SANDBOX {e.stop}: {e.command[:120]}", style="bold red")
+        out.append(f"SANDBOX {e.stop}: {clean_line(e.command[:120])}", style="bold red")
         if e.detail:
-            out.append(f" ({e.detail})", style="red")
+            out.append(f" ({clean_line(e.detail)})", style="red")
+    elif kind == "limit":
+        out.append(f"LIMIT {e.limit}: {clean_line(e.tool)} {e.used} of {e.allowed}",
+                   style="bold red")
+        if e.command:
+            out.append(f" {clean_line(e.command[:120])}", style="red")
+        if e.detail:
+            out.append(f" ({clean_line(e.detail)})", style="red")
     elif kind == "model_retry":
         out.append(f"model retry {e.attempt} ({e.status or 'error'}) in {e.wait:.1f}s: "
-                   f"{e.error[:200]}", style="yellow")
+                   f"{clean(e.error[:200])}", style="yellow")
     elif kind == "budget_stop":
         out.append(f"BUDGET STOP: {e.scope} {e.measure} {e.used:g} of {e.limit:g}",
                    style="bold red")
     elif kind == "agent_stuck":
-        out.append(f"STUCK: {e.reason}", style="bold red")
+        out.append(f"STUCK: {clean(e.reason)}", style="bold red")
     elif kind == "question_asked":
-        out.append(f"step {e.step} ASKS: {e.question[:300]}", style="bold magenta")
+        out.append(f"step {e.step} ASKS: {clean(e.question[:300])}", style="bold magenta")
         if e.options:
-            out.append("\n  options: " + " | ".join(e.options), style="magenta")
+            out.append("\n  options: " + " | ".join(map(clean_line, e.options)),
+                       style="magenta")
     elif kind == "question_answered":
-        who = "a person" if e.by == "person" else f"the engine ({e.why})"
+        who = "a person" if e.by == "person" else f"the engine ({clean_line(e.why)})"
         out.append(f"answered by {who}: ", style="magenta")
-        out.append(e.answer[:300])
+        out.append(clean(e.answer[:300]))
     elif kind == "agent_finished":
         out.append(f"finished: {e.status}", style="bold green" if e.status == "finished"
                    else "bold red")
         if e.summary:
-            out.append(f" — {e.summary[:300]}")
+            out.append(f" — {clean(e.summary[:300])}")
     else:
         return None
     return out
@@ -130,7 +144,7 @@ class Timeline(RichLog):
         self.held = []
         self.queued = []
         self.last_id = history[-1].id if history else 0
-        self.write(Text(f"agent {agent_id}", style="bold underline"))
+        self.write(Text(f"agent {clean_line(agent_id)}", style="bold underline"))
         self._write(history)
 
     def add(self, events: list[StoredEvent]) -> None:

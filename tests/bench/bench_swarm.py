@@ -35,12 +35,12 @@ from agents import events as ev
 from agents.budget import AgentBudget, BudgetLedger
 from agents.config import BudgetLimit, BudgetsConfig
 from agents.models import ModelRouter, litellm_module
+from agents.provenance import trailer_block
 from agents.runtime import AgentLimits, AgentRunner
 from agents.sandbox.base import SandboxContext
 from agents.sandbox.none import NoneBackend
 from agents.store import Store
 from agents.tools import ToolContext, tool_specs
-from agents.provenance import trailer_block
 from agents.workspace import Workspace
 
 STEPS = 10
