@@ -14,21 +14,22 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from agents.events import PlannedTask
+from agents.ids import EXPECTED, Id
 from agents.specs import Spec, path_in_boundaries
 from agents.tools import ToolOutcome
-
-TASK_ID_PATTERN = r"^[a-z0-9][a-z0-9-]{0,47}$"
 
 
 class _PlanTask(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    id: str = Field(pattern=TASK_ID_PATTERN, description="short slug, unique in the plan")
+    # Ids name branches, worktree folders and agents: the shared definition, whose schema
+    # gives the model the pattern and length and whose error says what was wrong.
+    id: Id = Field(description=f"unique in the plan; {EXPECTED}")
     title: str = Field(min_length=1)
     role: str = "implementer"
     instructions: str = ""
     paths: list[str] = Field(min_length=1, description="files or folders the task may change")
-    depends_on: list[str] = []
+    depends_on: list[Id] = Field(default=[], description="ids of tasks in this plan")
     acceptance: list[str] = Field(min_length=1, description="commands that must pass")
 
 
@@ -54,13 +55,20 @@ class PlanError(ValueError):
     pass
 
 
+_LISTED = 10  # schema problems named in one rejection
+
+
 def validate_plan(spec: Spec, raw: dict[str, Any]) -> list[PlannedTask]:
     try:
         plan = Plan.model_validate(raw)
     except ValidationError as exc:
+        errors = exc.errors()
+        # Bounded: the message goes back into the planner's context.
         problems = "; ".join(
-            f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in exc.errors()
+            f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in errors[:_LISTED]
         )
+        if len(errors) > _LISTED:
+            problems += f"; and {len(errors) - _LISTED} more"
         raise PlanError(f"the plan does not match its schema: {problems}") from None
     ids = [t.id for t in plan.tasks]
     duplicates = sorted({i for i in ids if ids.count(i) > 1})

@@ -6,6 +6,7 @@ guess) as findings with lines, so the editor can show them beside the text.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import tomllib
@@ -16,6 +17,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict
 
 from agents.errors import LocatedError
+from agents.ids import EXPECTED, Id, id_error, show
 
 FENCE = "+++"
 SECTIONS = {
@@ -23,7 +25,6 @@ SECTIONS = {
     "edge cases": "edge_cases", "invariants": "invariants", "acceptance": "acceptance",
 }
 REQUIRED = ("goal", "acceptance")
-SLUG = re.compile(r"^[a-z0-9][a-z0-9-]*$")
 VAGUE = ["etc", "should probably", "maybe", "somehow", "as needed", "and so on", "tbd",
          "various", "some kind of", "appropriate", "reasonable", "if possible",
          "nice to have"]
@@ -36,12 +37,14 @@ class SpecError(LocatedError):
 
 
 class Spec(BaseModel):
+    # Ids are checked again here (parse_spec has already said where a bad one is) so that
+    # a Spec made any other way cannot carry an id that breaks a branch or folder name.
     model_config = ConfigDict(extra="forbid")
 
-    id: str
+    id: Id
     title: str
     priority: int = 0
-    depends_on: list[str] = []
+    depends_on: list[Id] = []
     path: Path | None = None
     goal: str = ""
     architecture: str = ""
@@ -114,6 +117,38 @@ def _front_line(text: str, key: str) -> int:
     return 1
 
 
+def _entry_line(text: str, key: str, entry: str) -> int:
+    """The line of one entry of a front-matter array, which may span lines; else the key's."""
+    start = _front_line(text, key)
+    # How TOML would write it: a basic string (escaped or not) or a literal one.
+    forms = {json.dumps(entry), json.dumps(entry, ensure_ascii=False), f"'{entry}'"}
+    lines = text.splitlines()
+    for number in range(start, len(lines) + 1):
+        if number > start and (lines[number - 1].strip() == FENCE or
+                               re.match(r"^\s*[A-Za-z0-9_-]+\s*=", lines[number - 1])):
+            break
+        if any(form in lines[number - 1] for form in forms):
+            return number
+    return start
+
+
+def _check_ids(front: _FrontMatter, text: str, path: Path | None) -> None:
+    """Ids become branch, folder, agent and cgroup names: refuse a bad one here, with its
+    line, rather than in git or the kernel halfway through a run."""
+    message = id_error(front.id, "spec id")
+    if message is not None:
+        raise SpecError(message, path=path, line=_front_line(text, "id"), key="id",
+                        expected=EXPECTED)
+    for number, dep in enumerate(front.depends_on, start=1):
+        message = id_error(dep, f"depends_on entry {number}")
+        if message is not None:  # no key: the message names it, and the lint shows only that
+            raise SpecError(message, path=path, line=_entry_line(text, "depends_on", dep),
+                            expected=EXPECTED)
+    if front.id in front.depends_on:
+        raise SpecError(f"spec {show(front.id)} depends on itself", path=path,
+                        line=_entry_line(text, "depends_on", front.id), key="depends_on")
+
+
 def parse_spec(text: str, path: Path | None = None) -> Spec:
     data, body_start, _ = _front_matter(text, path)
     try:
@@ -134,9 +169,7 @@ def parse_spec(text: str, path: Path | None = None) -> Spec:
             first["type"], first["msg"])
         raise SpecError(f"{expected}, got {first.get('input')!r}", path=path,
                         line=_front_line(text, key), key=key) from None
-    if not SLUG.match(front.id):
-        raise SpecError(f"id {front.id!r}: expected lowercase letters, digits and '-'",
-                        path=path, line=_front_line(text, "id"), key="id")
+    _check_ids(front, text, path)
     values: dict[str, Any] = {}
     sections: dict[str, int] = {}
     lines = text.splitlines()
@@ -207,7 +240,8 @@ def load_specs(directory: Path) -> list[Spec]:
     for spec in specs:
         for dep in spec.depends_on:
             if dep not in seen:
-                raise SpecError(f"depends on unknown spec {dep!r}", path=spec.path,
+                raise SpecError(f"depends on unknown spec {dep!r} (known: "
+                                f"{', '.join(sorted(seen))})", path=spec.path,
                                 line=_front_line(spec.text, "depends_on"), key="depends_on")
     from agents.planner import find_cycle
 

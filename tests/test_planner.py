@@ -33,7 +33,7 @@ def test_a_valid_dag_is_accepted() -> None:
     ({"tasks": [task("a", acceptance=[" "])]}, "task a: needs at least one acceptance command"),
     ({"tasks": [task("a", depends_on=["b"]), task("b", depends_on=["a"])]},
      "dependency cycle: a -> b -> a"),
-    ({"tasks": [task("Bad ID")]}, "tasks.0.id: String should match pattern"),
+    ({"tasks": [task("Bad ID")]}, "tasks.0.id: id 'Bad ID': expected lowercase letters"),
     ({"tasks": [task("a", surprise=1)]}, "tasks.0.surprise: Extra inputs are not permitted"),
 ])
 def test_bad_plans_are_explained(plan: dict[str, Any], message: str) -> None:
