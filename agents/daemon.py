@@ -14,17 +14,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
+import inspect
 import logging
 import os
+import traceback
+import typing
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
+
+import pydantic_core
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic_core import PydanticCustomError
 
 from agents import wire
 from agents.errors import FactoryError
 from agents.store.projections import TABLES
+from agents.textsafe import clean, clean_line
 
 if TYPE_CHECKING:
     from agents.engine import Factory
@@ -38,6 +46,36 @@ log = logging.getLogger(__name__)
 MAX_BEHIND = 64 * 1024 * 1024
 # Unix socket paths are limited to 107 bytes on Linux.
 MAX_SOCKET_PATH = 107
+# The longest request line the daemon reads. A console's requests are small but for
+# `save_spec`, which carries a spec file's text (a few KiB; 4 MiB is far more than any spec).
+# A longer line is refused and its connection closed once this much has been read, never
+# buffered whole. (Replies can be far larger: consoles read them up to `wire.LINE_LIMIT`.)
+REQUEST_LIMIT = 4 * 1024 * 1024
+# Requests of one connection being worked on at once; one more is refused (a protocol error
+# with its id) until a reply has gone out. A console waits for a handful at most.
+MAX_IN_FLIGHT = 64
+# Integers a console sends are JSON-safe: beyond ±(2**53 - 1) JSON readers lose digits (and
+# SQLite, which some become arguments of, stops at 2**63).
+MAX_INT = 2**53 - 1
+MAX_ID_LENGTH = 128
+MAX_OP_LENGTH = 64
+# The most events one `events` request reads (a console's timeline asks for 5000 at a time).
+MAX_EVENTS = 100_000
+
+Int = Annotated[int, Field(ge=-MAX_INT, le=MAX_INT)]
+Count = Annotated[int, Field(ge=0, le=MAX_INT)]
+EventCount = Annotated[int, Field(ge=0, le=MAX_EVENTS)]
+RequestId = Annotated[int, Field(ge=-MAX_INT, le=MAX_INT)] \
+    | Annotated[str, Field(max_length=MAX_ID_LENGTH)] | None
+
+
+def _no_nul(text: str) -> str:
+    if "\0" in text:
+        raise PydanticCustomError("nul", "holds no NUL character")
+    return text
+
+
+PathText = Annotated[str, AfterValidator(_no_nul)]  # the OS refuses a path with a NUL in it
 
 
 def socket_fits(path: Path) -> bool:
@@ -83,7 +121,7 @@ class Daemon:
         old = os.umask(0o177)  # the socket commands the factory: its owner only
         try:
             self._server = await asyncio.start_unix_server(self._accept, path,
-                                                           limit=wire.LINE_LIMIT)
+                                                           limit=REQUEST_LIMIT)
         finally:
             os.umask(old)
 
@@ -148,11 +186,30 @@ class Daemon:
                 "root": str(factory.root), "pid": os.getpid()}
 
     @cached_property
-    def commands(self) -> dict[str, Callable[..., Awaitable[Any]]]:
-        """What a console may ask beyond hello and snapshot (built once, for every console)."""
+    def commands(self) -> dict[str, _Op]:
+        """What a console may ask (built once, for every console).
+
+        Each op's parameters and their types are declared here once, by its function's
+        signature: a request's `args` must fit them exactly (see `_Op`). A parameter named
+        `console` is the console that asks, not an argument."""
         factory = self.factory
 
-        async def events(after: int = 0, limit: int = 1000,
+        async def hello(console: _Console) -> dict[str, Any]:
+            return {"protocol": wire.PROTOCOL, "root": str(factory.root)}
+
+        async def snapshot(console: _Console) -> dict[str, Any]:
+            # Taken and followed in one step of the loop: the first batch forwarded is the
+            # first one the snapshot does not include.
+            result = self.snapshot()
+            if not console.watching:
+                console.watching = True
+                self.watching(console, True)
+            return result
+
+        async def follow_agent(console: _Console, agent_id: str | None) -> None:
+            console.followed = agent_id
+
+        async def events(after: Count = 0, limit: EventCount = 1000,
                          agent_id: str | None = None) -> list[list[Any]]:
             return wire.encode_events(await factory.store.read_events(after, limit, agent_id))
 
@@ -161,7 +218,7 @@ class Daemon:
                      "findings": [f.model_dump(mode="json") for f in findings]}
                     for path, text, findings in await factory.spec_files()]
 
-        async def save_spec(path: str, text: str) -> list[dict[str, Any]]:
+        async def save_spec(path: PathText, text: str) -> list[dict[str, Any]]:
             findings = await factory.save_spec(Path(path), text)
             return [f.model_dump(mode="json") for f in findings]
 
@@ -177,8 +234,8 @@ class Daemon:
         async def reject(key: str, reason: str) -> None:
             await factory.reject(key, reason)
 
-        async def move(key: str, delta: int) -> None:
-            await factory.move(key, int(delta))
+        async def move(key: str, delta: Int) -> None:
+            await factory.move(key, delta)
 
         async def retry(key: str) -> None:
             await factory.retry(key)
@@ -190,10 +247,131 @@ class Daemon:
             """Why the last run failed, if a person can act on it (a console asks on quit)."""
             return str(factory.run_error) if factory.run_error is not None else None
 
-        return {"events": events, "spec_files": spec_files, "save_spec": save_spec,
-                "run": run, "approve": approve, "answer": answer, "reject": reject,
-                "move": move, "retry": retry, "cancel_task": cancel_task, "run_error": run_error,
-                "diff": factory.diff, "conflict_hunks": factory.conflict_hunks}
+        async def diff(key: str) -> str:
+            return await factory.diff(key)
+
+        async def conflict_hunks(a: str, b: str) -> dict[str, str]:
+            return await factory.conflict_hunks(a, b)
+
+        ops = (hello, snapshot, follow_agent, events, spec_files, save_spec, run, approve,
+               answer, reject, move, retry, cancel_task, run_error, diff, conflict_hunks)
+        return {op.__name__: _Op.of(op) for op in ops}
+
+
+_STRICT = ConfigDict(strict=True, extra="forbid")
+
+
+@dataclass(frozen=True, slots=True)
+class _Op:
+    """One op a console may ask: its function, and the model of its arguments, derived from
+    the function's signature. Strict: a string is not an integer (nor is true), and an
+    argument the function does not take is an error, as is a missing one it needs."""
+
+    name: str
+    run: Callable[..., Awaitable[Any]]
+    arguments: type[BaseModel]
+    takes_console: bool
+
+    @classmethod
+    def of(cls, run: Callable[..., Awaitable[Any]]) -> _Op:
+        hints = typing.get_type_hints(run, include_extras=True)
+        fields: dict[str, Any] = {}
+        takes_console = False
+        for name, param in inspect.signature(run).parameters.items():
+            if name == "console":
+                takes_console = True
+                continue
+            required = param.default is inspect.Parameter.empty
+            fields[name] = (hints.get(name, Any), ... if required else param.default)
+        name = run.__name__
+        return cls(name, run, create_model(f"{name}_args", __config__=_STRICT, **fields),
+                   takes_console)
+
+    def parse(self, args: dict[str, Any]) -> dict[str, Any]:
+        """args as the op's function takes them, or _Refused saying what does not fit."""
+        try:
+            return dict(self.arguments.model_validate(args))
+        except ValidationError as exc:
+            errors = exc.errors(include_url=False)
+            said = "; ".join(self._explain(e) for e in errors[:3])
+            more = f" (and {len(errors) - 3} more)" if len(errors) > 3 else ""
+            raise _Refused(f"{self.name}: bad arguments: {said}{more}") from None
+
+    def _explain(self, error: Any) -> str:
+        loc, kind = error["loc"], error["type"]
+        where = _where(loc)
+        if kind == "extra_forbidden":
+            takes = ", ".join(self.arguments.model_fields) or "no arguments"
+            return f"{where} is unknown ({self.name} takes {takes})"
+        if kind == "missing":
+            return f"{where} is missing"
+        if kind in _EXPECTED:
+            expected = _EXPECTED[kind]
+            field = self.arguments.model_fields.get(loc[0]) if len(loc) == 1 else None
+            if field is not None and type(None) in typing.get_args(field.annotation):
+                expected += " or null"
+            return f"{where} is {expected}, not {_json_type(error['input'])}"
+        ctx = error.get("ctx") or {}
+        if kind == "less_than_equal":
+            return f"{where} is at most {ctx['le']}"
+        if kind == "greater_than_equal":
+            return f"{where} is at least {ctx['ge']}"
+        msg = str(error["msg"]).removeprefix("Input ").removeprefix("Value error, ")
+        return f"{where} {msg[:1].lower()}{msg[1:]}"
+
+
+_EXPECTED = {"string_type": "a string", "int_type": "an integer", "bool_type": "true or false",
+             "float_type": "a number", "list_type": "a list", "dict_type": "an object"}
+
+
+def _json_type(value: object, *, oversized: bool = False) -> str:
+    """What a JSON value is, to say what came instead of what was expected (`oversized`:
+    when it is of the right type, it was too large)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "a larger integer" if oversized else "an integer"
+    if isinstance(value, float):
+        return "a number"
+    if isinstance(value, str):
+        return "a longer string" if oversized else "a string"
+    if isinstance(value, list):
+        return "a list"
+    return "an object"
+
+
+def _instead(errors: list[Any]) -> str:
+    """What came instead of what a field of the envelope expects (its errors)."""
+    too_large = any(e["type"] in ("less_than_equal", "greater_than_equal", "string_too_long")
+                    for e in errors)
+    return _json_type(errors[0]["input"], oversized=too_large)
+
+
+def _where(loc: tuple[int | str, ...]) -> str:
+    """An argument's name (and index, in a list) as a reply says it: short, even when what
+    a console sent as a name is long or odd."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += (("." if out else "") + part if part.isidentifier() and len(part) <= 40
+                    else f"[{part[:40]!r}{'…' if len(part) > 40 else ''}]")
+    return out or "args"
+
+
+class _Envelope(BaseModel):
+    """What every request is; its `args` are the op's to check (`_Op.parse`)."""
+
+    model_config = _STRICT
+    id: RequestId
+    op: Annotated[str, Field(max_length=MAX_OP_LENGTH)]
+    args: dict[str, Any] = {}
+
+
+_SHAPE = 'a request is {"id": ..., "op": "...", "args": {...}}'
 
 
 class _Console:
@@ -214,57 +392,104 @@ class _Console:
         while not self._dropped:
             try:
                 line = await self.reader.readline()
-            except (ValueError, asyncio.LimitOverrunError):
-                self.send({"id": None, "error": f"a request is longer than {wire.LINE_LIMIT} "
-                           "bytes", "type": "protocol"})
+            except ValueError:  # over REQUEST_LIMIT: readline dropped what it had read of it
+                log.warning("daemon: a console sent a request longer than %d bytes; closing "
+                            "its connection", REQUEST_LIMIT)
+                self.send({"id": None, "error": f"a request is longer than {REQUEST_LIMIT} "
+                           "bytes; closing the connection", "type": "protocol"})
+                self.drop(flush=True)
                 return
             except ConnectionError:
                 return
             if not line:
                 return
-            task = asyncio.create_task(self.handle(line))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self.receive(line)
 
-    async def handle(self, line: bytes) -> None:
-        request_id = None
+    def receive(self, line: bytes) -> None:
+        """Check a request and set its op going, or refuse it at once."""
         try:
-            request = _parse(line)
-            request_id = request["id"]
-            op, args = request["op"], request.get("args") or {}
-            if op == "hello":
-                result: Any = {"protocol": wire.PROTOCOL, "root": str(self.daemon.factory.root)}
-            elif op == "snapshot":
-                # Taken and followed in one step of the loop: the first batch forwarded is
-                # the first one the snapshot does not include.
-                result = self.daemon.snapshot()
-                if not self.watching:
-                    self.watching = True
-                    self.daemon.watching(self, True)
-            elif op == "follow_agent":
-                agent_id = args.get("agent_id")
-                if agent_id is not None and not isinstance(agent_id, str):
-                    raise _Refused("follow_agent: agent_id is a string or null")
-                self.followed = agent_id
-                result = None
-            elif op in self.commands:
-                result = await self.commands[op](**args)
-            else:
-                raise _Refused(f"unknown op {op!r}; known: hello, snapshot, follow_agent, "
-                               f"{', '.join(sorted(self.commands))}")
-            self.send({"id": request_id, "result": result})
+            request_id, op, args = self._request(line)
         except _Refused as exc:
-            self.send({"id": request_id, "error": str(exc), "type": "protocol"})
-        except TypeError as exc:  # arguments that do not fit the op
-            self.send({"id": request_id, "error": f"bad arguments: {exc}", "type": "protocol"})
+            self.send({"id": exc.request_id, "error": str(exc), "type": "protocol"})
+            return
+        except Exception as exc:  # a bug in checking it
+            self._failed(None, "reading a request", exc, line)
+            return
+        if len(self._tasks) >= MAX_IN_FLIGHT:
+            self.send({"id": request_id, "error": f"{op.name}: refused: {MAX_IN_FLIGHT} "
+                       "requests of this connection are in flight; wait for their replies",
+                       "type": "protocol"})
+            return
+        task = asyncio.create_task(self.handle(request_id, op, args, line[:_EXCERPT]))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _request(self, line: bytes) -> tuple[RequestId, _Op, dict[str, Any]]:
+        """A request's id, op and arguments; or _Refused, with the id when that much is
+        right. Every part is checked before anything reaches the engine."""
+        try:  # strict JSON: no invalid UTF-8, lone surrogates or nesting 200 deep
+            request = pydantic_core.from_json(line)
+        except ValueError as exc:
+            raise _Refused(f"a request is not JSON: {exc}") from None
+        if not isinstance(request, dict):
+            raise _Refused(_SHAPE)
+        wrong: dict[Any, list[Any]] = {}  # the errors of each key
+        envelope = None
+        try:
+            envelope = _Envelope.model_validate(request)
+        except ValidationError as exc:
+            for error in exc.errors(include_url=False):
+                wrong.setdefault(error["loc"][0] if error["loc"] else "", []).append(error)
+        if "id" in wrong:
+            raise _Refused("a request has an id (an integer, a string or null)"
+                           if wrong["id"][0]["type"] == "missing" else
+                           f"a request's id is an integer within ±{MAX_INT}, a string of at "
+                           f"most {MAX_ID_LENGTH} characters, or null; not "
+                           f"{_instead(wrong['id'])}")
+        request_id = request["id"]
+        if "op" in wrong:
+            raise _Refused("a request names its op" if wrong["op"][0]["type"] == "missing" else
+                           f"a request's op is a string of at most {MAX_OP_LENGTH} characters, "
+                           f"not {_instead(wrong['op'])}", request_id)
+        op = self.commands.get(request["op"])
+        if op is None:
+            raise _Refused(f"unknown op {request['op']!r}; known: "
+                           f"{', '.join(sorted(self.commands))}", request_id)
+        extra = [key for key in request if key not in _Envelope.model_fields]
+        if extra:
+            raise _Refused(f"{op.name}: a request has only id, op and args, not "
+                           f"{_where((extra[0],))}", request_id)
+        if envelope is None:
+            if "args" not in wrong:  # no key of it is wrong, yet it did not fit
+                raise _Refused(_SHAPE, request_id)
+            raise _Refused(f"{op.name}: bad arguments: args is an object, not "
+                           f"{_json_type(request['args'])}", request_id)
+        try:
+            return request_id, op, op.parse(envelope.args)
+        except _Refused as exc:
+            raise _Refused(str(exc), request_id) from None
+
+    async def handle(self, request_id: RequestId, op: _Op, args: dict[str, Any],
+                     excerpt: bytes) -> None:
+        try:
+            result = await (op.run(console=self, **args) if op.takes_console else
+                            op.run(**args))
+            self.send({"id": request_id, "result": result})
         except FactoryError as exc:
             self.send({"id": request_id, "error": str(exc), "type": "factory"})
         except asyncio.CancelledError:
             raise
-        except Exception as exc:
-            log.exception("daemon: %s failed", line[:200])
-            self.send({"id": request_id, "error": f"the daemon failed: {exc!r}",
-                       "type": "internal"})
+        except Exception as exc:  # a bug: the request was checked, the engine failed on it
+            self._failed(request_id, op.name, exc, excerpt)
+
+    def _failed(self, request_id: RequestId, what: str, exc: Exception, line: bytes) -> None:
+        # The request's text and the exception's (which often quotes it) came from a console
+        # and may carry terminal escapes: the log shows them cleaned, traceback and all.
+        log.error("daemon: %s failed on %s\n%s", what,
+                  clean_line(line[:_EXCERPT].decode("utf-8", "replace")),
+                  clean("".join(traceback.format_exception(exc))).rstrip())
+        self.send({"id": request_id, "error": f"the daemon failed: {clean_line(repr(exc))}",
+                   "type": "internal"})
 
     def send(self, message: dict[str, Any]) -> None:
         self.write(wire.encode(message))
@@ -283,7 +508,8 @@ class _Console:
             return
         self.writer.write(data)
 
-    def drop(self) -> None:
+    def drop(self, *, flush: bool = False) -> None:
+        """Let the console go: at once, or (flush) once what was written to it has gone."""
         if self._dropped:
             return
         self._dropped = True
@@ -292,22 +518,21 @@ class _Console:
             self.daemon.watching(self, False)
         for task in self._tasks:
             task.cancel()
-        self.writer.transport.abort()
+        if flush:
+            self.writer.close()  # reads no more; closes when the reply is out
+        else:
+            self.writer.transport.abort()
+
+
+_EXCERPT = 200  # bytes of a request quoted in the log when it fails
 
 
 class _Refused(Exception):
-    pass
+    """A request that does not fit the protocol: the console is told why."""
 
-
-def _parse(line: bytes) -> dict[str, Any]:
-    try:
-        request = json.loads(line)
-    except ValueError as exc:
-        raise _Refused(f"a request is not JSON: {exc}") from None
-    if not isinstance(request, dict) or not isinstance(request.get("op"), str) \
-            or "id" not in request or not isinstance(request.get("args", {}), dict):
-        raise _Refused('a request is {"id": ..., "op": "...", "args": {...}}')
-    return request
+    def __init__(self, message: str, request_id: RequestId = None) -> None:
+        super().__init__(message)
+        self.request_id = request_id
 
 
 async def _answers(path: Path) -> bool:
