@@ -24,9 +24,13 @@ GIT_ENV = {
     "GIT_COMMITTER_NAME": "Factory",
     "GIT_COMMITTER_EMAIL": "factory@localhost",
     "LC_ALL": "C",
-    "GIT_CONFIG_COUNT": "1",
+    "GIT_CONFIG_COUNT": "2",
     "GIT_CONFIG_KEY_0": "safe.directory",
     "GIT_CONFIG_VALUE_0": "*",
+    # No hook runs for the engine's git calls: a merge's hooks (post-merge, commit-msg...)
+    # would run a branch's code, unsandboxed, with the engine's privileges.
+    "GIT_CONFIG_KEY_1": "core.hooksPath",
+    "GIT_CONFIG_VALUE_1": "/dev/null",
 }
 # A git command the engine runs on a hostile tree ends within this, whatever is in it.
 GIT_TIMEOUT = 600.0
