@@ -172,9 +172,12 @@ def normalise(raw: str, root: Path) -> str:
 
 @dataclass(frozen=True)
 class Written:
-    """What a write did: whether the content changed, and its size and file count deltas."""
+    """What a write does: the file, whether its content changes, its new size, and the
+    size and file count deltas."""
 
+    rel: str
     changed: bool
+    size: int
     bytes_delta: int
     files_delta: int
 
@@ -323,7 +326,7 @@ class Beneath:
                         pass
                     finally:
                         os.close(fd)
-            effect = Written(changed, len(data) - (old.st_size if old else 0),
+            effect = Written(rel, changed, len(data), len(data) - (old.st_size if old else 0),
                              0 if old else 1)
             if check is not None:
                 check(effect)

@@ -375,7 +375,7 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from agents.sandbox.doctor import diagnose
+    from agents.sandbox.doctor import diagnose, trust
 
     table = Table("backend", "works", "why")
     ok = False
@@ -384,6 +384,10 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         table.add_row(status.name, "[green]yes[/]" if status.works else "[red]no[/]",
                       Text(clean(status.reason)))  # quotes what a backend printed
     out.print(table)
+    boundary = Table("trust boundary", "")
+    for what, how in trust():
+        boundary.add_row(what, Text(clean(how)))
+    out.print(boundary)
     return 0 if ok else 1
 
 

@@ -83,12 +83,14 @@ class SandboxError(Exception):
     """A backend that cannot start at all (missing binary, no daemon, bad image)."""
 
 
-async def checked(result: RunResult, meter: DiskMeter | None) -> RunResult:
-    """The result of a command that ran, with the quota measured after it: a command that
-    left the worktree over its quota is reported as stopped for it, whatever its exit."""
+async def checked(result: RunResult, meter: DiskMeter | None,
+                  touched: set[Path] | None = None) -> RunResult:
+    """The result of a command that ran, with the quota measured after it (only the paths
+    it touched, when those are known): a command that left the worktree over its quota is
+    reported as stopped for it, whatever its exit."""
     if meter is None or result.stop == "quota":
         return result
-    over = await meter.measure_async()
+    over = await meter.update_async(touched)
     if over is None:
         return result
     return RunResult(result.exit_code, result.stdout, result.stderr, result.duration,

@@ -97,11 +97,14 @@ def strip_setuid(root: Path) -> list[str]:
 
 
 # inotify(7), which the standard library does not wrap.
-_IN_ATTRIB, _IN_MOVED_FROM, _IN_MOVED_TO, _IN_CREATE = 0x4, 0x40, 0x80, 0x100
-_IN_DELETE_SELF, _IN_MOVE_SELF, _IN_Q_OVERFLOW, _IN_IGNORED = 0x400, 0x800, 0x4000, 0x8000
+_IN_MODIFY, _IN_ATTRIB, _IN_MOVED_FROM, _IN_MOVED_TO = 0x2, 0x4, 0x40, 0x80
+_IN_CREATE, _IN_DELETE, _IN_DELETE_SELF, _IN_MOVE_SELF = 0x100, 0x200, 0x400, 0x800
+_IN_Q_OVERFLOW, _IN_IGNORED = 0x4000, 0x8000
 _IN_ONLYDIR, _IN_DONT_FOLLOW, _IN_ISDIR = 0x1000000, 0x2000000, 0x40000000
-_IN_WATCH = (_IN_ATTRIB | _IN_CREATE | _IN_MOVED_TO | _IN_MOVED_FROM | _IN_MOVE_SELF
-             | _IN_DELETE_SELF | _IN_ONLYDIR | _IN_DONT_FOLLOW)
+# Writes and deletions too: the quota meter re-measures exactly the paths touched.
+_IN_WATCH = (_IN_MODIFY | _IN_ATTRIB | _IN_CREATE | _IN_DELETE | _IN_MOVED_TO
+             | _IN_MOVED_FROM | _IN_MOVE_SELF | _IN_DELETE_SELF | _IN_ONLYDIR
+             | _IN_DONT_FOLLOW)
 _IN_EVENT = struct.Struct("iIII")  # wd, mask, cookie, len; then len bytes of name
 
 
@@ -120,12 +123,20 @@ class SetuidGuard:
     directory is walked in full (files may have appeared in it before its watch); whatever
     the bookkeeping cannot follow (a watched directory moved, the event queue overflowed, no
     inotify or no watch left) means a full walk and fresh watches, as before.
+
+    The paths touched since the last `take_touched` are kept for the quota meter (None when
+    a full walk was needed: then it measures everything too).
     """
 
     def __init__(self, root: Path) -> None:
         self.root = root.resolve()
         self.fd: int | None = None
         self.dirs: dict[int, Path] = {}
+        self.touched: set[Path] | None = None
+
+    def take_touched(self) -> set[Path] | None:
+        touched, self.touched = self.touched, set()
+        return touched
 
     def close(self) -> None:
         if self.fd is not None:
@@ -136,6 +147,7 @@ class SetuidGuard:
     def reset(self) -> list[str]:
         """A full walk that also (re)places the watches."""
         self.close()
+        self.touched = None
         fd = _libc().inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
         if fd < 0:
             return strip_setuid(self.root)
@@ -203,9 +215,13 @@ class SetuidGuard:
         if events is None:
             return self.reset()
         found: list[str] = []
+        if self.touched is not None:
+            self.touched.update(folder / name for folder, name, _ in events)
         try:
             for folder, name, mask in events:
                 path = folder / name
+                if mask & _IN_DELETE:
+                    continue
                 if not mask & _IN_ISDIR:
                     _strip(str(path), self.root, found)
                 elif mask & (_IN_CREATE | _IN_MOVED_TO) and path != self.root / ".git":
@@ -448,7 +464,7 @@ class BwrapSandbox:
                                      "denied", f"could not start the sandbox: {exc}")
                 result = await self._run(launcher, argv, cwd, full_env, limits, wall)
             stripped = self.setuid.check()
-            result = await checked(result, self.ctx.meter)
+            result = await checked(result, self.ctx.meter, self.setuid.take_touched())
         if stripped:
             return RunResult(result.exit_code, result.stdout, result.stderr, result.duration,
                              "denied", "removed the setuid/setgid bit from "

@@ -194,11 +194,22 @@ def start(req, fds):
         send({"id": rid, "error": "another command is still running"})
         return
     try:
-        who = {} if USER is None else {"user": USER[0], "group": USER[1], "extra_groups": []}
-        proc = subprocess.Popen(req["argv"], cwd=req["cwd"], env=req["env"],
-                                stdin=subprocess.DEVNULL, stdout=fds[0], stderr=fds[1],
-                                start_new_session=True, **who)
-    except (OSError, ValueError, subprocess.SubprocessError) as exc:
+        if USER is None:
+            who = {"cwd": req["cwd"]}
+        else:
+            # Into the folder as the command user (the launcher itself may not enter a
+            # folder of theirs): the launcher is single-threaded, so preexec_fn is safe.
+            cwd = req["cwd"]
+            who = {"user": USER[0], "group": USER[1], "extra_groups": [],
+                   "preexec_fn": lambda: os.chdir(cwd)}
+            if not os.path.isabs(cwd):
+                raise ValueError(f"not an absolute folder: {cwd}")
+        proc = subprocess.Popen(req["argv"], env=req["env"], stdin=subprocess.DEVNULL,
+                                stdout=fds[0], stderr=fds[1], start_new_session=True, **who)
+    except subprocess.SubprocessError as exc:  # the chdir in preexec_fn
+        send({"id": rid, "error": f"cannot enter {req['cwd']}: no such folder, or the command "
+              f"user may not enter it ({exc})"})
+    except (OSError, ValueError) as exc:
         send({"id": rid, "error": str(exc)})
     else:
         running[proc.pid] = (rid, proc)

@@ -78,7 +78,10 @@ class DiskMeter:
     """What one agent's worktree holds, against its quota.
 
     One meter per agent, shared by its sandbox (which measures around commands) and its file
-    tools (which charge each write), so both see the same figures.
+    tools (which charge each write), so both see the same figures. It keeps the size of
+    every entry it counted, so that after a command only the paths the command touched need
+    a look (`update`, fed by the bwrap backend's inotify watches); a full measure is the
+    fallback whenever what changed is not known.
     """
 
     def __init__(self, root: Path, quota: Quota) -> None:
@@ -87,6 +90,10 @@ class DiskMeter:
         self.bytes = 0
         self.files = 0
         self.measured = False
+        self.sizes: dict[str, int] = {}  # relative path -> bytes counted (0 for a folder)
+        self.folders: set[str] = set()
+        # Whether sizes holds every entry (a measure cut at the quota does not).
+        self.complete = False
 
     def over(self) -> Over | None:
         q = self.quota
@@ -96,56 +103,121 @@ class DiskMeter:
             return Over("files", self.files, q.files)
         return None
 
-    def measure(self) -> Over | None:
-        """Count the worktree again (blocking: call it on a thread, see `measure_async`)."""
+    def _count(self, tree: Beneath, rel: str, sizes: dict[str, int], folders: set[str]) -> bool:
+        """Add what is below rel (a folder) to sizes; False when cut at the quota."""
         q = self.quota
-        total = files = 0
+        total = sum(sizes.values())
+        try:
+            for path, _, entry in tree.walk(rel, skip=lambda _: False,
+                                            max_entries=q.files + 1,
+                                            deadline=time.monotonic() + MEASURE_SECONDS):
+                try:
+                    info = entry.stat(follow_symlinks=False)
+                except OSError:
+                    continue  # gone meanwhile
+                if stat.S_ISDIR(info.st_mode):
+                    folders.add(path)
+                    size = 0
+                else:
+                    size = info.st_size if stat.S_ISREG(info.st_mode) or \
+                        stat.S_ISLNK(info.st_mode) else 0
+                sizes[path] = size
+                total += size
+                if total > q.disk_bytes or len(sizes) > q.files:
+                    return False
+        except WalkCut:
+            return False
+        return True
+
+    def _set(self, sizes: dict[str, int], folders: set[str], complete: bool) -> None:
+        self.sizes, self.folders, self.complete = sizes, folders, complete
+        self.bytes, self.files = sum(sizes.values()), len(sizes)
+        if not complete and self.over() is None:
+            self.files = self.quota.files + 1  # cut by entries or time: count it as full
+        self.measured = True
+
+    def measure(self) -> Over | None:
+        """Count the whole worktree again (blocking: call it on a thread, see
+        `measure_async`)."""
+        sizes: dict[str, int] = {}
+        folders: set[str] = set()
         try:
             with Beneath(self.root) as tree:
-                for _, _, entry in tree.walk("", skip=lambda _: False,
-                                             max_entries=q.files + 1,
-                                             deadline=time.monotonic() + MEASURE_SECONDS):
-                    files += 1
-                    try:
-                        info = entry.stat(follow_symlinks=False)
-                    except OSError:
-                        continue  # gone meanwhile
-                    if stat.S_ISREG(info.st_mode) or stat.S_ISLNK(info.st_mode):
-                        total += info.st_size
-                    if total > q.disk_bytes:
-                        break
-        except WalkCut as cut:
-            if "entries" in cut.reason:
-                files = q.files + 1
+                complete = self._count(tree, "", sizes, folders)
         except (PathDenied, OSError):
             return self.over()  # the worktree is gone: nothing more to hold
-        self.bytes, self.files, self.measured = total, files, True
+        self._set(sizes, folders, complete)
         return self.over()
 
     async def measure_async(self) -> Over | None:
         return await asyncio.to_thread(self.measure)
 
+    def update(self, touched: set[Path] | None) -> Over | None:
+        """Look again only at the paths touched since the last look (None: not known, so
+        all of them). Blocking, like measure."""
+        if touched is None or not self.complete:
+            return self.measure()
+        sizes, folders = dict(self.sizes), set(self.folders)
+        root = str(self.root).rstrip("/") + "/"
+        try:
+            with Beneath(self.root) as tree:
+                for path in sorted(touched, key=lambda p: len(p.parts)):
+                    text = str(path)
+                    if not text.startswith(root):
+                        continue
+                    rel = text[len(root):]
+                    try:
+                        info = tree.lstat(rel)
+                    except PathDenied:
+                        info = None  # a link or a file where a folder was: gone for us
+                    if info is None or (rel in folders) != stat.S_ISDIR(info.st_mode):
+                        sizes.pop(rel, None)
+                        if rel in folders:
+                            folders.discard(rel)
+                            prefix = rel + "/"
+                            for key in [k for k in sizes if k.startswith(prefix)]:
+                                del sizes[key]
+                            folders.difference_update(
+                                [f for f in folders if f.startswith(prefix)])
+                    if info is None:
+                        continue
+                    if stat.S_ISDIR(info.st_mode):
+                        if rel not in folders:
+                            folders.add(rel)
+                            sizes[rel] = 0
+                            if not self._count(tree, rel, sizes, folders):
+                                self._set(sizes, folders, False)
+                                return self.over()
+                    elif stat.S_ISREG(info.st_mode) or stat.S_ISLNK(info.st_mode):
+                        sizes[rel] = info.st_size
+                    else:
+                        sizes[rel] = 0
+        except (PathDenied, OSError):
+            return self.measure()
+        self._set(sizes, folders, True)
+        return self.over()
+
+    async def update_async(self, touched: set[Path] | None) -> Over | None:
+        return await asyncio.to_thread(self.update, touched)
+
     def charge(self, effect: Written) -> None:
         """Account for a write before it happens; raises QuotaExceeded to refuse it."""
         if not self.measured:
             self.measure()
-        new_bytes = self.bytes + effect.bytes_delta
-        new_files = self.files + effect.files_delta
+        old = self.sizes.get(effect.rel)
+        new_files = self.files + (1 if old is None else 0)
+        new_bytes = self.bytes - (old or 0) + effect.size
         q = self.quota
-        if effect.bytes_delta > 0 and new_bytes > q.disk_bytes:
+        if new_bytes > self.bytes and new_bytes > q.disk_bytes:
             raise QuotaExceeded(Over("disk", new_bytes, q.disk_bytes))
-        if effect.files_delta > 0 and new_files > q.files:
+        if new_files > self.files and new_files > q.files:
             raise QuotaExceeded(Over("files", new_files, q.files))
+        self.sizes[effect.rel] = effect.size
         self.bytes, self.files = new_bytes, new_files
 
     def check_write(self, size: int) -> None:
         if size > self.quota.write_bytes:
             raise QuotaExceeded(Over("write", size, self.quota.write_bytes))
-
-
-def fsize_limit(meter: DiskMeter | None) -> int | None:
-    """RLIMIT_FSIZE for commands: no single file may outgrow the whole disk quota."""
-    return meter.quota.disk_bytes if meter is not None else None
 
 
 def set_fsize(limit: int | None) -> None:
@@ -168,5 +240,5 @@ async def poll(meter: DiskMeter, stop: asyncio.Event, found: list[Over]) -> None
             return
 
 
-__all__ = ["DiskMeter", "Over", "Quota", "QuotaExceeded", "fsize_limit", "poll", "quota_of",
+__all__ = ["DiskMeter", "Over", "Quota", "QuotaExceeded", "poll", "quota_of",
            "set_fsize"]
