@@ -2,7 +2,7 @@
 
 Ids are not labels: they become parts of names other programs parse. A task's branch is
 ``factory/<spec>/<task>``, its worktree folder ``<spec>--<task>`` under .factory/worktrees,
-its agent ``<spec>.<task>.<attempt>`` (a planner ``plan.<spec>.<attempt>``), its store key
+its agent ``<spec>.<task>.<attempt>`` (a planner ``plan:<spec>.<attempt>``), its store key
 ``<spec>/<task>``, and the agent id (cut to 40 characters) names a cgroup
 (``factory-<agent>-<pid>-<n>``) and a docker container. So an id is lowercase ASCII letters
 and digits in words joined by single hyphens, at most 48 characters:

@@ -264,7 +264,8 @@ class Orchestrator:
         attempt = sum(1 for a in self.store.rows("agents")
                       if a["spec_id"] == spec.id and a["role"] == "planner"
                       and a["status"] not in AGENT_ALIVE) + 1
-        agent_id = f"plan.{spec.id}.{attempt}"
+        # ":" is in no id, so no task agent (<spec>.<task>.<n>) can be named like a planner.
+        agent_id = f"plan:{spec.id}.{attempt}"
         await self._recover_plan(agent_id, collector)
         if collector.tasks is None:
             view = await self.ws.clean_view(f"plan-{spec.id}")

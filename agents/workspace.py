@@ -30,6 +30,7 @@ from git.objects.fun import tree_entries_from_data
 from agents.errors import FactoryError
 from agents.gitcmd import GitError, git_bytes
 from agents.gitcmd import git as run_git
+from agents.ids import id_problem
 from agents.sandbox.quota import DiskMeter
 
 TREE_MODE = 0o040000
@@ -115,6 +116,11 @@ class Workspace:
         record under .git/worktrees, the `.git` pointer, the files and an index with their
         stat data): it saves a git process and most of the per-agent fixed cost.
         """
+        for value, what in ((spec_id, "spec id"), (task_id, "task id")):
+            problem = id_problem(value)
+            if problem is not None:  # a store written before ids were checked, say
+                raise WorkspaceError(f"cannot create a worktree for {what} {value!r}: "
+                                     f"{problem}")
         path = self.worktree_path(spec_id, task_id)
         branch = branch_name(spec_id, task_id)
         base = base or self.main_head()

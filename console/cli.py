@@ -61,7 +61,8 @@ def cmd_init(args: argparse.Namespace) -> int:
     root = Path(args.path).resolve()
     written = init_project(root)
     for path in written:
-        out.print(f"wrote {path.relative_to(root) if path.is_relative_to(root) else path}")
+        shown = path.relative_to(root) if path.is_relative_to(root) else path
+        out.print(Text(f"wrote {clean_line(str(shown))}"))
     out.print("next: edit specs/, then `factory spec lint specs/*.md` and `factory run`")
     return 0
 
@@ -149,7 +150,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     backend = args.sandbox or _demo_backend()
     path = demo.build(Path(args.path), backend)
-    out.print(f"demo project at {path} (sandbox: {backend})")
+    out.print(Text(f"demo project at {clean_line(str(path))} (sandbox: {backend})"))
     if _headless(args):
         asyncio.run(_run(path, None, True))
         return 0

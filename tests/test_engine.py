@@ -42,7 +42,7 @@ def build_demo(tmp_path: Path, latency_ms: int = 20) -> Path:
 def peak_concurrency(events: list[ev.Event]) -> int:
     active, peak = set(), 0
     for e in events:
-        if e.kind == "agent_started" and not (e.agent_id or "").startswith("plan."):
+        if e.kind == "agent_started" and not (e.agent_id or "").startswith("plan:"):
             active.add(e.agent_id)
             peak = max(peak, len(active))
         elif e.kind == "agent_finished":

@@ -25,6 +25,7 @@ import errno
 import functools
 import json
 import os
+import re
 import shutil
 import stat
 import struct
@@ -269,7 +270,7 @@ class BwrapSandbox:
         self.run_as = run_as
         # One pids+memory group per agent, made once: its ceilings bind every command the
         # agent runs, and nothing a command leaves behind outlives it.
-        self.group = cgroups.create(ctx.agent_id.replace("/", "-")[:40],
+        self.group = cgroups.create(re.sub(r"[^a-zA-Z0-9_.:-]", "-", ctx.agent_id)[:40],
                                     memory_mb=limits.memory_mb,
                                     max_processes=limits.max_processes)
         self.launcher: Launcher | None = None

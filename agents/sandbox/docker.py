@@ -62,6 +62,7 @@ from agents.sandbox.bwrap import ETC_FILES, strip_setuid, toolchain_paths
 from agents.sandbox.env import scrubbed_env
 from agents.sandbox.identity import RunAs, command_user, hand_over
 from agents.sandbox.quota import POLL_SECONDS, Over
+from agents.textsafe import clean_line
 
 LOCAL_IMAGE = "factory-sandbox:local"
 HOST_TOOLCHAIN_LABEL = "factory.host-toolchain"
@@ -717,7 +718,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         image = build_local_image(connect(), args.tag)
     except FactoryError as exc:
-        print(f"error: {exc}")
+        print(f"error: {clean_line(str(exc))}")
         return 1
     print(f"built {args.tag} ({image[:19]})")
     return 0

@@ -108,7 +108,7 @@ async def test_agents_table_filter_and_timeline(client: InProcessClient) -> None
         await pilot.press("slash")
         await pilot.press(*"spec:slug")
         await pilot.press("enter")
-        assert sorted(pane.table.keys) == ["plan.slug.1", "slug.max-length.1",
+        assert sorted(pane.table.keys) == ["plan:slug.1", "slug.max-length.1",
                                            "slug.separator.1"]
         pane.table.select_key("slug.separator.1")
         await settle(pilot, app, lambda: pane.timeline.agent_id == "slug.separator.1")
