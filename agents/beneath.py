@@ -413,17 +413,25 @@ def walk_fd(top: int, rel: str, *, skip: Callable[[str], bool], max_entries: int
     files, or one folder nested a million times, costs a bounded time, never the loop.
     """
     def listing(fd: int) -> Iterator[os.DirEntry[str]]:
+        """One folder's entries in name order; a folder holding more than the walk may
+        visit is not read to its end (nor held in memory whole)."""
+        room = max_entries - seen + 1
+        entries = []
         with os.scandir(fd) as scan:
-            entries = sorted(scan, key=lambda e: e.name)
+            for entry in scan:
+                entries.append(entry)
+                if len(entries) > room:
+                    raise WalkCut(f"more than {max_entries} entries")
+        entries.sort(key=lambda e: e.name)
         return iter(entries)
 
     stack: list[tuple[int, str, Iterator[os.DirEntry[str]]]] = []
+    seen = 0
     try:
         stack.append((top, rel, listing(top)))
-    except OSError:
+    except (OSError, WalkCut):
         os.close(top)
         raise
-    seen = 0
     try:
         while stack:
             fd, prefix, entries = stack[-1]
@@ -450,6 +458,9 @@ def walk_fd(top: int, rel: str, *, skip: Callable[[str], bool], max_entries: int
                     stack.append((child, path, listing(child)))
                 except OSError:
                     os.close(child)
+                except WalkCut:
+                    os.close(child)
+                    raise
     finally:
         for fd, _, _ in stack:
             os.close(fd)

@@ -31,6 +31,7 @@ from agents.sandbox.base import Limits, RunResult, Sandbox
 from agents.sandbox.quota import DiskMeter, Over, QuotaExceeded
 
 MAX_READ = 200_000
+MAX_EDIT = 10 * 1024**2
 MAX_RESULT = 20_000
 # What the engine keeps for itself: never listed or written; `.factory.toml` may be read.
 PROTECTED_NAMES = {".git", ".factory.toml", ".factory"}
@@ -191,8 +192,10 @@ async def _write_file(ctx: ToolContext, a: WriteFile) -> ToolOutcome:
 
 async def _edit_file(ctx: ToolContext, a: EditFile) -> ToolOutcome:
     rel = _rel(ctx, a.path, for_write=True)
+    # A file as large as one write may be (it is written back whole).
+    limit = ctx.meter.quota.write_bytes if ctx.meter is not None else MAX_EDIT
     with Beneath(ctx.worktree) as tree:
-        text = _text(tree.read(rel, MAX_READ, a.path))
+        text = _text(tree.read(rel, limit, a.path))
     count = text.count(a.search)
     if count != 1:
         return ToolOutcome(
