@@ -179,7 +179,8 @@ class Written:
     changed: bool
     size: int
     bytes_delta: int
-    files_delta: int
+    files_delta: int  # the file and the folders made for it
+    folders: tuple[str, ...] = ()  # the folders made for it, shallow first
 
 
 class Beneath:
@@ -236,12 +237,17 @@ class Beneath:
 
     def read(self, rel: str, limit: int, raw: str | None = None) -> bytes:
         """A regular file's bytes; refused when it is anything else or larger than limit."""
+        raw = raw or rel
+        if not rel:
+            raise PathDenied(f"{raw}: is the worktree itself, not a file")
+        parent_rel, name = posixpath.split(rel)
+        parent = self.open_dir(parent_rel, raw)
         try:
-            fd = open_beneath(self.fd, rel, _READ_FLAGS)
-        except OSError as exc:
-            raise _why(exc, raw or rel) from None
+            fd = open_regular(parent, name, raw)
+        finally:
+            os.close(parent)
         try:
-            return read_regular(fd, limit, raw or rel)
+            return read_regular(fd, limit, raw)
         finally:
             os.close(fd)
 
@@ -255,20 +261,25 @@ class Beneath:
 
     # -- writing ---------------------------------------------------------------------------
 
-    def _parent(self, rel: str, raw: str, create: bool, owner: tuple[int, int] | None) -> int:
-        """The directory that will hold rel, made (folder by folder, beneath the handle)
-        when create is set."""
-        parent = posixpath.dirname(rel)
+    def _missing(self, parent: str, raw: str) -> list[str]:
+        """The folders on the way to parent that do not exist yet, shallow first."""
+        parts = parent.split("/")
+        for depth in range(1, len(parts) + 1):
+            try:
+                os.close(open_beneath(self.fd, "/".join(parts[:depth]), _DIR_FLAGS))
+            except FileNotFoundError:
+                return ["/".join(parts[:n]) for n in range(depth, len(parts) + 1)]
+            except OSError as exc:
+                raise _why(exc, raw) from None
+        return []
+
+    def _make(self, folders: list[str], raw: str, owner: tuple[int, int] | None) -> int:
+        """Make the missing folders one by one beneath the handle; the last one, open."""
+        parent = posixpath.dirname(folders[0])
+        current = open_beneath(self.fd, parent, _DIR_FLAGS) if parent else os.dup(self.fd)
         try:
-            return open_beneath(self.fd, parent, _DIR_FLAGS)
-        except FileNotFoundError:
-            if not create:
-                raise PathDenied(f"{raw}: no such folder") from None
-        except OSError as exc:
-            raise _why(exc, raw) from None
-        current = os.dup(self.fd)
-        try:
-            for part in parent.split("/"):
+            for folder in folders:
+                part = posixpath.basename(folder)
                 try:
                     os.mkdir(part, 0o755, dir_fd=current)
                     made = True
@@ -293,47 +304,61 @@ class Beneath:
 
         `owner` (uid, gid) is given to what the write creates, so that the agent's commands,
         which may run as another user, can change it later. `check` sees the write's effect
-        before anything is written (the quota) and may refuse it by raising.
+        (the folders it will make included) before anything is made or written (the quota)
+        and may refuse it by raising.
         """
         raw = raw or rel
         if not rel:
             raise PathDenied(f"{raw}: is the worktree itself, not a file")
-        name = posixpath.basename(rel)
-        parent = self._parent(rel, raw, True, owner)
+        folder, name = posixpath.split(rel)
+        missing: list[str] = []
         try:
-            try:
-                old = os.stat(name, dir_fd=parent, follow_symlinks=False)
-            except FileNotFoundError:
-                old = None
-            mode = 0o644
-            if old is not None:
-                if not stat.S_ISREG(old.st_mode):
-                    raise PathDenied(f"{raw}: is {kind_of(old.st_mode)}; only regular files "
-                                     "are written")
-                if old.st_nlink > 1:
-                    raise PathDenied(f"{raw}: refusing to use a hard-linked file")
-                mode = stat.S_IMODE(old.st_mode) & 0o777
-            changed = True
-            if old is not None and old.st_size == len(data):
-                try:
-                    fd = os.open(name, _READ_FLAGS | os.O_NOFOLLOW, dir_fd=parent)
-                except OSError:
-                    pass
-                else:
-                    try:
-                        changed = read_regular(fd, len(data), raw) != data
-                    except PathDenied:
-                        pass
-                    finally:
-                        os.close(fd)
+            parent = open_beneath(self.fd, folder, _DIR_FLAGS)
+        except FileNotFoundError:
+            missing = self._missing(folder, raw)
+            parent = -1
+        except OSError as exc:
+            raise _why(exc, raw) from None
+        try:
+            old, changed = self._old(parent, name, data, raw) if parent >= 0 else (None, True)
+            mode = stat.S_IMODE(old.st_mode) & 0o777 if old is not None else 0o644
             effect = Written(rel, changed, len(data), len(data) - (old.st_size if old else 0),
-                             0 if old else 1)
+                             (0 if old else 1) + len(missing), tuple(missing))
             if check is not None:
                 check(effect)
+            if missing:
+                parent = self._make(missing, raw, owner)
             self._replace(parent, name, data, mode, owner, raw)
             return effect
         finally:
-            os.close(parent)
+            if parent >= 0:
+                os.close(parent)
+
+    def _old(self, parent: int, name: str, data: bytes, raw: str) \
+            -> tuple[os.stat_result | None, bool]:
+        """The file a write replaces (refused unless regular and not hard-linked), and
+        whether its content differs from data."""
+        try:
+            old = os.stat(name, dir_fd=parent, follow_symlinks=False)
+        except FileNotFoundError:
+            return None, True
+        if not stat.S_ISREG(old.st_mode):
+            raise PathDenied(f"{raw}: is {kind_of(old.st_mode)}; only regular files are "
+                             "written")
+        if old.st_nlink > 1:
+            raise PathDenied(f"{raw}: refusing to use a hard-linked file")
+        if old.st_size != len(data):
+            return old, True
+        try:
+            fd = open_regular(parent, name, raw)
+        except PathDenied:
+            return old, True
+        try:
+            return old, read_regular(fd, len(data), raw) != data
+        except PathDenied:
+            return old, True
+        finally:
+            os.close(fd)
 
     def _replace(self, parent: int, name: str, data: bytes, mode: int,
                  owner: tuple[int, int] | None, raw: str) -> None:
@@ -365,6 +390,47 @@ class Beneath:
                 raise PathDenied(f"{raw}: is a folder; only regular files are written") \
                     from None
             raise
+
+
+def open_regular(parent: int, name: str, raw: str) -> int:
+    """name in the folder parent, opened for reading if it is a regular file with one link.
+
+    Opened without following a link and without blocking (a FIFO opens at once), then
+    checked twice: fstat says what was opened, and the name, looked at again, must still be
+    that file with that one link. That refuses hard links planted from outside the sandbox;
+    it narrows, but cannot close, the window of a process outside that swaps such a link
+    away while the file is opened (a rename drops the link count before the old name stops
+    resolving). Agents cannot race it: their commands cannot make a hard link to anything
+    beyond their worktree's mount (EXDEV), and tests/security checks that.
+    """
+    try:
+        fd = os.open(name, _READ_FLAGS | os.O_NOFOLLOW, dir_fd=parent)
+    except OSError as exc:
+        if exc.errno in (errno.ENXIO, errno.ELOOP):  # a socket (or a lone device); a link
+            try:
+                info = os.stat(name, dir_fd=parent, follow_symlinks=False)
+            except OSError:
+                raise _why(exc, raw) from None
+            raise PathDenied(f"{raw}: is {kind_of(info.st_mode)}; only regular files are "
+                             "read") from None
+        raise _why(exc, raw) from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise PathDenied(f"{raw}: is {kind_of(info.st_mode)}; only regular files are read")
+        if info.st_nlink > 1:
+            raise PathDenied(f"{raw}: refusing to use a hard-linked file")
+        try:
+            again = os.stat(name, dir_fd=parent, follow_symlinks=False)
+        except OSError:
+            again = None
+        if again is None or (again.st_dev, again.st_ino) != (info.st_dev, info.st_ino) \
+                or again.st_nlink > 1:
+            raise PathDenied(f"{raw}: changed while it was opened; try again")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def read_regular(fd: int, limit: int, raw: str) -> bytes:

@@ -208,9 +208,13 @@ class Factory:
 
     async def run(self, spec_ids: list[str] | None = None) -> RunSummary:
         self._lock.acquire()
-        specs, texts = self.specs(spec_ids)
-        if not specs:
-            raise FactoryError(f"no specs in {self.config.specs_path}")
+        try:
+            specs, texts = self.specs(spec_ids)
+            if not specs:
+                raise FactoryError(f"no specs in {self.config.specs_path}")
+        except BaseException:
+            self._lock.release()  # nothing started: a later run must not find it held
+            raise
         run_id = uuid.uuid4().hex[:12]
         budgets = self.config.budgets.run
         await self.store.append(ev.RunStarted(

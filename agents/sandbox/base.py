@@ -10,10 +10,12 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
-from agents.sandbox.identity import RunAs
 from agents.sandbox.quota import DiskMeter, Over
+
+if TYPE_CHECKING:
+    from agents.sandbox.identity import RunAs
 
 StopReason = Literal["exit", "timeout", "memory", "output_cap", "denied", "quota"]
 

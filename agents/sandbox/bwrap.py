@@ -319,6 +319,9 @@ class BwrapSandbox:
                 args += ["--symlink", os.readlink(path), str(path)]
             elif path.is_dir():
                 args += ["--ro-bind", str(path), str(path)]
+        # Made explicitly: bubblewrap would make /etc for the files below with mode 0700,
+        # out of the command user's reach.
+        args += ["--perms", "0755", "--dir", "/etc"]
         for name in ETC_FILES:
             if (Path("/etc") / name).exists():
                 args += ["--ro-bind", f"/etc/{name}", f"/etc/{name}"]

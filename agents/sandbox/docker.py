@@ -98,6 +98,11 @@ __f_oom() {
     fi
   done
 }
+__f_wipe() {
+  # Scratch space, emptied after each command as bwrap's launcher does (never across a
+  # mount: a worktree may be mounted below /tmp).
+  find /tmp /dev/shm -xdev -mindepth 1 -delete 2>/dev/null
+}
 __f_mark=$1
 shift
 __f_oom
@@ -127,6 +132,7 @@ else
 fi
 kill -9 -1 2>/dev/null
 kill -9 -1 2>/dev/null
+__f_wipe
 __f_oom
 printf '%s %s %s %s %s\n' "$__f_mark" "$__f_status" "$__f_rc" "$__f_before" "$__f_n" >&2
 exit 0
@@ -137,6 +143,7 @@ exit 0
 CLEANUP = WRAPPER.split("__f_mark=$1")[0] + r"""
 kill -9 -1 2>/dev/null
 kill -9 -1 2>/dev/null
+__f_wipe
 __f_oom
 echo "oom $__f_n"
 """
@@ -465,7 +472,7 @@ class DockerSandbox:
         self.oom_seen = oom_after if oom_after is not None else self.oom_seen
         # The budget had room for the status line; what the command wrote keeps to the cap.
         cap = limits.output_bytes
-        over = len(out) + len(stderr) > cap
+        flooded = len(out) + len(stderr) > cap
         stdout_text = bytes(out[:cap]).decode("utf-8", "replace")
         stderr_text = stderr[:max(cap - len(out), 0)].decode("utf-8", "replace")
         if before is None or oom_after is None:
@@ -493,7 +500,7 @@ class DockerSandbox:
         if trailer.status == "missing":
             return stream, RunResult(None, stdout_text, stderr_text, duration, "denied",
                                      f"could not start {argv[0]!r}: not found in the sandbox")
-        if over:
+        if flooded:
             return stream, RunResult(None, stdout_text, stderr_text, duration, "output_cap",
                                      f"output exceeded {cap} bytes")
         return stream, RunResult(trailer.exit_code, stdout_text, stderr_text, duration)
@@ -637,11 +644,13 @@ class DockerBackend:
         init = init_uid(command_user(self.run_as).uid)
         tmpfs = "rw,exec,nosuid,nodev,mode=1777"
         ulimits = []
+        scratch: dict[str, Any] = {}
         if ctx.meter is not None:
             quota = ctx.meter.quota
             tmpfs += f",size={quota.disk_bytes},nr_inodes={quota.files}"
             ulimits = [docker.types.Ulimit(name="fsize", soft=quota.disk_bytes,
                                            hard=quota.disk_bytes)]
+            scratch["shm_size"] = quota.disk_bytes
         container = self.client.containers.run(
             self.image,
             command=["sleep", "2147483647"],
@@ -661,6 +670,7 @@ class DockerBackend:
             # Docker's tmpfs default is noexec; bwrap's /tmp runs what a build puts there.
             tmpfs={"/tmp": tmpfs},
             ulimits=ulimits,
+            **scratch,
             working_dir=str(ctx.worktree.resolve()),
             hostname="sandbox",
             environment={},

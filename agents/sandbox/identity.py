@@ -20,12 +20,16 @@ the command user, so its commands can change them.
 from __future__ import annotations
 
 import os
-import time
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from agents.beneath import walk_fd
 from agents.errors import FactoryError
+from agents.sandbox.base import SandboxError
+from agents.textsafe import clean_line
+
+# Handing a worktree of a million files over takes seconds; anything slower is a problem.
+HAND_OVER_SECONDS = 300
 
 DEFAULT_UID = 65533
 
@@ -70,27 +74,27 @@ def command_user(run_as: RunAs | None) -> RunAs:
 
 
 def hand_over(root: Path, run_as: RunAs | None) -> None:
-    """Give a tree the engine made (a fresh checkout) to the command user, when its sandbox
-    opens.
+    """Give a worktree to the command user, every time its sandbox opens.
 
-    A tree already owned by the command user was handed over before (a resumed agent); then
-    nothing is done. The walk goes beneath the tree's handle and changes links themselves,
-    never what they point at; the worktree's `.git` pointer stays the engine's (sandboxes
-    bind it read-only).
+    Every time, not only the first: a hand-over cut short (a crash) is finished by the next
+    open, and whatever the engine wrote there since belongs to the command user too. It is
+    `chown -R` with links changed themselves, never followed (coreutils' tree walk: any depth,
+    no descriptor per level); the worktree's `.git` pointer goes back to the engine
+    (sandboxes bind it read-only). Raises SandboxError, with chown's reason, if the tree
+    cannot be handed over.
     """
     if run_as is None:
         return
-    uid, gid = run_as.owner
-    top = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        info = os.fstat(top)
-        if (info.st_uid, info.st_gid) == (uid, gid):
-            return
-        os.fchown(top, uid, gid)
-        walk = walk_fd(os.dup(top), "", skip=lambda _: False, max_entries=10_000_000,
-                       deadline=time.monotonic() + 600)
-        for path, fd, entry in walk:
-            if path != ".git":
-                os.chown(entry.name, uid, gid, dir_fd=fd, follow_symlinks=False)
-    finally:
-        os.close(top)
+        done = subprocess.run(["chown", "-R", "-P", "-h", "--", str(run_as), str(root)],
+                              capture_output=True, text=True, timeout=HAND_OVER_SECONDS)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise SandboxError(f"cannot give {root} to the command user {run_as}: {exc}") \
+            from None
+    if done.returncode != 0:
+        said = clean_line(done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "")
+        raise SandboxError(f"cannot give {root} to the command user {run_as}: "
+                           f"{said or f'chown exited with {done.returncode}'}")
+    pointer = root / ".git"
+    if pointer.is_file() and not pointer.is_symlink():
+        os.chown(pointer, os.geteuid(), os.getegid(), follow_symlinks=False)

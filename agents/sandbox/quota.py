@@ -159,6 +159,7 @@ class DiskMeter:
             return self.measure()
         sizes, folders = dict(self.sizes), set(self.folders)
         root = str(self.root).rstrip("/") + "/"
+        recounted: set[str] = set()
         try:
             with Beneath(self.root) as tree:
                 for path in sorted(touched, key=lambda p: len(p.parts)):
@@ -166,6 +167,9 @@ class DiskMeter:
                     if not text.startswith(root):
                         continue
                     rel = text[len(root):]
+                    parts = rel.split("/")
+                    if any("/".join(parts[:n]) in recounted for n in range(1, len(parts))):
+                        continue  # inside a folder counted afresh above
                     try:
                         info = tree.lstat(rel)
                     except PathDenied:
@@ -182,12 +186,20 @@ class DiskMeter:
                     if info is None:
                         continue
                     if stat.S_ISDIR(info.st_mode):
-                        if rel not in folders:
-                            folders.add(rel)
-                            sizes[rel] = 0
-                            if not self._count(tree, rel, sizes, folders):
-                                self._set(sizes, folders, False)
-                                return self.over()
+                        # New, or made again (removed and re-created within one command:
+                        # its contents came before any watch): counted afresh.
+                        if rel in folders:
+                            prefix = rel + "/"
+                            for key in [k for k in sizes if k.startswith(prefix)]:
+                                del sizes[key]
+                            folders.difference_update(
+                                [f for f in folders if f.startswith(prefix)])
+                        folders.add(rel)
+                        sizes[rel] = 0
+                        recounted.add(rel)
+                        if not self._count(tree, rel, sizes, folders):
+                            self._set(sizes, folders, False)
+                            return self.over()
                     elif stat.S_ISREG(info.st_mode) or stat.S_ISLNK(info.st_mode):
                         sizes[rel] = info.st_size
                     else:
@@ -205,13 +217,17 @@ class DiskMeter:
         if not self.measured:
             self.measure()
         old = self.sizes.get(effect.rel)
-        new_files = self.files + (1 if old is None else 0)
+        folders = [f for f in effect.folders if f not in self.sizes]
+        new_files = self.files + (1 if old is None else 0) + len(folders)
         new_bytes = self.bytes - (old or 0) + effect.size
         q = self.quota
         if new_bytes > self.bytes and new_bytes > q.disk_bytes:
             raise QuotaExceeded(Over("disk", new_bytes, q.disk_bytes))
         if new_files > self.files and new_files > q.files:
             raise QuotaExceeded(Over("files", new_files, q.files))
+        for folder in folders:
+            self.sizes[folder] = 0
+            self.folders.add(folder)
         self.sizes[effect.rel] = effect.size
         self.bytes, self.files = new_bytes, new_files
 

@@ -26,7 +26,15 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
-from agents.beneath import Beneath, PathDenied, WalkCut, kind_of, normalise, read_regular
+from agents.beneath import (
+    Beneath,
+    PathDenied,
+    WalkCut,
+    kind_of,
+    normalise,
+    open_regular,
+    read_regular,
+)
 from agents.sandbox.base import Limits, RunResult, Sandbox
 from agents.sandbox.quota import DiskMeter, Over, QuotaExceeded
 
@@ -40,7 +48,6 @@ SKIP_DIRS = {".git", ".factory", "__pycache__", ".venv", "node_modules", ".pytes
 WALK_ENTRIES = 200_000
 SEARCH_BYTES = 64 * 1024**2
 WALK_SECONDS = 10.0
-_READ_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 @dataclass
@@ -278,13 +285,13 @@ def _search(ctx: ToolContext, regex: re.Pattern[str], rel: str, raw: str) -> Too
                 if not entry.is_file(follow_symlinks=False) or entry.name in PROTECTED_NAMES:
                     continue
                 try:
-                    file = os.open(entry.name, _READ_FLAGS, dir_fd=fd)
-                except OSError:
-                    continue
+                    file = open_regular(fd, entry.name, path)
+                except PathDenied:
+                    continue  # swapped for something else meanwhile, or hard-linked
                 try:
                     data = read_regular(file, MAX_READ, path)
                 except PathDenied:
-                    continue  # too large, or swapped for something else meanwhile
+                    continue  # too large
                 finally:
                     os.close(file)
                 budget -= len(data)
