@@ -88,6 +88,16 @@ async def git_bytes(
     return out
 
 
+def shown(path: str) -> str:
+    """A path from `paths_z` as it can be recorded and shown: bytes that are not UTF-8 as
+    backslash escapes (`\\xff`); every other name as it is."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return path
+
+
 def paths_z(out: bytes) -> list[str]:
     """Paths from git's NUL-separated output, exactly as they are (no quoting to undo;
     bytes that are not UTF-8 kept as surrogate escapes, so they round-trip to git)."""

@@ -26,7 +26,7 @@ from typing import Protocol
 from agents import events as ev
 from agents import provenance
 from agents.deps import phantom_imports
-from agents.gitcmd import GitError, git, git_bytes, git_ok, paths_z
+from agents.gitcmd import GitError, git, git_bytes, git_ok, paths_z, shown
 from agents.sandbox.base import Limits, SandboxBackend, SandboxContext
 from agents.sandbox.quota import DiskMeter, Quota
 from agents.workspace import Workspace
@@ -160,7 +160,8 @@ class TestedLanding:
             conflicted = paths_z(await git_bytes("diff", "--name-only", "-z",
                                                  "--diff-filter=U", cwd=path, check=False))
             await git("merge", "--abort", cwd=path, check=False)
-            reason = (f"conflicts with main in {', '.join(conflicted)}" if conflicted
+            reason = (f"conflicts with main in {', '.join(map(shown, conflicted))}"
+                      if conflicted
                       else f"merge failed: {exc.stderr.strip() or exc.stdout.strip()}")
             return await self._refuse(request, outcome, "conflicts", reason, started,
                                       exc.stdout)
@@ -176,7 +177,7 @@ class TestedLanding:
         started = time.perf_counter()
         changed = paths_z(await git_bytes("diff", "--name-only", "-z", "--no-renames",
                                           main_before, merged, cwd=path))
-        touched = [f for f in changed if f.split("/", 1)[0] in PROTECTED]
+        touched = [shown(f) for f in changed if f.split("/", 1)[0] in PROTECTED]
         if touched:
             reason = ("changes paths the engine keeps for itself: " + ", ".join(touched[:5])
                       + (f" and {len(touched) - 5} more" if len(touched) > 5 else ""))
@@ -186,7 +187,7 @@ class TestedLanding:
             return await self._refuse(
                 request, outcome, "protected",
                 "changes ignore rules so that the engine's own state is no longer ignored: "
-                + ", ".join(exposed[:5]), started)
+                + ", ".join(map(shown, exposed[:5])), started)
         await self._gate(request, outcome, "protected", True,
                          "leaves .factory/ and .factory.toml alone", started)
 
@@ -194,8 +195,8 @@ class TestedLanding:
         phantom = await asyncio.to_thread(phantom_imports, path, changed)
         if phantom:
             reason = "undeclared third-party imports: " + ", ".join(
-                f"{module} (in {', '.join(files)})" for module, files in sorted(phantom.items())
-            )
+                f"{module} (in {', '.join(map(shown, files))})"
+                for module, files in sorted(phantom.items()))
             return await self._refuse(request, outcome, "dependencies", reason, started)
         await self._gate(request, outcome, "dependencies", True, "no undeclared imports",
                          started)

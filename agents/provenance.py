@@ -6,7 +6,8 @@ Every commit the engine makes carries provenance trailers (`Factory-Agent`, `Fac
 planner wrote (a finish summary, a task title), so it must not be able to add, hide or
 change a trailer:
 
-- the title becomes one line (newlines and control characters shown as placeholders);
+- the title becomes one line (newlines and control characters shown as placeholders), not
+  starting with `-` or `#` (git's patch divider and scissors line);
 - every line of the body is indented by four spaces: git reads trailers only from lines
   that start at the margin, and its patch divider (`---`) and comment lines only there too;
 - the engine's trailers are the last paragraph, one `Key: value` line each, values on one
@@ -41,6 +42,13 @@ def one_line(text: str, limit: int = TITLE_LIMIT) -> str:
     return line if len(line) <= limit else line[:limit - 1] + "…"
 
 
+def title_line(text: str) -> str:
+    """A title git reads as a title: one line, and not starting with `-` or `#` (git takes a
+    line of `---` for the start of a patch and `# --- >8 ---` for the end of the message,
+    and would then find no trailer after it)."""
+    return one_line(text).lstrip("-# ").strip() or "(untitled)"
+
+
 def compose(title: str, body: str, trailers: dict[str, str]) -> str:
     """A commit message: the title, the body quoted, the engine's trailers last."""
     lines = [INDENT + line if line.strip() else "" for line in clean(body).splitlines()]
@@ -48,7 +56,7 @@ def compose(title: str, body: str, trailers: dict[str, str]) -> str:
         lines.pop()
     while lines and not lines[0]:
         lines.pop(0)
-    parts = [one_line(title) or "(untitled)"]
+    parts = [title_line(title)]
     if lines:
         parts.append("\n".join(lines))
     parts.append(trailer_block(trailers))

@@ -28,7 +28,7 @@ from git.index.typ import IndexEntry
 from git.objects.fun import tree_entries_from_data
 
 from agents.errors import FactoryError
-from agents.gitcmd import GitError, git_bytes
+from agents.gitcmd import GitError, git_bytes, shown
 from agents.gitcmd import git as run_git
 from agents.ids import id_problem
 from agents.sandbox.quota import DiskMeter
@@ -293,7 +293,7 @@ class Workspace:
             if not record:
                 continue
             added, removed, path = record.split(b"\t", 2)
-            files.append(os.fsdecode(path))
+            files.append(shown(os.fsdecode(path)))  # recorded in events: JSON-safe
             insertions += int(added) if added.isdigit() else 0  # "-" for binary files
             deletions += int(removed) if removed.isdigit() else 0
         return sorted(files), insertions, deletions

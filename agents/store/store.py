@@ -492,11 +492,25 @@ class Store:
         if not hashes:
             hashes.append(last_hash)
         sha256, pack = _SHA256.copy, _PACK.pack
+        # Serialised first, each append on its own: one that JSON cannot hold (a lone
+        # surrogate from a file name, say) fails alone, instead of stalling every append.
+        kept: list[tuple[list[Event], asyncio.Future[int]]] = []
+        encoded: list[bytes] = []
+        for events, fut in items:
+            try:
+                payloads = [e.__pydantic_serializer__.to_json(e) for e in events]
+            except Exception as exc:
+                if not fut.done():
+                    fut.set_exception(StoreError(f"{self.path}: cannot record "
+                                                 f"{', '.join(e.kind for e in events)}: {exc}"))
+                continue
+            kept.append((events, fut))
+            encoded += payloads
+        items = kept
         flat = [e for events, _ in items for e in events]
-        # The one per-event loop: serialise once, hash those very bytes, keep them for the row.
-        for event in flat:
+        # The one per-event loop: hash the serialised bytes, keep them for the row.
+        for data in encoded:
             last_id += 1
-            data = event.__pydantic_serializer__.to_json(event)
             digest = sha256()
             digest.update(last_hash + pack(last_id, ts) + data)
             last_hash = digest.digest()
