@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -178,7 +177,6 @@ def test_joined_names_split_back_and_fit() -> None:
     assert len(f"factory-{(longest + '.' + longest + '.99')[:40]}-4194304-999".encode()) < 255
 
 
-@pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
 @pytest.mark.parametrize("value", GOOD)
 def test_good_ids_make_valid_refs(value: str) -> None:
     ref = f"refs/heads/factory/{value}/{value}"
@@ -320,7 +318,6 @@ def lint_cli(cwd: Path, *names: str) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=120, check=False)
 
 
-@pytest.mark.skipif(not FACTORY.exists(), reason="the factory command is not installed")
 def test_factory_spec_lint_reports_every_bad_id(tmp_path: Path) -> None:
     names = []
     for number, value in enumerate(IDS):
@@ -341,7 +338,6 @@ def test_factory_spec_lint_reports_every_bad_id(tmp_path: Path) -> None:
     assert "good.md: precision 100/100" in done.stdout
 
 
-@pytest.mark.skipif(not FACTORY.exists(), reason="the factory command is not installed")
 @pytest.mark.parametrize("value", ["spec\n", "Spec", "a" * 300, "\u0430pi", "[/x]"],
                          ids=["newline", "upper", "long", "cyrillic", "markup"])
 def test_factory_spec_lint_one_bad_file(tmp_path: Path, value: str) -> None:
