@@ -76,12 +76,11 @@ def describe(stored: StoredEvent) -> Text | None:
         if e.detail:
             out.append(f" ({clean_line(e.detail)})", style="red")
     elif kind == "limit":
-        out.append(f"LIMIT {e.limit}: {clean_line(e.tool)} {e.used} of {e.allowed}",
-                   style="bold red")
+        out.append(f"OVER QUOTA ({e.limit}) in {clean_line(e.tool)}", style="bold red")
         if e.command:
-            out.append(f" {clean_line(e.command[:120])}", style="red")
+            out.append(f": {clean_line(e.command[:120])}", style="red")
         if e.detail:
-            out.append(f" ({clean_line(e.detail)})", style="red")
+            out.append(f"\n  {clean_line(e.detail)}", style="red")
     elif kind == "model_retry":
         out.append(f"model retry {e.attempt} ({e.status or 'error'}) in {e.wait:.1f}s: "
                    f"{clean(e.error[:200])}", style="yellow")
