@@ -3,6 +3,12 @@
 litellm is imported lazily (it takes seconds), so nothing on the console's start path pays for
 it. The offline `replay` provider is registered with litellm as a custom provider, so replayed
 runs take exactly the code path of real ones.
+
+A failed call becomes a `ModelError` with a kind (`ErrorKind`), the HTTP status and the
+provider's own message, worded so that a person knows what to set or fix: an agent that ends
+on one says why in its summary. Only kinds that can succeed on a second try are retried.
+`check_models` checks a configuration's models before a run, offline, so that a run that cannot
+work refuses to start instead of failing agent by agent.
 """
 
 from __future__ import annotations
@@ -11,24 +17,80 @@ import asyncio
 import json
 import os
 import random
+import re
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from agents.errors import FactoryError
+from agents.textsafe import clean_line
+
+if TYPE_CHECKING:
+    from agents.config import FactoryConfig
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-RETRYABLE_STATUS = {408, 409, 429, 500, 502, 503, 504, 529}
+ErrorKind = Literal[
+    "credentials",     # no API key where the provider needs one (nothing was sent)
+    "authentication",  # the provider refused the key (401) or its permissions (403)
+    "unknown_model",   # no such model, or no provider litellm knows serves it
+    "quota",           # the account's credit or quota is used up (402, insufficient_quota)
+    "rate_limit",      # 429: too many requests or tokens for now
+    "context_length",  # the conversation does not fit the model's context window
+    "bad_request",     # any other refusal of the request itself (400, 422, ...)
+    "timeout",         # no answer within [models] timeout_seconds
+    "connection",      # the endpoint could not be reached
+    "server",          # the provider failed (5xx, 409)
+    "other",           # anything else (a bug here or in litellm, most likely)
+]
+
+# What a second try can fix: the provider's state, not our request or our configuration.
+RETRYABLE_KINDS: frozenset[ErrorKind] = frozenset({"rate_limit", "timeout", "connection",
+                                                   "server"})
+# What another model can fix: a model that is not there, too small, or not answering. Never a
+# missing or refused key (a person must fix it, and a fallback would hide it and spend on a
+# model nobody chose for this) nor a malformed request (every model would refuse it too).
+FALLBACK_KINDS: frozenset[ErrorKind] = RETRYABLE_KINDS | {"unknown_model", "context_length",
+                                                          "quota"}
+
+_LABELS: dict[ErrorKind, str] = {
+    "credentials": "no API key", "authentication": "authentication failed",
+    "unknown_model": "unknown model", "quota": "quota used up", "rate_limit": "rate limited",
+    "context_length": "context window exceeded", "bad_request": "request rejected",
+    "timeout": "timed out", "connection": "connection failed", "server": "server error",
+    "other": "error",
+}
 
 
 class ModelError(FactoryError):
-    def __init__(self, message: str, status: int | None = None) -> None:
+    """A model call that failed, or a role with no model.
+
+    `kind` says what went wrong (see `ErrorKind`), `status` is the HTTP status when there was
+    one, `provider_message` is the provider's (or litellm's) own words, cleaned of control
+    characters. The message (`str(error)`) names the cause, the model and what to set or fix.
+    When fallbacks were tried, the error is the last model's, and `failures` holds every
+    model's in order.
+    """
+
+    def __init__(self, message: str, status: int | None = None, *,
+                 kind: ErrorKind = "other", provider_message: str = "",
+                 model: str | None = None, attempts: int = 0,
+                 failures: tuple[ModelError, ...] = ()) -> None:
         super().__init__(message)
+        self.message = message
         self.status = status
+        self.kind: ErrorKind = kind
+        self.provider_message = provider_message
+        self.model = model
+        self.attempts = attempts
+        self.failures = failures
+
+    @property
+    def retryable(self) -> bool:
+        return self.kind in RETRYABLE_KINDS
 
 
 @dataclass(frozen=True)
@@ -82,7 +144,18 @@ def _import_litellm() -> Any:
     return _litellm
 
 
-def _status_of(exc: Exception) -> int | None:
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    """The exception and what caused it (litellm wraps the openai SDK's, which wraps httpx's)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen and len(seen) < 12:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or (None if current.__suppress_context__
+                                        else current.__context__)
+
+
+def _status_of(exc: BaseException) -> int | None:
     status = getattr(exc, "status_code", None)
     if isinstance(status, int):
         return status
@@ -91,30 +164,185 @@ def _status_of(exc: Exception) -> int | None:
     return code if isinstance(code, int) else None
 
 
-def _retry_after(exc: Exception) -> float | None:
-    response = getattr(exc, "response", None)
-    headers = getattr(response, "headers", None)
-    if not headers:
-        return None
-    value = headers.get("retry-after")
+def _error_body(exc: BaseException) -> dict[str, Any]:
+    """The provider's error object (`{"message", "type", "code"}` in OpenAI's format), if the
+    exception or one it wraps kept the body of the HTTP response."""
+    for link in _chain(exc):
+        body = getattr(link, "body", None)
+        if isinstance(body, dict) and body:
+            inner = body.get("error")
+            return inner if isinstance(inner, dict) else body
+        response = getattr(link, "response", None)
+        try:
+            text = response.text if response is not None else ""
+        except Exception:  # a streamed response that was never read, say
+            text = ""
+        if not isinstance(text, str) or not text.lstrip().startswith("{"):
+            continue
+        try:
+            doc = json.loads(text)
+        except ValueError:
+            continue
+        if not isinstance(doc, dict):
+            continue
+        inner = doc.get("error")
+        if isinstance(inner, dict):
+            return inner
+        if isinstance(inner, str):
+            return {"message": inner}
+        if "message" in doc or "detail" in doc:
+            return doc
+    return {}
+
+
+# litellm's message is "litellm.RateLimitError: RateLimitError: OpenAIException - <provider's>".
+_PREFIX = re.compile(r"^\s*(?:litellm\.)?[A-Za-z_]*(?:Error|Exception|Timeout)\s*(?::|\s-)\s*")
+_RETRIED = re.compile(r"\s*LiteLLM (?:Retried: \d+ times|Max Retries: \d+).*$", re.S)
+_MESSAGE_LIMIT = 600
+
+
+def _provider_message(exc: BaseException, body: dict[str, Any]) -> str:
+    """The provider's words: from the error body when there is one, else litellm's message
+    without litellm's own prefixes; on one line, control characters made visible."""
+    raw = body.get("message") or body.get("detail")
+    if raw is not None and not isinstance(raw, str):
+        raw = json.dumps(raw)
+    text = raw or str(getattr(exc, "message", "") or exc)
+    text = _RETRIED.sub("", text)
+    while match := _PREFIX.match(text):
+        text = text[match.end():]
+    text = " ".join(text.split()) or type(exc).__name__
+    if len(text) > _MESSAGE_LIMIT:
+        text = text[:_MESSAGE_LIMIT - 1] + "…"
+    return clean_line(text)
+
+
+_MISSING_KEY = re.compile(
+    r"missing credentials|missing [\w ]{0,40}api[ _-]?key|api_key client option must be set"
+    r"|no (?:api )?key (?:is )?(?:set|provided)|didn't provide an api key"
+    r"|api[ _-]?key (?:is )?(?:required|not set|not found|missing)", re.I)
+_NO_PROVIDER = re.compile(r"llm provider not provided", re.I)
+_CONTEXT = re.compile(r"context_length_exceeded|context (?:window|length)|maximum context", re.I)
+_NO_MODEL = re.compile(
+    r"model_not_found|no such model|(?:unknown|invalid) model|model[^.;]{0,80}"
+    r"(?:not found|does not exist|not exist|is not supported)", re.I)
+_QUOTA = re.compile(r"insufficient_quota|exceeded your current quota|billing_hard_limit"
+                    r"|credit balance is too low", re.I)
+_TIMEOUTS = {"Timeout", "APITimeoutError", "TimeoutException", "TimeoutError"}
+_CONNECTION = {"APIConnectionError", "ConnectError", "ConnectionError", "TransportError",
+               "ClientConnectorError", "ServerDisconnectedError", "ClientOSError"}
+
+
+def classify_error(exc: BaseException) -> tuple[ErrorKind, int | None, str]:
+    """(kind, HTTP status, provider's message) of a failed litellm call.
+
+    litellm's exception classes come first, then what the provider said, then the status: a
+    missing key reaches us as a 500 (the openai SDK refuses before sending anything) and a
+    refused connection as a 500 wrapping the SDK's connection error, neither of which a
+    retry can fix or should be called a server error. Classes are matched by name along the
+    chain of causes, so this needs neither litellm nor openai imported.
+    """
+    chain = list(_chain(exc))
+    names = {cls.__name__ for link in chain for cls in type(link).__mro__}
+    status = next((s for s in map(_status_of, chain) if s is not None), None)
+    body = _error_body(exc)
+    message = _provider_message(exc, body)
+    code = str(body.get("code") or body.get("type") or "")
+    said = f"{code} {message}"
+    kind: ErrorKind
+    if "ContextWindowExceededError" in names or code == "context_length_exceeded" or (
+            status in (400, 413) and _CONTEXT.search(said)):
+        kind = "context_length"
+    # Nothing reached the provider in these four: the status is litellm's invention, dropped.
+    elif _MISSING_KEY.search(message):
+        kind = "credentials"
+        status = status if status in (401, 403) else None
+    elif "LiteLLMUnknownProvider" in names or _NO_PROVIDER.search(message):
+        kind, status = "unknown_model", None
+    elif names & _TIMEOUTS:
+        kind, status = "timeout", None
+    elif names & _CONNECTION:
+        kind, status = "connection", None
+    elif status == 408:
+        kind = "timeout"
+    elif status == 402 or "BudgetExceededError" in names or _QUOTA.search(said):
+        kind = "quota"
+    elif code == "model_not_found" or status == 404 or (
+            status is not None and 400 <= status < 500 and status not in (401, 403, 429)
+            and _NO_MODEL.search(said)):
+        kind = "unknown_model"
+    elif status in (401, 403) or names & {"AuthenticationError", "PermissionDeniedError"}:
+        kind = "authentication"
+    elif status == 429 or "RateLimitError" in names:
+        kind = "rate_limit"
+    elif (status is not None and (status >= 500 or status == 409)) or names & {
+            "InternalServerError", "ServiceUnavailableError", "BadGatewayError"}:
+        kind = "server"
+    elif status is not None and 400 <= status < 500:
+        kind = "bad_request"
+    else:
+        kind = "other"
+    return kind, status, message
+
+
+def _retry_after(exc: BaseException) -> float | None:
+    """Seconds the provider asked us to wait (Retry-After, or OpenAI's retry-after-ms)."""
+    for link in _chain(exc):
+        response = getattr(link, "response", None)
+        headers = getattr(response, "headers", None)
+        if not headers:
+            continue
+        for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
+            value = headers.get(name)
+            try:
+                seconds = float(value) * scale if value is not None else None
+            except ValueError:
+                seconds = None
+            if seconds is not None and seconds >= 0:
+                return seconds
+    return None
+
+
+def _missing_keys(litellm: Any, model: str, api_base: str | None) -> list[str]:
+    """The environment variables litellm's own check says `model` needs and lacks."""
     try:
-        return float(value) if value is not None else None
-    except ValueError:
-        return None
+        found = litellm.validate_environment(model=model, api_base=api_base or None)
+    except Exception:
+        return []
+    return [str(k) for k in found.get("missing_keys") or []]
 
 
-def _is_retryable(exc: Exception) -> bool:
-    status = _status_of(exc)
-    if status is not None:
-        return status in RETRYABLE_STATUS
-    name = type(exc).__name__
-    return name in {"APIConnectionError", "Timeout", "APITimeoutError", "ServiceUnavailableError",
-                    "InternalServerError", "RateLimitError"}
+def _export_hint(missing: list[str], api_base: str | None = None) -> str:
+    """'X is not set; export it, or ...': what to set for variables litellm found missing."""
+    if not missing:
+        return ("export the provider's API key, or set [models] api_key_env to the "
+                "variable that holds the key")
+    one = len(missing) == 1
+    names = missing[0] if one else ", ".join(missing)
+    instead = ("set [models] api_base" if all("BASE" in k for k in missing)
+               else "set [models] api_key_env to the variable that holds the key")
+    # The openai client wants a key even for a local server that checks none.
+    anyway = " (any value, if the server at [models] api_base checks none)" if api_base \
+        and "BASE" not in instead else ""
+    return (f"{names} {'is' if one else 'are'} not set; export {'it' if one else 'them'}"
+            f"{anyway}, or {instead}")
 
 
 @dataclass
 class ModelRouter:
-    """Role → model, with fallbacks and retry policy taken from the configuration."""
+    """Role → model, with fallbacks and retry policy taken from the configuration.
+
+    Retry policy: a failure whose kind is in `RETRYABLE_KINDS` (rate limit, timeout,
+    connection, server) is tried again up to `max_retries` times, waiting what the provider's
+    Retry-After asks or else an exponential backoff with jitter. Any other kind is final for
+    that model at once: one request, no retry. The next fallback model is then tried when the
+    kind is in `FALLBACK_KINDS` (retries ran out, or the model is unknown, its context window
+    too small or its account's quota used up); a missing or refused key and a malformed
+    request end the call (another model would hide the problem or fail the same way).
+
+    `api_key_env` names the variable that holds `api_key` (read from it when `api_key` is not
+    given); it is only used to tell a person which variable to check.
+    """
 
     roles: dict[str, str]
     fallbacks: dict[str, list[str]] = field(default_factory=dict)
@@ -124,6 +352,7 @@ class ModelRouter:
     timeout: float = 120.0
     backoff_base: float = 0.5
     backoff_cap: float = 20.0
+    api_key_env: str | None = None
 
     def model_for(self, role: str) -> str:
         try:
@@ -132,13 +361,17 @@ class ModelRouter:
             raise ModelError(f"no model configured for role {role!r} ([models] {role} = ...)") \
                 from None
 
+    def _key(self) -> str | None:
+        return self.api_key or api_key_from_env(self.api_key_env)
+
     def _kwargs(self, model: str) -> dict[str, Any]:
         kwargs: dict[str, Any] = {"timeout": self.timeout, "num_retries": 0, "max_retries": 0}
         if not model.startswith("replay/"):
             if self.api_base:
                 kwargs["api_base"] = self.api_base
-            if self.api_key:
-                kwargs["api_key"] = self.api_key
+            key = self._key()
+            if key:
+                kwargs["api_key"] = key
         return kwargs
 
     async def complete(
@@ -149,13 +382,21 @@ class ModelRouter:
         metadata: dict[str, Any] | None = None,
         on_retry: RetryHook | None = None,
     ) -> Completion:
+        """One completion for `role`, under the retry and fallback policy of the class.
+
+        Raises `ModelError` naming the cause; `on_retry(model, retry number, status, wait,
+        cause)` is awaited before each wait.
+        """
         # The first call pays litellm's import (seconds): do it off the event loop so that
         # everything else keeps moving meanwhile.
         litellm = _litellm if _litellm is not None else await asyncio.to_thread(litellm_module)
         primary = self.model_for(role)
-        errors: list[str] = []
+        failures: list[ModelError] = []
+        last: Exception | None = None
         for model in [primary, *self.fallbacks.get(primary, [])]:
-            for attempt in range(self.max_retries + 1):
+            attempt = 0
+            while True:
+                attempt += 1
                 started = time.perf_counter()
                 try:
                     response = await litellm.acompletion(
@@ -163,22 +404,115 @@ class ModelRouter:
                         metadata=metadata or {}, **self._kwargs(model),
                     )
                 except Exception as exc:
-                    status = _status_of(exc)
-                    if not _is_retryable(exc):
-                        raise ModelError(f"{model}: {exc}", status) from exc
-                    errors.append(f"{model}: {type(exc).__name__} {status or ''}".strip())
-                    if attempt == self.max_retries:
-                        break
-                    wait = _retry_after(exc)
-                    if wait is None:
-                        wait = min(self.backoff_cap, self.backoff_base * 2**attempt)
-                        wait *= 0.5 + random.random() / 2
-                    if on_retry is not None:
-                        await on_retry(model, attempt + 1, status, wait, str(exc)[:500])
-                    await asyncio.sleep(wait)
-                    continue
+                    failure = self.error_for(exc, model, attempt)
+                    if failure.retryable and attempt <= self.max_retries:
+                        wait = _retry_after(exc)
+                        if wait is None:
+                            wait = min(self.backoff_cap, self.backoff_base * 2 ** (attempt - 1))
+                            wait *= 0.5 + random.random() / 2
+                        if on_retry is not None:
+                            cause = f"{_LABELS[failure.kind]}: {failure.provider_message}"
+                            await on_retry(model, attempt, failure.status, wait, cause[:500])
+                        await asyncio.sleep(wait)
+                        continue
+                    failures.append(failure)
+                    last = exc
+                    break
                 return self._completion(litellm, response, model, time.perf_counter() - started)
-        raise ModelError("all retries and fallbacks failed: " + "; ".join(errors[-5:]), None)
+            if failures[-1].kind not in FALLBACK_KINDS:
+                break
+        raise self._final(failures) from last
+
+    @staticmethod
+    def _final(failures: list[ModelError]) -> ModelError:
+        """The error that ends a call: the last model's, naming every model's cause."""
+        final = failures[-1]
+        if len(failures) == 1:
+            return final
+        causes = " | ".join(f"{i}) {f}" for i, f in enumerate(failures, start=1))
+        return ModelError(f"{failures[0].model} and its fallbacks failed: {causes}",
+                          final.status, kind=final.kind,
+                          provider_message=final.provider_message, model=final.model,
+                          attempts=final.attempts, failures=tuple(failures))
+
+    def error_for(self, exc: BaseException, model: str, attempts: int = 1) -> ModelError:
+        """The `ModelError` for one failed call to `model`: its kind, and a message that names
+        the cause, the model and what to set or fix."""
+        kind, status, provider_message = classify_error(exc)
+        replayed = model.startswith("replay/")
+        if replayed and kind == "connection":
+            # litellm reports whatever a custom provider raised as a connection error; the
+            # replay provider has no network to fail, so that is a bug, not worth a retry.
+            kind = "other"
+        said = provider_message.rstrip(" .") or provider_message  # "...: <said>; <what to do>"
+        code = f" ({status})" if status is not None else ""
+        tries = f" after {attempts} attempts" if attempts > 1 else ""
+        if kind == "credentials":
+            text = f"no API key for {model}: {said}; {self._set_key_hint(model)}"
+        elif kind == "authentication":
+            what = "permission denied" if status == 403 else "authentication failed"
+            also = ", and that it may use this model" if status == 403 else ""
+            text = f"{what} for {model}{code}: {said}; check the key in {self._key_source(model)}"
+            text += also
+        elif kind == "unknown_model" and replayed:
+            text = (f"unknown replay model or agent for {model}{code}: {said}; check [models] "
+                    "and the trajectory file in .factory/replay/")
+        elif kind == "unknown_model" and status is None:  # litellm knows no such provider
+            text = (f"litellm does not know which provider serves {model}: {said}; write the "
+                    "model in [models] as provider/name, e.g. 'openai/gpt-4o-mini' (or "
+                    "'openai/<name>' for an OpenAI-compatible server at [models] api_base)")
+        elif kind == "unknown_model":
+            where = (f", and that {self.api_base} ([models] api_base) serves it" if self.api_base
+                     else ", or set [models] api_base to a server that serves it")
+            text = (f"unknown model {model}{code}: {said}; check the model name in [models] "
+                    f"(litellm's provider/name, e.g. 'openai/gpt-4o-mini'){where}")
+        elif kind == "quota":
+            text = (f"the quota or credit for {model} is used up{code}: {said}; check the plan "
+                    f"and billing of the key in {self._key_source(model)}, or add "
+                    "[models] fallbacks")
+        elif kind == "rate_limit":
+            text = (f"rate limited by {model}{code}{tries}: {said}; lower [run] concurrency, "
+                    "raise [models] max_retries, or add [models] fallbacks")
+        elif kind == "context_length":
+            text = (f"the conversation is too long for {model}'s context window{code}: {said}; "
+                    "use a model with a larger window (or add one to [models] fallbacks), or "
+                    "split the work into smaller tasks")
+        elif kind == "bad_request":
+            text = f"{model} rejected the request{code}: {said}"
+        elif kind == "timeout":
+            text = (f"{model} did not answer within {self.timeout:g} s{tries}: {said}; raise "
+                    "[models] timeout_seconds, or check the provider")
+        elif kind == "connection":
+            where = "" if replayed or not self.api_base else f" at {self.api_base}"
+            check = "[models] api_base and the network" if where else "the network"
+            text = f"cannot reach {model}{where}{tries}: {said}; check {check}"
+        elif kind == "server":
+            text = (f"{model}'s provider failed{code}{tries}: {said}; try again later, or add "
+                    "[models] fallbacks")
+        else:
+            text = f"{model} failed{code}: {said}"
+        return ModelError(text, status, kind=kind, provider_message=provider_message,
+                          model=model, attempts=attempts)
+
+    def _key_source(self, model: str) -> str:
+        """Where the key that the provider refused came from, for 'check the key in ...'."""
+        if self.api_key_env:
+            return f"${self.api_key_env}"
+        if self.api_key:
+            return "the variable [models] api_key_env names"
+        provider = model.split("/", 1)[0] if "/" in model else ""
+        candidate = f"{provider.upper()}_API_KEY"
+        if provider and candidate in os.environ:
+            return f"${candidate}"
+        return "the provider's API key variable (or set [models] api_key_env)"
+
+    def _set_key_hint(self, model: str) -> str:
+        """What to set when no key was there: the named variable, or what litellm's
+        environment check finds missing for the model's provider."""
+        if self.api_key_env:
+            return f"export {self.api_key_env} (named by [models] api_key_env)"
+        litellm = _litellm if _litellm is not None else litellm_module()
+        return _export_hint(_missing_keys(litellm, model, self.api_base), self.api_base)
 
     def _completion(self, litellm: Any, response: Any, model: str, latency: float) -> Completion:
         choice = response.choices[0].message
@@ -243,3 +577,98 @@ def api_key_from_env(name: str | None) -> str | None:
 
 def replay_path(root: Path, model: str) -> Path:
     return root / ".factory" / "replay" / f"{model.split('/', 1)[1]}.json"
+
+
+ROLES = ("planner", "implementer", "reviewer")
+
+
+def check_models(config: FactoryConfig) -> list[str]:
+    """What stops the configuration's models from working, before a run starts: one line per
+    problem, each naming the key, the model and what to set; empty when every model can work.
+
+    Checked for each role's model and each of its fallbacks, offline (no request is sent):
+    a `replay/<name>` model needs its trajectory, `.factory/replay/<name>.json`, readable and
+    well formed (it is loaded, and so registered, as the engine would load it); any other
+    model needs a provider litellm knows (`litellm.get_llm_provider`), to be in litellm's model
+    map unless `[models] api_base` points at a server that serves it, and its credentials:
+    the variable `[models] api_key_env` names must be set when it is named (the router passes
+    that key to every model), else litellm's own environment check
+    (`litellm.validate_environment`) must find what the provider needs. litellm is imported
+    only when a model other than `replay/` is configured.
+    """
+    models = config.models
+    where: dict[str, list[str]] = {}
+    for role in ROLES:
+        primary = getattr(models, role)
+        where.setdefault(primary, []).append(f"models.{role}")
+        for i, fallback in enumerate(models.fallbacks.get(primary, [])):
+            key = f"models.fallbacks[{primary!r}][{i}]"
+            if key not in where.setdefault(fallback, []):
+                where[fallback].append(key)
+    problems: list[str] = []
+    for model, keys in where.items():
+        for problem in _model_problems(config, model):
+            problems.append(f"{', '.join(keys)} = {model!r}: {problem}")
+    return problems
+
+
+def _model_problems(config: FactoryConfig, model: str) -> list[str]:
+    models = config.models
+    if not model.strip():
+        return ["no model named; set a litellm model name, e.g. 'openai/gpt-4o-mini'"]
+    if model.startswith("replay/"):
+        return _replay_problems(config.root, model)
+    litellm = litellm_module()
+    api_base = models.api_base or None
+    try:
+        name, provider, _, _ = litellm.get_llm_provider(model=model, api_base=api_base)
+    except Exception:
+        return ["litellm does not know which provider serves it; write it as provider/name, "
+                "e.g. 'openai/gpt-4o-mini' (or 'openai/<name>' for an OpenAI-compatible "
+                "server at [models] api_base)"]
+    problems = []
+    if api_base is None and not _in_model_map(litellm, model, name, provider):
+        problems.append(f"litellm does not know this model ({provider} has no {name!r} in "
+                        "litellm's model map); check the name, or set [models] api_base to a "
+                        "server that serves it")
+    if models.api_key_env:
+        if not os.environ.get(models.api_key_env):
+            problems.append(f"{models.api_key_env} is not set ([models] api_key_env names it); "
+                            "export it with the key"
+                            + (f" for {api_base}" if api_base else ""))
+    else:
+        missing = _missing_keys(litellm, model, api_base)
+        if missing:
+            problems.append(_export_hint(missing, api_base))
+    return problems
+
+
+def _in_model_map(litellm: Any, model: str, name: str, provider: str) -> bool:
+    """Whether litellm's model map lists the model for that provider. (Not
+    `litellm.get_model_info`: it makes up an entry for names that look like OpenAI's, such as
+    'openai/gpt-9'.) The map holds models registered with `litellm.register_model` too."""
+    for key in (model, name, f"{provider}/{name}"):
+        entry = litellm.model_cost.get(key)
+        if isinstance(entry, dict) and str(entry.get("litellm_provider") or "").split("-")[0] \
+                in (provider, provider.split("-")[0]):
+            return True
+    return False
+
+
+def _replay_problems(root: Path, model: str) -> list[str]:
+    name = model.split("/", 1)[1]
+    if not name:
+        return ["a replay model needs a name: 'replay/<name>' plays .factory/replay/<name>.json"]
+    path = replay_path(root, model)
+    if not path.is_file():
+        return [f"its trajectory {path} does not exist; record one there, or choose "
+                "another model"]
+    from agents import replay
+
+    try:
+        replay.load(name, path)
+    except ValueError as exc:
+        return [f"its trajectory cannot be played: {exc}"]
+    except OSError as exc:
+        return [f"its trajectory {path} cannot be read: {exc.strerror or exc}"]
+    return []

@@ -3,7 +3,8 @@
 litellm reaches it through its ordinary openai client (`openai/<model>` with api_base), so the
 tests exercise real HTTP, real litellm parsing and real retry behaviour. A script is a list
 of replies; each reply is either a completion (content and/or tool calls, usage) or an HTTP
-error (status, headers). Every request body is kept for assertions.
+error (status, headers, and optionally the provider's exact error object, as OpenAI's
+`{"message", "type", "param", "code"}`). Every request body is kept for assertions.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ class Reply:
     status: int = 200
     headers: dict[str, str] = field(default_factory=dict)
     error: str = ""
+    # The error object to send as is (`{"error": body}`) instead of the generated one.
+    body: dict[str, Any] | None = None
 
 
 def call(name: str, arguments: dict[str, Any] | str | None = None) -> Reply:
@@ -35,6 +38,14 @@ def call(name: str, arguments: dict[str, Any] | str | None = None) -> Reply:
 
 def error(status: int, message: str = "scripted error", **headers: str) -> Reply:
     return Reply(status=status, headers=headers, error=message)
+
+
+def provider_error(status: int, message: str, *, type: str = "invalid_request_error",
+                   code: str | None = None, param: str | None = None,
+                   headers: dict[str, str] | None = None) -> Reply:
+    """An error reply with the body a provider sends (OpenAI's error object)."""
+    body = {"message": message, "type": type, "param": param, "code": code}
+    return Reply(status=status, headers=dict(headers or {}), error=message, body=body)
 
 
 class ScriptedServer:
@@ -84,6 +95,8 @@ class ScriptedServer:
             reply = self.replies.pop(0)
             self._counter += 1
             n = self._counter
+        if reply.status != 200 and reply.body is not None:
+            return reply.status, reply.headers, {"error": reply.body}
         if reply.status != 200:
             return reply.status, reply.headers, {
                 "error": {"message": reply.error, "type": "rate_limit_error"
