@@ -241,7 +241,7 @@ class Daemon:
             await factory.retry(key)
 
         async def cancel_task(key: str) -> bool:
-            return factory.cancel_task(key)
+            return await factory.cancel_task(key)
 
         async def run_error() -> str | None:
             """Why the last run failed, if a person can act on it (a console asks on quit)."""

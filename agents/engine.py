@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
-import hashlib
 import os
 import uuid
 from pathlib import Path
@@ -21,7 +20,7 @@ from agents.errors import FactoryError
 from agents.gitcmd import git
 from agents.landing import LandingStep, TestedLanding
 from agents.models import ModelRouter, api_key_from_env, replay_path
-from agents.orchestrator import Orchestrator, RunSummary
+from agents.orchestrator import Orchestrator, RunSummary, spec_digest
 from agents.private import exclude_factory, private_dir, private_file
 from agents.questions import Answer, QuestionDesk
 from agents.queue.merge_queue import MergeQueue, retry_event
@@ -215,6 +214,15 @@ class Factory:
         except BaseException:
             self._lock.release()  # nothing started: a later run must not find it held
             raise
+        # Runs recorded as running whose process went away (this one holds the run lock,
+        # so none of them still runs): they end, interrupted, before this one starts.
+        for old in self.store.rows("runs"):
+            if old["status"] == "running":
+                lease = self.store.get("leases", f"run:{old['id']}") or {}
+                await self.store.append(ev.RunFinished(
+                    run_id=old["id"], status="interrupted",
+                    detail=f"its process ({lease.get('holder') or 'unknown'}) went away "
+                    "before it finished"))
         run_id = uuid.uuid4().hex[:12]
         budgets = self.config.budgets.run
         await self.store.append(ev.RunStarted(
@@ -272,8 +280,17 @@ class Factory:
         if self._background is not None:
             await asyncio.wait([self._background])
 
-    def cancel_task(self, key: str) -> bool:
-        return self.orchestrator is not None and self.orchestrator.cancel(key)
+    async def cancel_task(self, key: str, by: str = "console") -> bool:
+        """Ask for a task to stop: recorded, and the reconciler stops its agent (or cancels
+        it at once when nothing works on it; with no run going, the next run does). False
+        when the task has ended already."""
+        task = self.store.get("tasks", key)
+        if task is None or task["status"] in ("landed", "rejected", "failed", "blocked",
+                                              "cancelled", "landing"):
+            return False
+        await self.store.append(ev.CancelRequested(spec_id=task["spec_id"],
+                                                   task_id=task["task_id"], by=by))
+        return True
 
     # -- commands a person gives (through a console's client) ------------------------------
 
@@ -282,10 +299,8 @@ class Factory:
         return self.orchestrator is not None and self.orchestrator.live
 
     def _queue(self) -> MergeQueue:
-        """The live run's queue (so waiting landings wake up), else one that only records."""
-        if self.orchestrator is not None and self.orchestrator.live:
-            return self.orchestrator.queue
-        return MergeQueue(None, self.store, self.config.queue.approval)
+        """The queue's commands: events, which a running reconciler decides on at once."""
+        return MergeQueue(self.store, self.config.queue.approval)
 
     async def approve(self, key: str, by: str = "console") -> None:
         await self._queue().approve(key, by)
@@ -297,10 +312,9 @@ class Factory:
         await self._queue().move(key, delta)
 
     async def retry(self, key: str) -> None:
-        if self.orchestrator is not None and self.orchestrator.live:
-            await self.orchestrator.retry(key)
-        else:
-            await self.store.append(retry_event(self.store, key))
+        """A rejected branch goes back in the queue: it lands in this run if one is going,
+        else in the next."""
+        await self.store.append(retry_event(self.store, key))
 
     @property
     def supervised(self) -> bool:
@@ -346,7 +360,7 @@ class Factory:
             pass
         await self.store.append(ev.SpecSaved(
             spec_id=spec_id, path=str(path.relative_to(self.root)),
-            digest=hashlib.sha256(text.encode()).hexdigest()[:16],
+            digest=spec_digest(text),
             lint_score=lint_score(findings)))
         return findings
 

@@ -38,7 +38,8 @@ class RunStarted(_Event):
 class RunFinished(_Event):
     kind: Literal["run_finished"] = "run_finished"
     run_id: str
-    status: Literal["done", "cancelled", "failed", "budget"]
+    # interrupted: recorded for a run whose process went away without finishing it.
+    status: Literal["done", "cancelled", "failed", "budget", "interrupted"]
     detail: str = ""
 
 
@@ -85,6 +86,32 @@ class PlanAccepted(_Event):
     kind: Literal["plan_accepted"] = "plan_accepted"
     tasks: list[PlannedTask]
     digest: str
+    # The digest of the spec's text that was planned (kept apart from the text on disk, so
+    # that an edit saved later is planned again).
+    spec_digest: str = ""
+
+
+class LeaseTaken(_Event):
+    """Work in progress has a holder: the engine process doing it. A restarted engine finds
+    every piece of work that was in progress in the leases whose holder is gone."""
+
+    kind: Literal["lease_taken"] = "lease_taken"
+    work: str  # "plan:<spec>", "work:<spec>/<task>", "land", "run:<id>"
+    holder: str  # host:pid:start of the engine process
+
+
+class LeaseReleased(_Event):
+    kind: Literal["lease_released"] = "lease_released"
+    work: str
+    holder: str
+
+
+class CancelRequested(_Event):
+    """A person asked for a task to stop; the reconciler stops its agent, or cancels the
+    task at once when nothing works on it."""
+
+    kind: Literal["cancel_requested"] = "cancel_requested"
+    by: str = "console"
 
 
 class PlanRejected(_Event):
@@ -377,6 +404,9 @@ Event = Annotated[
     | SpecSaved
     | PlanAccepted
     | PlanRejected
+    | LeaseTaken
+    | LeaseReleased
+    | CancelRequested
     | SpecFinished
     | TaskStarted
     | TaskFailed

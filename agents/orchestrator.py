@@ -1,23 +1,32 @@
-"""Scheduling: specs in dependency order, tasks in DAG order, agents under the limits.
+"""The reconciler: decide what happens next from the store, carry it out, report by events.
 
-Everything the orchestrator decides is derived from the projections, so a run that was
-killed resumes by simply running again: landed tasks are skipped, a landing cut short is
-checked against main, a running agent continues its conversation in its surviving worktree.
+After every committed batch (and when a person's command, supervision or a timeout calls
+for it) the run asks `agents.decide.decide` what to do over the whole state, and carries
+out each intent: short ones (block a task, finish a spec, enqueue a commit, answer for the
+engine) by appending their events at once; long ones (plan a spec, work a task, land an
+entry) by an executor that first takes the work's lease, does it, reports only by appending
+events, and releases the lease. No coroutine's local state or in-memory flag decides what
+runs next, so a run killed at any point resumes by simply running again: its leases name a
+process that is gone, and deciding over the same store redoes the lost work (landed tasks
+are skipped; a landing cut short is checked against main; an agent continues its recorded
+conversation in its surviving worktree).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agents import decide as plan_of
 from agents import events as ev
-from agents import provenance
+from agents import leases, provenance
 from agents.budget import AgentBudget, BudgetLedger
 from agents.config import FactoryConfig
 from agents.conflicts import BranchInfo, ConflictForecaster
@@ -27,21 +36,20 @@ from agents.models import ModelRouter
 from agents.planner import SUBMIT_PLAN_SPEC, PlanCollector, plan_digest, planner_messages
 from agents.questions import QuestionDesk
 from agents.queue.merge_queue import MergeQueue, retry_event
+from agents.queue.risk import assess_risk, needs_approval
 from agents.runtime import AgentLimits, AgentResult, AgentRunner
 from agents.sandbox.base import Limits, SandboxBackend, SandboxContext
 from agents.sandbox.quota import DiskMeter, quota_of
-from agents.specs import Spec
+from agents.specs import Spec, lint_score, lint_spec, parse_spec
+from agents.statuses import TaskStatus
 from agents.store import Store
 from agents.store.projections import task_key
 from agents.tools import ToolContext
 from agents.workspace import CommitInfo, Workspace, WorkspaceError, branch_name
 
-TERMINAL = {"landed", "rejected", "failed", "blocked", "cancelled"}
 READ_ONLY_TOOLS = ["read_file", "list_files", "search_code"]
 # A spec that leaves a decision open is best settled before it is split into tasks.
 PLANNER_TOOLS = [*READ_ONLY_TOOLS, "ask"]
-# An agent row in these states has a conversation that a restart continues.
-AGENT_ALIVE = ("running", "waiting")
 
 
 class _NoCommands:
@@ -58,37 +66,6 @@ class _NoCommands:
 
     async def close(self) -> None:
         return None
-
-
-class Slot:
-    """One of the run's concurrency slots, held by one agent, lent back while it waits for a
-    person: a question nobody has answered yet must not hold up agents that could work."""
-
-    def __init__(self, slots: asyncio.Semaphore) -> None:
-        self._slots = slots
-        self._held = False
-
-    async def __aenter__(self) -> Slot:
-        await self._slots.acquire()
-        self._held = True
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        if self._held:
-            self._held = False
-            self._slots.release()
-
-    @asynccontextmanager
-    async def lent(self) -> AsyncIterator[None]:
-        if self._held:
-            self._held = False
-            self._slots.release()
-        try:
-            yield
-        finally:
-            # Cancelled while taking it back: not held, so the exit does not release it.
-            await self._slots.acquire()
-            self._held = True
 
 
 @dataclass
@@ -123,31 +100,34 @@ class Orchestrator:
         self.router = router
         self.backend = backend
         self.lander = lander
-        self.queue = MergeQueue(lander, store, config.queue.approval)
+        self.queue = MergeQueue(store, config.queue.approval)
         self.run_id = run_id
         self.questions = questions or QuestionDesk(store, config.run.question_timeout_seconds)
+        self.holder = leases.me()
         self.live = False
-        self._late: set[asyncio.Task[None]] = set()
         self._specs: dict[str, Spec] = {}
         self.forecaster = ConflictForecaster(workspace.root, store.append,
                                              workspace.root / ".factory" / "merge-tree")
         self.forecaster.remember(store.rows("conflicts"))
         self._forecast_lock = asyncio.Lock()
-        self.slots = asyncio.Semaphore(config.run.concurrency)
         self.limits = AgentLimits(config.run.max_steps, config.run.stuck_repeats,
                                   config.run.stuck_idle_steps)
         sb = config.sandbox
         self.sandbox_limits = Limits(sb.wall_seconds, sb.memory_mb, sb.max_processes,
                                      sb.output_bytes)
         self.quota = quota_of(sb.quota_disk_mb, sb.quota_files, sb.quota_write_mb)
-        self.spec_done: dict[str, asyncio.Event] = {}
-        self.agent_tasks: dict[str, asyncio.Task[AgentResult]] = {}
-        self.cancelled: set[str] = set()
-        self.budget_exhausted: ev.BudgetStop | None = None
         self.ledger = BudgetLedger(store, run_id, config.budgets)
+        # The executors running now, by the work they hold (to stop one a person cancels).
+        self._executors: dict[str, asyncio.Task[None]] = {}
+        self._wake = asyncio.Event()
+        self._failure: BaseException | None = None
 
     async def emit(self, *events: ev.Event) -> int:
         return await self.store.append(*events)
+
+    def wake(self) -> None:
+        """Decide again soon (a command, supervision changed)."""
+        self._wake.set()
 
     # -- budgets ---------------------------------------------------------------------------
 
@@ -156,8 +136,14 @@ class Orchestrator:
 
     # -- the run ---------------------------------------------------------------------------
 
+    def settings(self, specs: list[Spec]) -> plan_of.Settings:
+        return plan_of.Settings(
+            run_id=self.run_id, specs=tuple(s.id for s in specs), holder=self.holder,
+            concurrency=self.config.run.concurrency,
+            question_timeout=self.questions.timeout, supervised=self.questions.supervised,
+            left=self.questions.ever_supervised and not self.questions.supervised)
+
     async def run(self, specs: list[Spec], texts: dict[str, str]) -> RunSummary:
-        self.spec_done = {s.id: asyncio.Event() for s in specs}
         for spec in specs:
             row = self.store.get("specs", spec.id)
             digest = spec_digest(texts[spec.id])
@@ -167,18 +153,105 @@ class Orchestrator:
                     priority=spec.priority, depends_on=spec.depends_on, digest=digest,
                 ))
         self._specs = {s.id: s for s in specs}
+        self._texts = texts
+        run_lease = f"run:{self.run_id}"
+        await self.emit(ev.LeaseTaken(work=run_lease, holder=self.holder))
+        unsubscribe = self.store.subscribe(lambda _: self._wake.set())
+        previous_change = self.questions.on_change
+        self.questions.on_change = self.wake
         self.live = True
         try:
-            async with asyncio.TaskGroup() as group:
-                for spec in specs:
-                    group.create_task(self._run_spec(spec, texts[spec.id], specs))
-            while self._late:  # retries a person asked for while the run went on
-                await asyncio.gather(*self._late)
+            await self._reconcile(specs)
         finally:
             self.live = False
-            for task in self._late:
+            self.questions.on_change = previous_change
+            unsubscribe()
+            executors = list(self._executors.values())
+            for task in executors:
                 task.cancel()
+            await asyncio.gather(*executors, return_exceptions=True)
+            await asyncio.shield(self.emit(ev.LeaseReleased(work=run_lease,
+                                                            holder=self.holder)))
         return self.summary()
+
+    async def _reconcile(self, specs: list[Spec]) -> None:
+        while True:
+            self._wake.clear()
+            if self._failure is not None:
+                raise self._failure
+            decision = plan_of.decide(self.store.state.tables, time.time(),
+                                      self.settings(specs))
+            for intent in decision.intents:
+                if isinstance(intent, plan_of.Finish):
+                    return
+                await self._act(intent)
+            timeout = None if decision.wake_at is None else \
+                max(0.0, decision.wake_at - time.time())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout)
+
+    async def _act(self, intent: plan_of.Intent) -> None:
+        """Carry out one intent: executors for long work, events for the rest."""
+        match intent:
+            case plan_of.Plan() | plan_of.Work() | plan_of.Land():
+                await self._start(intent)
+            case plan_of.Stop(work=work):
+                executor = self._executors.get(work)
+                if executor is not None:
+                    executor.cancel()
+            case plan_of.Enqueue():
+                await self._enqueue(intent)
+            case plan_of.Refuse():
+                row = self.store.get("tasks", intent.key) or {}
+                await self.emit(ev.BranchRejected(
+                    spec_id=intent.spec_id, task_id=intent.task_id, branch=row.get("branch")
+                    or branch_name(intent.spec_id, intent.task_id), gate="approval",
+                    reason=intent.reason))
+                await self.forecast()
+            case plan_of.Block():
+                await self.emit(ev.TaskBlocked(spec_id=intent.spec_id, task_id=intent.task_id,
+                                               reason=intent.reason))
+            case plan_of.BlockSpec():
+                await self.emit(ev.SpecFinished(spec_id=intent.spec_id, status="blocked",
+                                                detail=intent.reason))
+            case plan_of.FinishSpec():
+                await self.emit(ev.SpecFinished(spec_id=intent.spec_id,
+                                                status=intent.status,  # type: ignore[arg-type]
+                                                detail=intent.detail))
+            case plan_of.EngineAnswer():
+                await self.questions.answer_for_engine(intent.question_id, intent.why)
+            case plan_of.Cancel():
+                await self._cancel_idle(intent)
+
+    async def _start(self, intent: plan_of.Plan | plan_of.Work | plan_of.Land) -> None:
+        """Take the work's lease (recorded before anything is done), then run its executor."""
+        work = intent.work
+        if work in self._executors:
+            return
+        await self.emit(ev.LeaseTaken(work=work, holder=self.holder))
+
+        async def execute() -> None:
+            try:
+                match intent:
+                    case plan_of.Plan():
+                        await self._plan(self._specs[intent.spec_id])
+                    case plan_of.Work():
+                        await self._work(self._specs[intent.spec_id], intent.task_id)
+                    case plan_of.Land():
+                        await self._land(self._specs[intent.spec_id], intent.key)
+            except asyncio.CancelledError:
+                raise
+            except BaseException as exc:
+                # A bug, not an outcome: the run stops with it, as an exception.
+                if self._failure is None:
+                    self._failure = exc
+            finally:
+                self._executors.pop(work, None)
+                await asyncio.shield(self.emit(ev.LeaseReleased(work=work,
+                                                                holder=self.holder)))
+                self._wake.set()
+
+        self._executors[work] = asyncio.create_task(execute(), name=f"factory {work}")
 
     async def forecast(self) -> None:
         """Re-check the open branches' pairs; called whenever a branch opens or closes."""
@@ -195,21 +268,8 @@ class Orchestrator:
     async def retry(self, key: str) -> None:
         """Put a rejected branch back in the queue; it lands in this run if one is going,
         else in the next `factory run`."""
-        event = retry_event(self.store, key)
-        await self.emit(event)
-        spec = self._specs.get(event.spec_id or "")
-        if not self.live or spec is None:
-            return
-        row = self.store.get("tasks", key)
-        assert row is not None
+        await self.emit(retry_event(self.store, key))
 
-        async def land_again() -> None:
-            await self._land(spec, row)
-            await self._finish_spec(spec)
-
-        task = asyncio.create_task(land_again())
-        self._late.add(task)
-        task.add_done_callback(self._late.discard)
 
     def summary(self) -> RunSummary:
         out = RunSummary(self.run_id)
@@ -221,49 +281,38 @@ class Orchestrator:
                 out.rejected.append((key, t["reason"] or ""))
             elif t["status"] in ("failed", "blocked", "cancelled"):
                 out.failed.append((key, t["reason"] or t["status"]))
-        if self.budget_exhausted is not None:
+        run = self.store.get("runs", self.run_id) or {}
+        if run.get("budget_stop"):
             out.status = "budget"
         return out
 
-    async def _run_spec(self, spec: Spec, text: str, specs: list[Spec]) -> None:
-        try:
-            for dep in spec.depends_on:
-                if dep in self.spec_done:
-                    await self.spec_done[dep].wait()
-                dep_row = self.store.get("specs", dep)
-                if dep_row is None or dep_row["status"] != "done":
-                    await self.emit(ev.SpecFinished(
-                        spec_id=spec.id, status="blocked",
-                        detail=f"depends on {dep}, which is "
-                        f"{dep_row['status'] if dep_row else 'unknown'}"))
-                    return
-            row = self.store.get("specs", spec.id) or {}
-            if row.get("status") == "done" and row.get("digest") == spec_digest(text):
+    # -- executors: planning ---------------------------------------------------------------
+
+    async def _plan(self, spec: Spec) -> None:
+        # The spec as it is on disk now (it may have been edited and saved since the run
+        # began): what is planned, and recorded as seen, so the plan and the record agree.
+        text = self._texts[spec.id]
+        if spec.path is not None:
+            try:
+                text = await asyncio.to_thread(Path(spec.path).read_text, encoding="utf-8")
+                spec = parse_spec(text, Path(spec.path))
+            except (OSError, UnicodeError, FactoryError) as exc:
+                await self.emit(ev.PlanRejected(spec_id=spec.id,
+                                                reason=f"cannot read the spec: {exc}"))
                 return
-            # Plan when there is none yet or the spec's text changed since the last plan.
-            if not self._has_plan(spec.id) or row.get("status") == "registered":
-                if not await self._plan(spec, text):
-                    return
-            await self._run_tasks(spec)
-            await self._finish_spec(spec)
-        finally:
-            self.spec_done[spec.id].set()
-
-    async def _finish_spec(self, spec: Spec) -> None:
-        tasks = [t for t in self.store.rows("tasks") if t["spec_id"] == spec.id]
-        bad = [t for t in tasks if t["status"] != "landed"]
-        await self.emit(ev.SpecFinished(
-            spec_id=spec.id, status="failed" if bad else "done",
-            detail=f"{len(tasks) - len(bad)} of {len(tasks)} tasks landed"))
-
-    def _has_plan(self, spec_id: str) -> bool:
-        return any(t["spec_id"] == spec_id for t in self.store.rows("tasks"))
-
-    async def _plan(self, spec: Spec, text: str) -> bool:
+            self._specs[spec.id], self._texts[spec.id] = spec, text
+            row = self.store.get("specs", spec.id) or {}
+            if row.get("digest") != spec_digest(text):
+                path = Path(spec.path)
+                shown = path.relative_to(self.ws.root) if path.is_relative_to(self.ws.root) \
+                    else path
+                await self.emit(ev.SpecSaved(spec_id=spec.id, path=str(shown),
+                                             digest=spec_digest(text),
+                                             lint_score=lint_score(lint_spec(text, path))))
         collector = PlanCollector(spec)
         attempt = sum(1 for a in self.store.rows("agents")
                       if a["spec_id"] == spec.id and a["role"] == "planner"
-                      and a["status"] not in AGENT_ALIVE) + 1
+                      and a["status"] not in ("running", "waiting")) + 1
         # ":" is in no id, so no task agent (<spec>.<task>.<n>) can be named like a planner.
         agent_id = f"plan:{spec.id}.{attempt}"
         await self._recover_plan(agent_id, collector)
@@ -277,27 +326,28 @@ class Orchestrator:
                 self.ws.remove(view)
         else:
             result = AgentResult("finished", "plan recovered from the record")
+        if result.status == "waiting":
+            return  # asked a person: planned again once the question is answered
         if collector.tasks is None:
             await self.emit(ev.PlanRejected(spec_id=spec.id,
                                             reason=f"planner {result.status}: {result.summary}"))
-            return False
+            return
         await self.emit(ev.PlanAccepted(spec_id=spec.id, tasks=collector.tasks,
-                                        digest=plan_digest(collector.tasks)))
-        return True
+                                        digest=plan_digest(collector.tasks),
+                                        spec_digest=spec_digest(text)))
 
     async def _run_planner(self, spec: Spec, text: str, agent_id: str, tools: ToolContext,
                            collector: PlanCollector) -> AgentResult:
         """The planner agent, reading main's tracked files only (a clean view of main)."""
-        async with Slot(self.slots) as slot:
-            runner = AgentRunner(
-                store=self.store, router=self.router, tools=tools, agent_id=agent_id,
-                spec_id=spec.id, task_id=None, role="planner", key=f"plan:{spec.id}",
-                opening=planner_messages(spec, text), limits=self.limits,
-                budget=self.budget_for(spec.id, agent_id), tool_names=PLANNER_TOOLS,
-                custom_tools={"submit_plan": collector}, extra_specs=[SUBMIT_PLAN_SPEC],
-                questions=self.questions, waiting=slot.lent,
-            )
-            return await runner.run()
+        runner = AgentRunner(
+            store=self.store, router=self.router, tools=tools, agent_id=agent_id,
+            spec_id=spec.id, task_id=None, role="planner", key=f"plan:{spec.id}",
+            opening=planner_messages(spec, text), limits=self.limits,
+            budget=self.budget_for(spec.id, agent_id), tool_names=PLANNER_TOOLS,
+            custom_tools={"submit_plan": collector}, extra_specs=[SUBMIT_PLAN_SPEC],
+            questions=self.questions,
+        )
+        return await runner.run()
 
     async def _recover_plan(self, agent_id: str, collector: PlanCollector) -> None:
         """A planner cut short after its plan was accepted: take the plan from its record
@@ -311,56 +361,17 @@ class Orchestrator:
                         str(results.get(call["id"], "")).startswith("plan accepted"):
                     collector(json.loads(call["function"]["arguments"]))
 
-    async def _run_tasks(self, spec: Spec) -> None:
-        tasks = {t["task_id"]: t for t in self.store.rows("tasks") if t["spec_id"] == spec.id}
-        done = {tid: asyncio.Event() for tid in tasks}
-        async with asyncio.TaskGroup() as group:
-            for tid in tasks:
-                group.create_task(self._run_task(spec, tid, done))
+    # -- executors: work -------------------------------------------------------------------
 
-    async def _run_task(self, spec: Spec, task_id: str, done: dict[str, asyncio.Event]) -> None:
-        key = task_key(spec.id, task_id)
-        try:
-            row = self.store.get("tasks", key)
-            assert row is not None
-            for dep in row["depends_on"] or []:
-                await done[dep].wait()
-                dep_row = self.store.get("tasks", task_key(spec.id, dep))
-                if dep_row is None or dep_row["status"] != "landed":
-                    await self.emit(ev.TaskBlocked(
-                        spec_id=spec.id, task_id=task_id,
-                        reason=f"depends on {dep}, which is "
-                        f"{dep_row['status'] if dep_row else 'missing'}"))
-                    return
-            await self._drive(spec, task_id)
-        finally:
-            done[task_id].set()
-
-    async def _drive(self, spec: Spec, task_id: str) -> None:
-        key = task_key(spec.id, task_id)
-        while True:
-            row = self.store.get("tasks", key)
-            assert row is not None
-            status = row["status"]
-            if status in TERMINAL:
-                return
-            if status in ("committed", "landing"):
-                await self._land(spec, row)
-                return
-            if self.budget_exhausted is not None:
-                await self.emit(ev.TaskBlocked(spec_id=spec.id, task_id=task_id,
-                                               reason="the run's budget is spent"))
-                return
-            async with Slot(self.slots) as slot:
-                await self._attempt(spec, row, slot)
-
-    async def _attempt(self, spec: Spec, row: dict[str, Any], slot: Slot) -> None:
-        """One agent attempt (fresh or resumed) ending in a commit or a recorded failure."""
-        task_id = row["task_id"]
+    async def _work(self, spec: Spec, task_id: str) -> None:
+        """One agent attempt (fresh or resumed) ending in a commit, a recorded failure, or a
+        question that waits for a person."""
+        row = self.store.get("tasks", task_key(spec.id, task_id))
+        assert row is not None
         ids = {"spec_id": spec.id, "task_id": task_id}
         wt = None
         agent_id = row["agent_id"]
-        if row["status"] == "running" and agent_id and row["base_commit"]:
+        if row["status"] == TaskStatus.RUNNING and agent_id and row["base_commit"]:
             wt = self.ws.attach(spec.id, task_id, row["base_commit"])
             if wt is None:
                 await self.emit(ev.TaskFailed(**ids, reason="worktree lost while interrupted; "
@@ -388,7 +399,9 @@ class Orchestrator:
         if agent_row is not None and agent_row["status"] == "finished":
             result = AgentResult("finished", agent_row["summary"] or "", agent_row["step"])
         else:
-            result = await self._run_agent(spec, row, agent_id, wt.path, slot)
+            result = await self._run_agent(spec, row, agent_id, wt.path)
+        if result.status == "waiting":
+            return  # its worktree stays; it resumes once the question is answered
         attempt = (self.store.get("tasks", task_key(spec.id, task_id)) or row)["attempt"] or 1
         if result.status != "finished":
             retry = attempt <= self.config.run.task_retries and result.status not in (
@@ -398,9 +411,6 @@ class Orchestrator:
             else:
                 await self.emit(ev.TaskFailed(**ids, reason=f"agent {result.status}: "
                                               f"{result.summary}", will_retry=retry))
-            if result.status == "budget" and result.summary.startswith("run "):
-                self.budget_exhausted = self.ledger.exhausted() or self.budget_exhausted \
-                    or ev.BudgetStop(scope="run", measure="tokens", limit=0, used=0)
             self.ws.remove(wt.path)
             await self.emit(ev.WorktreeRemoved(**ids, path=str(wt.path)))
             return
@@ -417,9 +427,11 @@ class Orchestrator:
         if info is None:
             await self.emit(ev.TaskFailed(**ids, reason="the agent finished without changing "
                                           "any file"))
+            return
+        await self.forecast()
 
     async def _run_agent(self, spec: Spec, row: dict[str, Any], agent_id: str,
-                         worktree: Path, slot: Slot) -> AgentResult:
+                         worktree: Path) -> AgentResult:
         meter = DiskMeter(worktree, self.quota)
         sandbox = await self.backend.open(SandboxContext(
             worktree=worktree, agent_id=agent_id,
@@ -427,6 +439,7 @@ class Orchestrator:
             env_allow=list(self.config.sandbox.env_allow), meter=meter,
         ))
         run_as = self.backend.run_as
+        key = task_key(spec.id, row["task_id"])
         try:
             tools = ToolContext(worktree=worktree, sandbox=sandbox,
                                 test_command=self.config.repo.test_command,
@@ -435,30 +448,20 @@ class Orchestrator:
             runner = AgentRunner(
                 store=self.store, router=self.router, tools=tools, agent_id=agent_id,
                 spec_id=spec.id, task_id=row["task_id"], role=row["role"] or "implementer",
-                key=task_key(spec.id, row["task_id"]), opening=task_messages(spec, row),
+                key=key, opening=task_messages(spec, row),
                 limits=self.limits, budget=self.budget_for(spec.id, agent_id),
-                questions=self.questions, waiting=slot.lent,
+                questions=self.questions,
             )
-            job = asyncio.ensure_future(runner.run())
-            self.agent_tasks[task_key(spec.id, row["task_id"])] = job
             try:
-                return await job
+                return await runner.run()
             except asyncio.CancelledError:
-                if task_key(spec.id, row["task_id"]) in self.cancelled and not _cancelling():
+                # Stopped because a person cancelled the task (not because the run stops).
+                current = self.store.get("tasks", key) or {}
+                if current.get("cancel"):
                     return AgentResult("cancelled", "cancelled by request")
                 raise
-            finally:
-                self.agent_tasks.pop(task_key(spec.id, row["task_id"]), None)
         finally:
             await sandbox.close()
-
-    def cancel(self, key: str) -> bool:
-        job = self.agent_tasks.get(key)
-        if job is None:
-            return False
-        self.cancelled.add(key)
-        job.cancel()
-        return True
 
     def _trailers(self, spec_id: str, task_id: str, agent_id: str) -> dict[str, str]:
         agent = self.store.get("agents", agent_id) or {}
@@ -487,22 +490,47 @@ class Orchestrator:
         ))
         return info
 
-    async def _land(self, spec: Spec, row: dict[str, Any]) -> None:
+    async def _cancel_idle(self, intent: plan_of.Cancel) -> None:
+        """A cancelled task nothing works on (waiting for a person, or not started)."""
+        row = self.store.get("tasks", intent.key) or {}
+        ids = {"spec_id": intent.spec_id, "task_id": intent.task_id}
+        agent = self.store.get("agents", row.get("agent_id") or "")
+        events: list[ev.Event] = []
+        if agent is not None and agent["status"] in ("running", "waiting"):
+            events.append(ev.AgentFinished(**ids, agent_id=agent["id"], status="cancelled",
+                                           summary=intent.reason))
+        await self.emit(*events, ev.TaskCancelled(**ids, reason=intent.reason))
+        if row.get("worktree") and Path(row["worktree"]).exists():
+            self.ws.remove(Path(row["worktree"]))
+            await self.emit(ev.WorktreeRemoved(**ids, path=row["worktree"]))
+
+    # -- executors: the queue --------------------------------------------------------------
+
+    async def _enqueue(self, intent: plan_of.Enqueue) -> None:
+        task = self.store.get("tasks", intent.key)
+        assert task is not None
+        branch = self.store.get("branches", task["branch"] or "") or {}
+        risk, reasons = assess_risk(branch.get("files") or [], branch.get("insertions") or 0,
+                                    branch.get("deletions") or 0)
+        await self.emit(ev.QueueEntered(
+            spec_id=intent.spec_id, task_id=intent.task_id, branch=task["branch"],
+            commit=task["commit_sha"], risk=risk, risk_reasons=reasons,
+            needs_approval=needs_approval(self.queue.approval, risk)))
+
+    async def _land(self, spec: Spec, key: str) -> None:
+        row = self.store.get("tasks", key)
+        assert row is not None
         ids = {"spec_id": spec.id, "task_id": row["task_id"]}
         request = LandingRequest(
             spec_id=spec.id, task_id=row["task_id"], branch=row["branch"],
             commit=row["commit_sha"], title=row["title"],
             trailers=self._trailers(spec.id, row["task_id"], row["agent_id"]),
         )
-        async def on_turn() -> None:
-            current = self.store.get("tasks", task_key(spec.id, row["task_id"]))
-            if current is None or current["status"] != "landing":
-                await self.emit(ev.LandingStarted(**ids, branch=row["branch"],
-                                                  commit=row["commit_sha"]))
-
-        branch = self.store.get("branches", row["branch"]) or {}
+        if row["status"] != TaskStatus.LANDING:
+            await self.emit(ev.LandingStarted(**ids, branch=row["branch"],
+                                              commit=row["commit_sha"]))
         await self.forecast()
-        outcome = await self.queue.land(request, branch, on_turn)
+        outcome = await self.lander.land(request, self.queue.may_land)
         if outcome.landed:
             await self.emit(ev.BranchLanded(**ids, branch=row["branch"],
                                             commit=row["commit_sha"],
@@ -513,11 +541,6 @@ class Orchestrator:
                                               reason=outcome.reason,
                                               output=outcome.output[-4000:]))
         await self.forecast()
-
-
-def _cancelling() -> bool:
-    task = asyncio.current_task()
-    return bool(task and task.cancelling())
 
 
 def task_messages(spec: Spec, row: dict[str, Any]) -> list[dict[str, Any]]:

@@ -1,22 +1,21 @@
 """Questions an agent puts to the person supervising the run, and their answers.
 
-An agent's `ask` call becomes a `question_asked` event and its loop awaits the answer: a
-person's (`Factory.answer`, from a console's inbox) or the engine's, when nobody supervises
-the run or nobody answers in time. The engine's answer tells the model to decide alone and
-say what it assumed, so a headless run never stalls on a question.
+An agent's `ask` call becomes a `question_asked` event. Unsupervised (a headless run, CI),
+the engine answers at once: decide alone and say what you assumed, so a headless run never
+stalls. Supervised, the agent stops there (`MustWait`): its question is state, its agent row
+says `waiting`, and it holds no slot and no process. The reconciler (agents/decide.py)
+resumes it once the question is answered: by a person (`Factory.answer`, from a console's
+inbox), or by the engine when the supervisor leaves or the wait times out.
 
-Waiting is an awaited future: it costs no tokens, blocks no other agent, and a cancelled
-task simply stops waiting. The question's id comes from the tool call (agent, step, call
-id), so an agent resumed after a crash finds its question again, still pending or already
+The question's id comes from the tool call (agent, step, call id), so an agent resumed
+after a crash, or after its answer came, finds its question again, still pending or already
 answered, and never asks it twice.
 """
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 from collections.abc import Callable
-from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -24,13 +23,11 @@ from agents import events as ev
 from agents.errors import FactoryError
 
 Answerer = Literal["person", "engine"]
-Waiting = Callable[[], AbstractAsyncContextManager[object]]
 
 DECIDE_ALONE = ("Nobody can answer this now. Decide on your own: pick what the spec and the "
                 "code suggest, carry on, and state the assumption you made in your finish "
                 "summary.")
 UNSUPERVISED = "nobody is supervising this run"
-LEFT = "the supervisor left"
 
 
 class QuestionError(FactoryError):
@@ -76,8 +73,16 @@ def question_id(agent_id: str, step: int, call_id: str) -> str:
     return f"q-{digest[:10]}"
 
 
+class MustWait(Exception):
+    """The question waits for a person: the agent stops here and resumes with the answer."""
+
+    def __init__(self, question_id: str) -> None:
+        super().__init__(question_id)
+        self.question_id = question_id
+
+
 class QuestionDesk:
-    """Records questions, wakes the agents waiting on them, answers for the engine.
+    """Records questions and answers; answers for the engine when nobody supervises.
 
     One per Factory, shared by its runs: a person may answer while no run is going (the
     answer is recorded, and the agent finds it when it resumes).
@@ -88,11 +93,12 @@ class QuestionDesk:
         self.store = store
         self.timeout = timeout
         self._supervised = supervised
-        # Question id -> the future its agent sleeps on; resolved whenever it should look
-        # again (an answer was recorded, supervision changed).
-        self._sleepers: dict[str, asyncio.Future[None]] = {}
+        # Whether anyone supervised since this desk was made (so "left", not "nobody").
+        self.ever_supervised = supervised
         # Questions whose answer is being recorded: a second answer must not race it.
         self._answering: set[str] = set()
+        # Called when supervision changes (the reconciler decides again).
+        self.on_change: Callable[[], None] | None = None
 
     # -- supervision -----------------------------------------------------------------------
 
@@ -101,10 +107,12 @@ class QuestionDesk:
         return self._supervised
 
     def supervise(self, on: bool) -> None:
-        """A person starts (or stops) watching. When the last one leaves, the agents that
-        wait get the engine's answer instead of waiting out the timeout."""
+        """A person starts (or stops) watching. When the last one leaves, the questions
+        that wait get the engine's answer (the reconciler sees nobody supervises)."""
         self._supervised = on
-        self._wake(None)
+        self.ever_supervised = self.ever_supervised or on
+        if self.on_change is not None:
+            self.on_change()
 
     def pending(self) -> list[dict[str, Any]]:
         """Open questions, oldest first."""
@@ -113,13 +121,8 @@ class QuestionDesk:
 
     # -- the agent's side ------------------------------------------------------------------
 
-    async def ask(self, who: Asking, question: str, options: list[str],
-                  waiting: Waiting | None = None) -> Answer:
-        """Record the question (once) and return its answer.
-
-        `waiting` is entered only while the agent actually waits for a person: the
-        orchestrator lends the agent's concurrency slot to others for that time.
-        """
+    async def ask(self, who: Asking, question: str, options: list[str]) -> Answer:
+        """Record the question (once) and return its answer, or raise MustWait."""
         qid = question_id(who.agent_id, who.step, who.call_id)
         row = self.store.get("questions", qid)
         if row is not None and row["status"] == "answered":
@@ -129,45 +132,9 @@ class QuestionDesk:
                 spec_id=who.spec_id, task_id=who.task_id, agent_id=who.agent_id,
                 question_id=qid, task_key=who.key, question=question, options=options,
                 step=who.step, call_id=who.call_id))
-        if not self._supervised or waiting is None:
-            return await self._wait(qid)
-        async with waiting():
-            return await self._wait(qid)
-
-    async def _wait(self, qid: str) -> Answer:
-        unsupervised = LEFT if self._supervised else UNSUPERVISED
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.timeout
-        while True:
-            row = self.store.get("questions", qid)
-            if row is None or row["status"] not in ("pending", "answered"):
-                raise QuestionError(f"question {qid} was withdrawn while its agent waited")
-            if row["status"] == "answered":
-                return Answer(row["answer"] or "", row["answered_by"] or "engine",
-                              row["why"] or "")
-            remaining: float | None = deadline - loop.time()
-            if qid in self._answering:
-                remaining = None  # an answer is being recorded: wait for it, however long
-            elif not self._supervised:
-                return await self._settle(qid, DECIDE_ALONE, "engine", unsupervised)
-            elif remaining is not None and remaining <= 0:
-                return await self._settle(
-                    qid, DECIDE_ALONE, "engine",
-                    f"nobody answered within {self.timeout:g} s")
-            sleeper: asyncio.Future[None] = loop.create_future()
-            self._sleepers[qid] = sleeper
-            try:
-                await asyncio.wait_for(sleeper, remaining)
-            except TimeoutError:
-                pass
-            finally:
-                if self._sleepers.get(qid) is sleeper:
-                    del self._sleepers[qid]
-
-    def _wake(self, qid: str | None) -> None:
-        for key, sleeper in list(self._sleepers.items()):
-            if (qid is None or key == qid) and not sleeper.done():
-                sleeper.set_result(None)
+        if not self._supervised:
+            return await self._settle(qid, DECIDE_ALONE, "engine", UNSUPERVISED)
+        raise MustWait(qid)
 
     # -- answering -------------------------------------------------------------------------
 
@@ -176,6 +143,13 @@ class QuestionDesk:
         if not text.strip():
             raise QuestionError("an answer needs some text")
         return await self._settle(qid, text.strip(), "person", "")
+
+    async def answer_for_engine(self, qid: str, why: str) -> Answer | None:
+        """Nobody will answer (the reconciler says why); None if it was answered meanwhile."""
+        try:
+            return await self._settle(qid, DECIDE_ALONE, "engine", why)
+        except QuestionError:
+            return None
 
     async def _settle(self, qid: str, text: str, by: Answerer, why: str) -> Answer:
         row = self.store.get("questions", qid)
@@ -186,7 +160,7 @@ class QuestionDesk:
             raise QuestionError(f"question {qid} is already answered (by {who})")
         if row["status"] != "pending":
             raise QuestionError(f"question {qid} is closed: the agent that asked it stopped")
-        # Claimed before the first await: a timeout and a person cannot both answer.
+        # Claimed before the first await: the engine and a person cannot both answer.
         self._answering.add(qid)
         try:
             await self.store.append(ev.QuestionAnswered(
@@ -194,5 +168,4 @@ class QuestionDesk:
                 question_id=qid, answer=text, by=by, why=why))
         finally:
             self._answering.discard(qid)
-            self._wake(qid)
         return Answer(text, by, why)

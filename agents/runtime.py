@@ -5,8 +5,9 @@ records on resume, so an interrupted agent continues from its last step. The loo
 budget (it stops before a call that would exceed it) and itself (a repeated identical call,
 or many steps that change nothing, end the agent as stuck instead of burning money). An
 `ask` call goes to the question desk, which records the question and returns its answer
-(a person's, or the engine's when nobody can answer); a resumed agent whose last call was
-an unanswered `ask` simply asks the desk again and finds the same question.
+(the engine's, when nobody supervises), or says the question waits for a person: the agent
+then stops, `waiting`, without finishing; resumed once the question is answered, its last
+call is an unanswered `ask`, which asks the desk again and finds the answer.
 """
 
 from __future__ import annotations
@@ -20,12 +21,14 @@ from typing import Any, Literal, Protocol
 
 from agents import events as ev
 from agents.models import Completion, ModelError, ModelRouter
-from agents.questions import Asking, QuestionDesk, QuestionError, Waiting
+from agents.questions import Asking, MustWait, QuestionDesk, QuestionError
 from agents.store import Store
 from agents.tools import ToolContext, ToolOutcome, call_tool, tool_specs
 from agents.tools.registry import TOOLS, Ask, parse_arguments
 
-AgentStatus = Literal["finished", "failed", "stuck", "budget", "step_limit", "cancelled"]
+# "waiting": stopped at a question for a person (not finished: it resumes with the answer).
+AgentStatus = Literal["finished", "failed", "stuck", "budget", "step_limit", "cancelled",
+                      "waiting"]
 
 NUDGE = (
     "Reply with a tool call. When the task is complete and its acceptance checks pass, "
@@ -75,7 +78,6 @@ class AgentRunner:
         custom_tools: dict[str, Callable[[dict[str, Any]], ToolOutcome]] | None = None,
         extra_specs: list[dict[str, Any]] | None = None,
         questions: QuestionDesk | None = None,
-        waiting: Waiting | None = None,
     ) -> None:
         self.store = store
         self.router = router
@@ -93,8 +95,6 @@ class AgentRunner:
             names = [n for n in names if n != "ask"]
         self.specs = tool_specs(names) + (extra_specs or [])
         self.questions = questions
-        # Entered while the agent waits for a person (the orchestrator lends its slot).
-        self.waiting = waiting
         self.custom_tools = custom_tools or {}
         self._ids = {"spec_id": spec_id, "task_id": task_id, "agent_id": agent_id}
 
@@ -189,7 +189,14 @@ class AgentRunner:
             last: asyncio.Future[int] | None = None
             for call_id, name, arguments in calls:
                 started = time.perf_counter()
-                outcome = await self._call_tool(name, arguments, step, call_id)
+                try:
+                    outcome = await self._call_tool(name, arguments, step, call_id)
+                except MustWait:
+                    # The question waits for a person: stop here, unfinished. This call and
+                    # the ones after it have no result yet, so a resumed agent makes them.
+                    if last is not None:
+                        await last
+                    return AgentResult("waiting", "waiting for an answer", step)
                 duration = time.perf_counter() - started
                 messages.append({"role": "tool", "tool_call_id": call_id,
                                  "content": outcome.content})
@@ -263,7 +270,7 @@ class AgentRunner:
         who = Asking(agent_id=self.agent_id, spec_id=self.spec_id, task_id=self.task_id,
                      key=self.key, step=step, call_id=call_id)
         try:
-            answer = await self.questions.ask(who, args.question, args.options, self.waiting)
+            answer = await self.questions.ask(who, args.question, args.options)
         except QuestionError as exc:  # not expected; the model hears of it, the run goes on
             return ToolOutcome(f"the question could not be asked: {exc}", is_error=True)
         return ToolOutcome(answer.for_model())

@@ -360,19 +360,68 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
     from agents.config import load_config
-    from agents.store.audit import verify_chain
+    from agents.store.audit import verify
 
     root = _root(args.root)
     config = load_config(root / CONFIG_NAME)
-    report = verify_chain(config.store_path)
+    report = verify(config.store_path)
     if report.ok:
-        out.print(Text.assemble(("ok", "green"), f": {report.events} events, hash chain intact "
+        out.print(Text.assemble(("ok", "green"), f": {report.events} events, hash chain intact, "
+                                "projections match a replay of the log "
                                 f"({clean_line(str(config.store_path))})"))
         return 0
     for problem in report.problems:
         out.print(Text(clean_line(problem), style="red"))
-    out.print(f"[red]TAMPERED[/]: {len(report.problems)} problem(s) in {report.events} events")
+    if report.problems:
+        out.print(f"[red]TAMPERED[/]: {len(report.problems)} problem(s) in {report.events} "
+                  "events")
+    # Keys and values come from specs, agents and gates' output: printed inert.
+    for drift in report.drift or []:
+        out.print(Text(clean_line(f"drift: {drift}"), style="red"))
+    if report.drift:
+        rows = len({(d.table, d.key) for d in report.drift})
+        out.print(f"[red]DRIFT[/]: {len(report.drift)} projection value(s) in {rows} row(s) "
+                  "differ from a replay of the log (`factory store rebuild` writes the "
+                  "replay's)")
     return 1
+
+
+def cmd_store_rebuild(args: argparse.Namespace) -> int:
+    from agents.config import load_config
+    from agents.engine import RunLock
+    from agents.store.audit import rebuild
+
+    root = _root(args.root)
+    config = load_config(root / CONFIG_NAME)
+    # A run, a daemon or a console's engine keeps the projections in memory and writes its
+    # rows back with every batch: it would undo the rebuild, so none may hold the store.
+    if _served(root):
+        raise FactoryError(f"this factory is open in another process (a daemon, a run or a "
+                           f"console; {socket_path(root)} answers): stop it before "
+                           "`factory store rebuild`")
+    lock = RunLock(root / ".factory" / "run.lock")
+    try:
+        lock.acquire()  # and no run starts until the rebuild is written
+    except FactoryError as exc:
+        raise FactoryError(f"{exc}: stop it before `factory store rebuild`") from None
+    try:
+        report = rebuild(config.store_path)
+    finally:
+        lock.release()
+    where = clean_line(str(config.store_path))
+    if not report.drift:
+        out.print(Text.assemble(("ok", "green"), f": {report.events} events replayed; every "
+                                f"projection already matched the log ({where})"))
+        return 0
+    out.print(Text(f"rebuilt the projections from {report.events} events ({where}):"))
+    for table, (added, changed, removed) in report.counts.items():
+        out.print(Text(f"  {table}: {added} added, {changed} changed, {removed} removed"))
+    shown = 50
+    for drift in report.drift[:shown]:
+        out.print(Text(clean_line(f"  {drift}"), style="dim"))
+    if len(report.drift) > shown:
+        out.print(Text(f"  ... and {len(report.drift) - shown} more", style="dim"))
+    return 0
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
@@ -450,9 +499,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     audit = sub.add_parser("audit", help="audit the store").add_subparsers(
         dest="audit_command", required=True)
-    p = audit.add_parser("verify", help="check the event log's hash chain")
+    p = audit.add_parser("verify", help="check the event log's hash chain, and the "
+                         "projections against a replay of the log")
     p.add_argument("--root")
     p.set_defaults(fn=cmd_audit_verify)
+
+    store = sub.add_parser("store", help="maintain the store").add_subparsers(
+        dest="store_command", required=True)
+    p = store.add_parser("rebuild", help="recompute every projection from the event log "
+                         "(refused while the factory runs)")
+    p.add_argument("--root")
+    p.set_defaults(fn=cmd_store_rebuild)
 
     p = sub.add_parser("doctor", help="which sandbox backends work on this machine")
     p.set_defaults(fn=cmd_doctor)

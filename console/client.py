@@ -182,7 +182,7 @@ class InProcessClient:
         await self.factory.retry(key)
 
     async def cancel_task(self, key: str) -> bool:
-        return bool(self.factory.cancel_task(key))
+        return await self.factory.cancel_task(key)
 
     async def diff(self, key: str) -> str:
         text: str = await self.factory.diff(key)

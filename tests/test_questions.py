@@ -1,10 +1,10 @@
 """An agent asks the supervisor a question: real factory runs over a real git repository and
 store, the model played by the scripted OpenAI-compatible server through real litellm.
 
-Supervised, the agent waits (no model calls, its concurrency slot lent to others) until a
-person answers through `Factory.answer` or the timeout lets the engine answer. Unsupervised,
-the engine answers at once. A run killed while an agent waits resumes with the same
-question, still pending, never asked twice.
+Supervised, the agent stops and waits as state (no model calls, no process, no slot) until a
+person answers through `Factory.answer` or the timeout lets the engine answer; then it is
+resumed. Unsupervised, the engine answers at once. A run killed while an agent waits
+resumes with the same question, still pending, never asked twice.
 """
 
 from __future__ import annotations
@@ -289,7 +289,7 @@ async def test_cancelling_a_waiting_task_ends_the_wait(
     run = asyncio.create_task(factory.run())
     try:
         question, = await until(lambda: pending(factory), "the question")
-        assert factory.cancel_task("calc/mul")
+        assert await factory.cancel_task("calc/mul")
         summary = await asyncio.wait_for(run, 30)
     finally:
         run.cancel()
@@ -316,8 +316,10 @@ async def test_a_stopped_run_keeps_the_question_for_the_next(
     with pytest.raises(asyncio.CancelledError):
         await run
     assert pending(factory) == [question]
+    # A waiting agent holds no process: it still waits (or, stopped with the run as it was
+    # leaving its step, is cancelled, and resumes with the next run all the same).
     agent = factory.store.get("agents", question["agent_id"])
-    assert agent is not None and agent["status"] == "cancelled"
+    assert agent is not None and agent["status"] in ("waiting", "cancelled")
 
     # Answered while no run goes: the next run's agent finds the answer and goes on.
     await factory.answer(question["id"], "ints only")
@@ -419,15 +421,13 @@ async def test_killed_while_waiting_resumes_with_the_same_question(
     run = asyncio.create_task(factory.run())
     try:
         if supervised:
-            async def resumed() -> bool:
-                started = of_kind([s.event for s in await factory.store.read_events(
-                    agent_id=question["agent_id"])], "agent_started")
-                return len(started) == 2
-
-            await until(resumed, "the agent to resume")
+            # A waiting agent is state, not a process: it is resumed only once answered.
+            await asyncio.sleep(0.5)
+            started = of_kind([s.event for s in await factory.store.read_events(
+                agent_id=question["agent_id"])], "agent_started")
+            assert len(started) == 1 and not run.done()
             agent = factory.store.get("agents", question["agent_id"])
             assert agent is not None and agent["status"] == "waiting"
-            await asyncio.sleep(0.3)
             assert len(server.requests) == 2 and pending(factory) == [question]
             await factory.answer(question["id"], "ints only")
         summary = await asyncio.wait_for(run, 60)

@@ -3,16 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import socket
 import sqlite3
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
 import pytest
 
 from agents import events as ev
-from agents.store import Store, StoreError
+from agents.engine import RunLock
+from agents.store import Store, StoreError, audit, projections, upcast
 from agents.store import store as store_module
 from agents.store.audit import compare_projections, verify_chain
+from agents.store.schema import MIGRATIONS
+from agents.store.upcast import EventSchemaError
 
 
 def _plan() -> list[ev.Event]:
@@ -368,3 +376,325 @@ async def test_a_full_open_batch_waits_for_the_writer(
     assert await flood == len(notes)
     await store.close()
     assert verify_chain(path).ok
+
+
+# -- event schema versions and upcasters ----------------------------------------------------
+
+
+def _rechain(path: Path) -> None:
+    """Recompute every row's hash and the chain head, as the release that wrote the rows as
+    they now are would have (how a test makes rows of an older shape)."""
+    conn = sqlite3.connect(path)
+    prev = store_module.GENESIS
+    rows = conn.execute("SELECT id, ts, schema, data FROM events ORDER BY id").fetchall()
+    for event_id, ts, version, data in rows:
+        digest = store_module.chain_hash(prev, event_id, ts, data.encode(), version)
+        conn.execute("UPDATE events SET prev_hash = ?, hash = ? WHERE id = ?",
+                     (prev, digest, event_id))
+        prev = digest
+    conn.execute("UPDATE chain_head SET last_id = ?, last_hash = ?", (rows[-1][0], prev))
+    conn.commit()
+    conn.close()
+
+
+def _versions(path: Path) -> list[int]:
+    conn = sqlite3.connect(path)
+    try:
+        return [v for (v,) in conn.execute("SELECT schema FROM events ORDER BY id")]
+    finally:
+        conn.close()
+
+
+def test_every_version_but_the_current_one_has_an_upcaster() -> None:
+    # A release that bumps EVENT_SCHEMA registers the step from the version before.
+    assert set(upcast.UPCASTERS) == set(range(1, upcast.EVENT_SCHEMA))
+    doc = {"kind": "agent_turn", "reply": {"role": "assistant"}, "step": 1}
+    step = upcast.renamed("agent_turn", "reply", "message")
+    assert step(doc) == {"kind": "agent_turn", "step": 1, "message": {"role": "assistant"}}
+    assert "reply" in doc  # the stored dict is left as it was
+    assert step({"kind": "notice", "reply": 1}) == {"kind": "notice", "reply": 1}
+
+
+async def test_rows_record_the_schema_they_were_written_in(tmp_path: Path) -> None:
+    path = await _filled(tmp_path)
+    assert _versions(path) == [upcast.EVENT_SCHEMA] * 7
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("bulk", [True, False], ids=["one-statement", "row-by-row"])
+async def test_old_rows_are_upcast_when_read_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bulk: bool
+) -> None:
+    # Pretend agent_turn's `message` was called `reply` in version 1 and this release writes
+    # version 2: the rows a version 1 release wrote are read back through the upcaster.
+    path = await _filled(tmp_path)
+    conn = sqlite3.connect(path)
+    for event_id, data in conn.execute(
+            "SELECT id, data FROM events WHERE kind = 'agent_turn'").fetchall():
+        doc = json.loads(data)
+        doc = {("reply" if k == "message" else k): v for k, v in doc.items()}
+        conn.execute("UPDATE events SET data = ? WHERE id = ?", (json.dumps(doc), event_id))
+    conn.commit()
+    conn.close()
+    _rechain(path)
+    # This release cannot read that shape: the chain holds, the rows are named.
+    assert verify_chain(path).problems == [
+        f"event {i}: cannot be read: not a valid event (schema 1): agent_turn.message: Field "
+        "required" for i in (6, 7)]
+    monkeypatch.setattr(upcast, "EVENT_SCHEMA", 2)
+    monkeypatch.setitem(upcast.UPCASTERS, 1, upcast.renamed("agent_turn", "reply", "message"))
+    assert verify_chain(path).ok
+
+    store = await Store.open(path)
+    store._bulk = bulk
+    try:
+        await store.append(ev.AgentTurn(spec_id="s", task_id="a", agent_id="s.a.1", step=3,
+                                        model="m", message={"role": "assistant", "content": "3"},
+                                        tokens_in=1, tokens_out=1, cost_usd=0.125))
+        events = await store.read_events()
+        assert [e.event.message["content"] for e in events  # type: ignore[union-attr]
+                if e.event.kind == "agent_turn"] == ["hi", "again", "3"]
+        assert [m["content"] for m in await store.messages("s.a.1")] == ["go", "hi", "again",
+                                                                         "3"]
+    finally:
+        await store.close()
+    assert _versions(path) == [1] * 7 + [2]
+    # Both forms of hash verify, the replay reads the old rows, and nothing needs rebuilding.
+    report = audit.verify(path)
+    assert report.ok and report.events == 8 and report.drift == []
+    assert audit.rebuild(path).drift == []
+
+    # The version is covered by the chain: edited either way, the row no longer matches.
+    for event_id, version in ((1, 2), (8, 1)):
+        conn = sqlite3.connect(path)
+        conn.execute("UPDATE events SET schema = ? WHERE id = ?", (version, event_id))
+        conn.commit()
+        conn.close()
+        assert f"event {event_id}: content does not match its hash" in \
+            verify_chain(path).problems
+        conn = sqlite3.connect(path)
+        conn.execute("UPDATE events SET schema = ? WHERE id = ?", (3 - version, event_id))
+        conn.commit()
+        conn.close()
+
+    # Without the step, an old row is a clear error, not a traceback from pydantic.
+    monkeypatch.delitem(upcast.UPCASTERS, 1)
+    reader = await Store.open(path, readonly=True)
+    try:
+        with pytest.raises(StoreError, match="event 1: no upcaster from event schema 1 to 2"):
+            await reader.read_events()
+    finally:
+        await reader.close()
+
+
+async def test_a_store_a_newer_release_wrote_is_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = _project(tmp_path)
+    path = root / ".factory" / "factory.db"
+    with monkeypatch.context() as newer:
+        newer.setattr(upcast, "EVENT_SCHEMA", 2)
+        store = await Store.open(path)
+        await store.append(*_plan())
+        await store.close()
+    assert _versions(path) == [2] * 7
+    with pytest.raises(StoreError, match=r"written by a newer Factory .*: upgrade Factory"):
+        await Store.open(path)
+    reader = await Store.open(path, readonly=True)  # its projections are still shown
+    try:
+        assert reader.get("tasks", "s/a")["status"] == "running"  # type: ignore[index]
+        with pytest.raises(StoreError, match=r"event 1: .*written by a newer Factory; upgrade"):
+            await reader.read_events()
+        with pytest.raises(StoreError, match="newer Factory; upgrade"):
+            await reader.messages("s.a.1")
+    finally:
+        await reader.close()
+    with pytest.raises(EventSchemaError, match="newer Factory; upgrade"):
+        verify_chain(path)
+    for command in (("audit", "verify"), ("store", "rebuild")):
+        done = _factory(*command, root=root)
+        assert done.returncode == 2, done.stdout + done.stderr
+        assert "written by a newer Factory" in done.stderr and "upgrade" in done.stderr
+        assert "Traceback" not in done.stderr
+
+
+# -- projections against a replay: `factory audit verify`, `factory store rebuild` ----------
+
+
+def _project(tmp_path: Path) -> Path:
+    """A folder with a .factory.toml (its store at .factory/factory.db), for the commands."""
+    root = tmp_path / "project"
+    done = _factory("init", str(root), root=None, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    return root
+
+
+def _factory(*args: str, root: Path | None, cwd: Path | None = None
+             ) -> subprocess.CompletedProcess[str]:
+    where = ["--root", str(root)] if root is not None else []
+    return subprocess.run([sys.executable, "-m", "console.cli", *args, *where],
+                          cwd=cwd or root, text=True, capture_output=True, timeout=120,
+                          env={**os.environ, "COLUMNS": "200"})
+
+
+async def _project_store(tmp_path: Path) -> tuple[Path, Path]:
+    root = _project(tmp_path)
+    path = root / ".factory" / "factory.db"
+    store = await Store.open(path)
+    await store.append(*_plan())
+    await store.close()
+    return root, path
+
+
+def _tamper(path: Path) -> None:
+    conn = sqlite3.connect(path)
+    conn.execute("UPDATE tasks SET status = 'landed' WHERE key = 's/a'")
+    conn.execute("DELETE FROM agents WHERE id = 's.a.1'")
+    conn.execute("INSERT INTO gates (key, gate, passed) VALUES ('s/zz:tests', 'tests', 1)")
+    conn.commit()
+    conn.close()
+
+
+async def test_audit_verify_reports_drift_from_a_replay(tmp_path: Path) -> None:
+    root, path = await _project_store(tmp_path)
+    clean = _factory("audit", "verify", root=root)
+    assert clean.returncode == 0, clean.stdout + clean.stderr
+    assert "hash chain intact, projections match a replay" in clean.stdout
+    _tamper(path)
+    done = _factory("audit", "verify", root=root)
+    assert done.returncode == 1, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    assert "drift: tasks[s/a].status: stored 'landed', log says 'running'" in lines
+    assert "drift: agents[s.a.1]: only in log" in lines
+    assert "drift: gates[s/zz:tests]: only in projection" in lines
+    assert "TAMPERED" not in done.stdout  # the log itself is intact
+    assert "DRIFT: 3 projection value(s) in 3 row(s)" in done.stdout
+    report = audit.verify(path)
+    assert report.chain_ok and not report.ok
+    assert [(d.table, d.key, d.column) for d in report.drift or []] == [
+        ("tasks", "s/a", "status"), ("agents", "s.a.1", None), ("gates", "s/zz:tests", None)]
+    assert (report.drift or [])[0].stored == "landed"
+    assert (report.drift or [])[0].replayed == "running"
+
+
+async def test_store_rebuild_puts_tampered_rows_back(tmp_path: Path) -> None:
+    root, path = await _project_store(tmp_path)
+    conn = sqlite3.connect(path)
+    before = {t: conn.execute(f"SELECT * FROM {t} ORDER BY 1").fetchall()
+              for t in ("tasks", "agents", "gates")}
+    conn.close()
+    _tamper(path)
+    done = _factory("store", "rebuild", root=root)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "tasks: 0 added, 1 changed, 0 removed" in done.stdout
+    assert "agents: 1 added, 0 changed, 0 removed" in done.stdout
+    assert "gates: 0 added, 0 changed, 1 removed" in done.stdout
+    conn = sqlite3.connect(path)
+    after = {t: conn.execute(f"SELECT * FROM {t} ORDER BY 1").fetchall()
+             for t in ("tasks", "agents", "gates")}
+    conn.close()
+    assert after == before
+    assert compare_projections(path) == [] and verify_chain(path).ok
+    again = _factory("store", "rebuild", root=root)
+    assert again.returncode == 0 and "every projection already matched the log" in again.stdout
+    # The store opens as it did, from its (rebuilt) tables.
+    store = await Store.open(path)
+    try:
+        assert store.get("agents", "s.a.1")["tokens_in"] == 150  # type: ignore[index]
+    finally:
+        await store.close()
+
+
+async def test_store_rebuild_is_refused_while_the_factory_runs(tmp_path: Path) -> None:
+    root, path = await _project_store(tmp_path)
+    _tamper(path)
+    lock = RunLock(root / ".factory" / "run.lock")
+    lock.acquire()  # as `factory run` holds it
+    try:
+        done = _factory("store", "rebuild", root=root)
+    finally:
+        lock.release()
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "the factory is already running" in done.stderr
+    assert "stop it before `factory store rebuild`" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert len(compare_projections(path)) == 3  # nothing was written
+    # A daemon (or a console's engine) serving the factory holds its projections in memory.
+    with socket.socket(socket.AF_UNIX) as daemon:
+        daemon.bind(str(root / ".factory" / "daemon.sock"))
+        daemon.listen()
+        done = _factory("store", "rebuild", root=root)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "open in another process" in done.stderr and "daemon.sock answers" in done.stderr
+    (root / ".factory" / "daemon.sock").unlink()
+    assert len(compare_projections(path)) == 3
+    assert _factory("store", "rebuild", root=root).returncode == 0
+    assert compare_projections(path) == []
+
+
+async def test_store_rebuild_refuses_a_broken_chain(tmp_path: Path) -> None:
+    path = await _filled(tmp_path)
+    conn = sqlite3.connect(path)
+    conn.execute("UPDATE events SET data = replace(data, '0.5', '0.0') WHERE id = 6")
+    conn.execute("UPDATE tasks SET status = 'landed' WHERE key = 's/a'")
+    conn.commit()
+    conn.close()
+    with pytest.raises(StoreError, match=r"hash chain is broken .*event 6: content does not "
+                       r"match its hash.*not rebuilding"):
+        audit.rebuild(path)
+    assert "tasks[s/a].status: stored 'landed', log says 'running'" in \
+        compare_projections(path)
+
+
+async def test_replay_spreads_usage_per_transaction_as_the_writer_does(tmp_path: Path) -> None:
+    # Costs summed per transaction by the writer and once by a replay would differ in the
+    # last bits; the replay spreads them where the writer did, so they are equal exactly.
+    path = tmp_path / "f.db"
+    store = await Store.open(path)
+    await store.append(*_plan()[:5])
+    for i in range(50):
+        await store.append(ev.AgentTurn(spec_id="s", task_id="a", agent_id="s.a.1", step=i,
+                                        model="m", message={"role": "assistant"},
+                                        tokens_in=1, tokens_out=1, cost_usd=0.1 + i * 1e-7))
+    stored = store.state.comparable()
+    await store.close()
+    conn = sqlite3.connect(path)
+    rows = conn.execute("SELECT ts, data FROM events ORDER BY id").fetchall()
+    conn.close()
+    replayed = projections.replay((ts, ev.EVENT_ADAPTER.validate_json(d)) for ts, d in rows)
+    assert replayed.comparable()["tasks"]["s/a"]["cost"] == stored["tasks"]["s/a"]["cost"]
+    assert replayed.comparable()["budgets"] == stored["budgets"]
+
+
+async def test_an_audit_beside_a_live_writer_reads_one_moment(tmp_path: Path) -> None:
+    # WAL lets a writer commit while the audit reads: the log, the chain head and the
+    # projections must still come from one snapshot, or a batch committed in between would
+    # read as a truncated chain or as drift.
+    path = tmp_path / "f.db"
+    store = await Store.open(path)
+    await store.append(*_plan())
+    writing = True
+
+    async def writer() -> None:
+        step = 3
+        while writing:
+            await store.append(ev.AgentTurn(spec_id="s", task_id="a", agent_id="s.a.1",
+                                            step=step, model="m", message={}, tokens_in=1,
+                                            tokens_out=1, cost_usd=0.01))
+            step += 1
+
+    task = asyncio.ensure_future(writer())
+    try:
+        for _ in range(15):
+            report = await asyncio.to_thread(audit.verify, path)
+            assert report.ok, (report.problems, [str(d) for d in report.drift or []])
+            assert (await asyncio.to_thread(verify_chain, path)).ok
+    finally:
+        writing = False
+        await task
+        await store.close()
+    assert store.last_id > 7 + 15  # the writer really went on meanwhile

@@ -1,24 +1,23 @@
-"""Finished branches land one at a time, in the queue's order, after any approval they need.
+"""The merge queue's state and a person's commands on it.
 
-The queue sits in front of the landing step (which runs the gates on the merged tree and
-advances main). Its state lives in the store's `queue` projection, so a console in another
-process sees the same order and a restarted run picks up where it stopped: an entry approved
-before a crash stays approved, one waiting for a person keeps waiting.
+A committed branch enters the queue (a `queue_entered` event with its risk and whether a
+person must approve it); the reconciler (agents/decide.py) lands the first entry that is
+cleared, one at a time, in queue order. Everything lives in the store's `queue` projection,
+so a console in another process sees the same order and a restarted run picks up where it
+stopped: an entry approved before a crash stays approved, one waiting for a person keeps
+waiting.
 
-People act through four commands (approve, reject, move, retry). Each one is an event first;
-the waiting landings wake up and re-read the projection, so there is one source of truth.
+People act through four commands (approve, reject, move, retry); each one is an event, and
+the reconciler decides again when it is recorded.
 """
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from agents import events as ev
 from agents.errors import FactoryError
-from agents.landing import LandingOutcome, LandingRequest, LandingStep
-from agents.queue.risk import assess_risk, needs_approval
+from agents.landing import LandingRequest
 from agents.store.projections import QUEUE_OPEN, task_key
 
 
@@ -31,61 +30,9 @@ class QueueStore(Protocol):
 
 
 class MergeQueue:
-    def __init__(self, lander: LandingStep | None, store: QueueStore,
-                 approval: str = "never") -> None:
-        self.lander = lander
+    def __init__(self, store: QueueStore, approval: str = "never") -> None:
         self.store = store
         self.approval = approval
-        self._changed = asyncio.Condition()
-        self._waiting: set[str] = set()
-        self._landing: str | None = None
-
-    # -- the engine's side -----------------------------------------------------------------
-
-    async def land(self, request: LandingRequest, branch: dict[str, Any],
-                   on_turn: Callable[[], Awaitable[object]]) -> LandingOutcome:
-        """Enter the queue (once per commit), wait for approval and for our turn, land.
-
-        on_turn runs when this entry reaches the head of the queue, before the gates: the
-        orchestrator records the landing's start there.
-        """
-        key = task_key(request.spec_id, request.task_id)
-        row = self.store.get("queue", key)
-        if row is not None and row["commit_sha"] == request.commit and \
-                row["approval"] == "rejected":
-            # A person said no to this very commit (perhaps while no run was going).
-            return LandingOutcome(False, gate="approval",
-                                  reason=row["reason"] or "rejected by a person")
-        if row is None or row["commit_sha"] != request.commit or row["status"] not in QUEUE_OPEN:
-            risk, reasons = assess_risk(branch.get("files") or [],
-                                        branch.get("insertions") or 0,
-                                        branch.get("deletions") or 0)
-            await self.store.append(ev.QueueEntered(
-                spec_id=request.spec_id, task_id=request.task_id, branch=request.branch,
-                commit=request.commit, risk=risk, risk_reasons=reasons,
-                needs_approval=needs_approval(self.approval, risk)))
-            await self._notify()
-        async with self._changed:
-            self._waiting.add(key)
-            try:
-                await self._changed.wait_for(lambda: self._decided(key))
-                entry = self.store.get("queue", key)
-                assert entry is not None
-                if entry["approval"] == "rejected":
-                    return LandingOutcome(False, gate="approval",
-                                          reason=entry["reason"] or "rejected by a person")
-                await self._changed.wait_for(lambda: self._is_next(key))
-                self._landing = key
-            finally:
-                self._waiting.discard(key)
-        try:
-            await on_turn()
-            assert self.lander is not None, "a queue without a landing step only records"
-            return await self.lander.land(request, self.may_land)
-        finally:
-            async with self._changed:
-                self._landing = None
-                self._changed.notify_all()
 
     async def may_land(self, request: LandingRequest) -> str | None:
         """Asked by the landing step just before main moves: the entry as the store has it
@@ -102,23 +49,6 @@ class MergeQueue:
             return f"it is no longer landing ({entry['status']})"
         return None
 
-    def _decided(self, key: str) -> bool:
-        entry = self.store.get("queue", key)
-        return entry is not None and entry["approval"] != "pending"
-
-    def _is_next(self, key: str) -> bool:
-        if self._landing is not None:
-            return False
-        ready = [self.store.get("queue", k) for k in self._waiting]
-        # An entry recorded as landing was cut short by a stop: it goes first.
-        ready = [r for r in ready if r is not None and r["status"] in ("queued", "landing")]
-        return bool(ready) and min(
-            ready, key=lambda r: (r["status"] != "landing", r["position"]))["key"] == key
-
-    async def _notify(self) -> None:
-        async with self._changed:
-            self._changed.notify_all()
-
     # -- a person's side -------------------------------------------------------------------
 
     def _open_entry(self, key: str) -> dict[str, Any]:
@@ -133,7 +63,6 @@ class MergeQueue:
             raise FactoryError(f"{key} is not waiting for approval ({entry['approval']})")
         await self.store.append(ev.ApprovalDecided(
             spec_id=entry["spec_id"], task_id=entry["task_id"], approved=True, by=by))
-        await self._notify()
 
     async def reject(self, key: str, reason: str, by: str = "console") -> None:
         entry = self._open_entry(key)
@@ -144,7 +73,6 @@ class MergeQueue:
         await self.store.append(ev.ApprovalDecided(
             spec_id=entry["spec_id"], task_id=entry["task_id"], approved=False, by=by,
             reason=reason.strip()))
-        await self._notify()
 
     def order(self) -> list[dict[str, Any]]:
         """Open entries, first to land first."""
@@ -162,7 +90,6 @@ class MergeQueue:
             return
         waiting.insert(to, waiting.pop(at))
         await self.store.append(ev.QueueReordered(order=waiting))
-        await self._notify()
 
 
 def retry_event(store: QueueStore, key: str) -> ev.QueueRetried:

@@ -18,14 +18,14 @@ from agents import events as ev
 # table -> (primary key column, every column in order)
 TABLES: dict[str, tuple[str, tuple[str, ...]]] = {
     "runs": ("id", ("id", "status", "started", "finished", "specs", "concurrency", "sandbox",
-                    "detail")),
+                    "detail", "budget_stop")),
     "specs": ("id", ("id", "title", "path", "priority", "depends_on", "digest", "status",
                      "tasks_total", "tasks_landed", "tasks_rejected", "tasks_failed", "tokens",
-                     "cost", "detail", "updated")),
+                     "cost", "detail", "updated", "planned_digest")),
     "tasks": ("key", ("key", "spec_id", "task_id", "title", "role", "status", "depends_on",
                       "paths", "acceptance", "instructions", "attempt", "agent_id", "branch",
                       "worktree", "base_commit", "commit_sha", "landed_commit", "tokens",
-                      "cost", "reason", "updated")),
+                      "cost", "reason", "updated", "cancel", "ordinal")),
     "agents": ("id", ("id", "spec_id", "task_id", "role", "model", "status", "step",
                       "tokens_in", "tokens_out", "cost", "started", "finished", "summary",
                       "last_tool", "messages", "updated")),
@@ -37,6 +37,8 @@ TABLES: dict[str, tuple[str, tuple[str, ...]]] = {
     "queue": ("key", ("key", "spec_id", "task_id", "branch", "commit_sha", "position", "status",
                       "risk", "risk_reasons", "approval", "reason", "entered", "updated")),
     "conflicts": ("key", ("key", "a", "b", "a_head", "b_head", "status", "files", "updated")),
+    # Work in progress and the engine process that holds it (see agents/decide.py).
+    "leases": ("work", ("work", "holder", "kind", "since", "updated")),
     # status: pending (an agent waits), answered, or withdrawn (its agent stopped first).
     "questions": ("id", ("id", "agent_id", "spec_id", "task_id", "task_key", "question",
                          "options", "status", "answer", "answered_by", "why", "asked",
@@ -199,14 +201,53 @@ def _run_started(s: State, e: ev.RunStarted, ts: float) -> None:
     s.current_run = e.run_id
     s.row("runs", e.run_id).update(
         status="running", started=ts, specs=e.specs, concurrency=e.concurrency,
-        sandbox=e.sandbox, detail="",
+        sandbox=e.sandbox, detail="", budget_stop=None,
     )
+    # A spec that ended in an earlier run is looked at again by this one: its landed and
+    # failed tasks stay as they are, a dependency that is done now unblocks it, and one
+    # whose plan was refused is planned again.
+    planned = {t["spec_id"] for t in s.tables["tasks"].values()}
+    for spec_id in e.specs:
+        spec = s.get("specs", spec_id)
+        if spec is None or spec["status"] not in ("failed", "blocked"):
+            continue
+        if spec_id in planned:
+            s.row("specs", spec_id)["status"] = "planned"
+        else:
+            s.row("specs", spec_id).update(status="registered", planned_digest=None)
 
 
 @on("run_finished")
 def _run_finished(s: State, e: ev.RunFinished, ts: float) -> None:
     s.spread_usage()
     s.row("runs", e.run_id).update(status=e.status, finished=ts, detail=e.detail)
+
+
+@on("lease_taken")
+def _lease_taken(s: State, e: ev.LeaseTaken, ts: float) -> None:
+    s.row("leases", e.work).update(holder=e.holder, kind=e.work.split(":", 1)[0], since=ts,
+                                   updated=ts)
+
+
+@on("lease_released")
+def _lease_released(s: State, e: ev.LeaseReleased, ts: float) -> None:
+    lease = s.get("leases", e.work)
+    if lease is not None and lease["holder"] == e.holder:
+        s.row("leases", e.work).update(holder=None, updated=ts)
+
+
+@on("cancel_requested")
+def _cancel_requested(s: State, e: ev.CancelRequested, ts: float) -> None:
+    key = task_key(e.spec_id, e.task_id)
+    if key in s.tables["tasks"]:
+        _set_task(s, e, ts, cancel=e.by)
+
+
+@on("budget_stop")
+def _budget_stop(s: State, e: ev.BudgetStop, ts: float) -> None:
+    if e.scope == "run" and s.current_run is not None:
+        s.row("runs", s.current_run)["budget_stop"] = \
+            f"run {e.measure} budget: {e.used:g} used of {e.limit:g}"
 
 
 @on("spec_registered")
@@ -225,24 +266,28 @@ def _spec_saved(s: State, e: ev.SpecSaved, ts: float) -> None:
 
 @on("plan_accepted")
 def _plan_accepted(s: State, e: ev.PlanAccepted, ts: float) -> None:
-    for task in e.tasks:
+    for ordinal, task in enumerate(e.tasks):
         key = task_key(e.spec_id, task.id)
         existing = s.get("tasks", key)
         if existing is not None and existing["status"] in ("landed", "committed", "landing"):
+            s.row("tasks", key)["ordinal"] = ordinal
             continue  # a re-plan keeps work whose inputs did not change
         _set_task_ids(
             s, e.spec_id, task.id, ts,
             title=task.title, role=task.role, status="pending", depends_on=task.depends_on,
             paths=task.paths, acceptance=task.acceptance, instructions=task.instructions,
-            attempt=0, tokens=0, cost=0.0, reason="",
+            attempt=0, tokens=0, cost=0.0, reason="", ordinal=ordinal,
         )
-    s.row("specs", e.spec_id or "").update(status="planned")
+    spec = s.row("specs", e.spec_id or "")
+    spec.update(status="planned", planned_digest=e.spec_digest or spec["digest"])
     _spec_counts(s, e.spec_id, ts)
 
 
 @on("plan_rejected")
 def _plan_rejected(s: State, e: ev.PlanRejected, ts: float) -> None:
-    s.row("specs", e.spec_id or "").update(status="failed", detail=e.reason, updated=ts)
+    spec = s.row("specs", e.spec_id or "")
+    # This text was tried: it is not planned again until it changes.
+    spec.update(status="failed", detail=e.reason, updated=ts, planned_digest=spec["digest"])
 
 
 @on("spec_finished")
@@ -253,7 +298,8 @@ def _spec_finished(s: State, e: ev.SpecFinished, ts: float) -> None:
 @on("task_started")
 def _task_started(s: State, e: ev.TaskStarted, ts: float) -> None:
     _set_task(s, e, ts, status="running", attempt=e.attempt, agent_id=e.agent_id,
-              branch=e.branch, worktree=e.worktree, base_commit=e.base_commit, reason="")
+              branch=e.branch, worktree=e.worktree, base_commit=e.base_commit, reason="",
+              cancel=None)
     # An earlier attempt's agent that died waiting (its worktree lost) will never resume.
     _withdraw_questions(s, ts, lambda q: q["spec_id"] == e.spec_id
                         and q["task_id"] == e.task_id and q["agent_id"] != e.agent_id)
@@ -559,3 +605,69 @@ def decode_row(table: str, values: Iterable[Any]) -> Row:
         if row[c] is not None:
             row[c] = json.loads(row[c])
     return row
+
+
+# -- replaying the log: `factory audit verify` and `factory store rebuild` ------------------
+
+
+def replay(stream: Iterable[tuple[float, Any]]) -> State:
+    """The projections a writer holds after the events of `stream` ((time, event) in log
+    order), from nothing: the live handlers, with model usage spread where the writer spreads
+    it, at the end of each transaction. A transaction's events share one time, so a new time
+    is a new transaction: sums of tokens and costs then come out as stored, bit for bit, not
+    only within rounding (`apply_all` spreads once, at the end)."""
+    state, handlers, last = State(), HANDLERS, None
+    for ts, event in stream:
+        if ts != last:
+            state.spread_usage()
+            last = ts
+        handler = handlers.get(event.kind)
+        if handler is not None:
+            handler(state, event, ts)
+    state.spread_usage()
+    return state
+
+
+@dataclass(frozen=True, slots=True)
+class Drift:
+    """One way the stored projections differ from a replay of the log."""
+
+    table: str
+    key: str
+    column: str | None  # None: the whole row is on one side only
+    stored: Any  # the stored value (with column None: the stored row, or None)
+    replayed: Any  # the replay's value (with column None: the replay's row, or None)
+
+    def __str__(self) -> str:
+        if self.column is None:
+            side = "log" if self.stored is None else "projection"
+            return f"{self.table}[{self.key}]: only in {side}"
+        return (f"{self.table}[{self.key}].{self.column}: stored {self.stored!r}, "
+                f"log says {self.replayed!r}")
+
+
+def _same(stored: Any, replayed: Any) -> bool:
+    # Costs are sums of floats: the writer and a replay add them in the same order, but a
+    # store written before `replay` spread usage per transaction may differ in the last bit.
+    if isinstance(stored, float) and isinstance(replayed, float):
+        return abs(stored - replayed) <= max(1e-9, 1e-12 * max(abs(stored), abs(replayed)))
+    return bool(stored == replayed)
+
+
+def drift(stored: State, replayed: State) -> list[Drift]:
+    """Every row and column where `stored` differs from `replayed`, by table (in TABLES'
+    order), key and column."""
+    live, fresh = stored.comparable(), replayed.comparable()
+    out: list[Drift] = []
+    for table, (_, columns) in TABLES.items():
+        mine, theirs = live[table], fresh[table]
+        for key in sorted(mine.keys() | theirs.keys()):
+            a, b = mine.get(key), theirs.get(key)
+            if a is None or b is None:
+                out.append(Drift(table, key, None, a, b))
+                continue
+            for column in columns:
+                x, y = a.get(column), b.get(column)
+                if not _same(x, y):
+                    out.append(Drift(table, key, column, x, y))
+    return out

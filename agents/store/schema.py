@@ -79,4 +79,35 @@ MIGRATIONS: list[str] = [
         asked REAL, answered REAL, updated REAL
     );
     """,
+    # 4: the reconciler: leases on work in progress, the digest of the text last planned
+    # (apart from the text on disk), a person's request to cancel, a task's place in its
+    # plan (work starts in the plan's order), a run's budget stop.
+    """
+    CREATE TABLE leases (
+        work TEXT PRIMARY KEY, holder TEXT, kind TEXT, since REAL, updated REAL
+    );
+    ALTER TABLE specs ADD COLUMN planned_digest TEXT;
+    -- Stores before this recorded no planned digest: what was planned is taken to be the
+    -- text as recorded (as the plan_accepted handler assumes for their events).
+    UPDATE specs SET planned_digest = digest WHERE status != 'registered';
+    ALTER TABLE tasks ADD COLUMN cancel TEXT;
+    ALTER TABLE tasks ADD COLUMN ordinal INTEGER;
+    -- A task's place in the last plan that named it, as the plan_accepted handler keeps it.
+    UPDATE tasks SET ordinal = (
+        SELECT CAST(j.key AS INTEGER) FROM events e, json_each(e.data, '$.tasks') j
+        WHERE e.kind = 'plan_accepted' AND e.spec_id = tasks.spec_id
+          AND json_extract(j.value, '$.id') = tasks.task_id
+        ORDER BY e.id DESC LIMIT 1);
+    ALTER TABLE runs ADD COLUMN budget_stop TEXT;
+    """,
+    # 5: each event's schema version (agents/store/upcast.py: EVENT_SCHEMA, the upcasters).
+    # A column rather than a key inside the JSON: a row's JSON stays exactly what the event's
+    # model serialises (the daemon forwards those bytes to consoles, which parse them with the
+    # same models, unknown keys forbidden), old rows keep their bytes and so their hashes,
+    # and adding a column with a constant default rewrites nothing, however long the log.
+    # The chain covers the version all the same: it picks the form of the row's hash
+    # (store.chain_hash), so editing it breaks the chain like editing the JSON does.
+    """
+    ALTER TABLE events ADD COLUMN schema INTEGER NOT NULL DEFAULT 1;
+    """,
 ]

@@ -5,6 +5,10 @@ applied to the in-memory projections) and committed in batches on the connection
 each batch inserts its events, the projection rows it changed and the new chain head, all in
 one transaction, and only then are its appends acknowledged. Opening a store reads the
 projection tables and the chain head; it never replays the log.
+
+Each row records the event schema version it was written in (`upcast.EVENT_SCHEMA`); reading
+back turns older rows into this release's shapes (agents/store/upcast.py) and refuses rows a
+newer release wrote, with an error that says so.
 """
 
 from __future__ import annotations
@@ -26,10 +30,11 @@ from typing import Any
 import aiosqlite
 
 from agents.errors import FactoryError
-from agents.events import Event, parse_event
+from agents.events import Event
 from agents.private import private_file
-from agents.store import projections
+from agents.store import projections, upcast
 from agents.store.schema import MIGRATIONS
+from agents.store.upcast import EventSchemaError
 
 GENESIS = bytes(32)
 # Appends are prepared (serialised, hashed, applied to the projections) on the event loop a
@@ -45,10 +50,11 @@ MAX_QUEUED = 2
 WRITER_CACHE_KIB = 64 * 1024
 WAL_CHECKPOINT_PAGES = 8192
 _PACK = struct.Struct("<qd")
+_SCHEMA_TAG = struct.Struct("<I")
 
 _INSERT_EVENT = (
-    "INSERT INTO events (id, ts, kind, spec_id, task_id, agent_id, data, prev_hash, hash) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "INSERT INTO events (id, ts, kind, spec_id, task_id, agent_id, data, prev_hash, hash, "
+    "schema) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 # A whole batch of events in one statement, so that SQLite inserts every row in a single
 # sqlite3_step with the GIL released. executemany takes the GIL back after every row, and
@@ -56,13 +62,15 @@ _INSERT_EVENT = (
 # interpreter's switch interval: the two threads took turns instead of overlapping. Every
 # value travels exactly, as bytes: ids count up from ?1, ?2 is the batch's time, ?3 holds the
 # previous row's hash and then each row's own (32 bytes each), ?4 every row's JSON back to
-# back, ?5 a JSON array of their lengths. SQLite reads the indexed columns out of each row's
-# JSON, the very bytes that are hashed, so Python builds nothing per row for them.
+# back, ?5 a JSON array of their lengths, ?6 the batch's event schema version. SQLite reads the
+# indexed columns out of each row's JSON, the very bytes that are hashed, so Python builds
+# nothing per row for them.
 _INSERT_EVENTS = (
-    "INSERT INTO events (id, ts, kind, spec_id, task_id, agent_id, data, prev_hash, hash) "
+    "INSERT INTO events (id, ts, kind, spec_id, task_id, agent_id, data, prev_hash, hash, "
+    "schema) "
     "SELECT ?1 + n, ?2, json_extract(d, '$.kind'), json_extract(d, '$.spec_id'), "
     "json_extract(d, '$.task_id'), json_extract(d, '$.agent_id'), d, "
-    "substr(?3, 32 * n + 1, 32), substr(?3, 32 * n + 33, 32) "
+    "substr(?3, 32 * n + 1, 32), substr(?3, 32 * n + 33, 32), ?6 "
     "FROM (SELECT key AS n, CAST(substr(?4, sum(value) OVER (ORDER BY key) - value + 1, value) "
     "AS TEXT) AS d FROM json_each(?5))"
 )
@@ -114,10 +122,22 @@ class StoreError(FactoryError):
 _SHA256 = hashlib.sha256()
 
 
-def chain_hash(prev: bytes, event_id: int, ts: float, data: bytes) -> bytes:
+def schema_tag(schema: int) -> bytes:
+    """What a row's event schema version adds to its hash.
+
+    Nothing for version 1, so that every row written before rows had versions (all of them
+    version 1) verifies exactly as it did; the version's four bytes for any other. Either way
+    the version is covered by the chain: it picks the form of the hash the row must match,
+    so a version edited from 1 to 2 or back breaks the chain as an edited JSON does. Later
+    releases keep this form for every version, so any release can verify any store's chain.
+    """
+    return b"" if schema == 1 else _SCHEMA_TAG.pack(schema)
+
+
+def chain_hash(prev: bytes, event_id: int, ts: float, data: bytes, schema: int = 1) -> bytes:
     """The hash of one row: what makes an edited or removed row detectable."""
     digest = _SHA256.copy()
-    digest.update(prev + _PACK.pack(event_id, ts) + data)
+    digest.update(prev + _PACK.pack(event_id, ts) + schema_tag(schema) + data)
     return digest.digest()
 
 
@@ -161,12 +181,14 @@ class _EventRows:
     hashes: bytes
     data: bytes
     sizes: list[int]
+    schema: int
 
     def bulk(self) -> bool:
         return _ESCAPED_NUL not in self.data and len(self.data) <= _BULK_MAX_BYTES
 
     def params(self) -> tuple[Any, ...]:
-        return (self.first_id, self.ts, self.hashes, self.data, json.dumps(self.sizes))
+        return (self.first_id, self.ts, self.hashes, self.data, json.dumps(self.sizes),
+                self.schema)
 
     def rows(self) -> list[tuple[Any, ...]]:
         """The same rows as executemany parameters."""
@@ -175,7 +197,7 @@ class _EventRows:
                                                strict=True)):
             out.append((self.first_id + i, ts, e.kind, e.spec_id, e.task_id, e.agent_id,
                         data[end - size:end].decode(), hashes[32 * i:32 * i + 32],
-                        hashes[32 * i + 32:32 * i + 64]))
+                        hashes[32 * i + 32:32 * i + 64], self.schema))
         return out
 
 
@@ -189,6 +211,8 @@ class _Batch:
 
     first_id: int
     ts: float
+    # The event schema its rows are written (and hashed) in: read once, when it opens.
+    schema: int = 1
     items: list[tuple[list[Event], asyncio.Future[int]]] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
     # The previous row's hash and then each event's; each event's JSON.
@@ -219,6 +243,27 @@ def _migrate(conn: sqlite3.Connection, path: Path) -> None:
         conn.executescript(f"BEGIN;\n{script}\nPRAGMA user_version = {number};\nCOMMIT;")
 
 
+def _check_event_schema(conn: sqlite3.Connection, path: Path) -> None:
+    """Refuse to write after rows a newer release wrote: this release could not read them
+    back (an agent resumes from its events), and its own rows would go after a newer shape.
+
+    The last row is enough: every writer refuses a log whose last row is newer than it
+    writes, so versions never go down along the log and the last row's is the highest."""
+    row = conn.execute("SELECT schema FROM events ORDER BY id DESC LIMIT 1").fetchone()
+    if row is not None and isinstance(row[0], int) and row[0] > upcast.EVENT_SCHEMA:
+        raise StoreError(
+            f"{path}: this store was written by a newer Factory (event schema {row[0]}; this "
+            f"one writes {upcast.EVENT_SCHEMA}): upgrade Factory")
+
+
+def version_column(conn: sqlite3.Connection) -> str:
+    """What to select for each row's event schema version: the column, or a constant 1 in a
+    store not migrated yet (a reader of a store only ever opened by an older release: its
+    rows are all version 1, and a read-only open does not migrate)."""
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(events)")}
+    return "schema" if "schema" in columns else "1"
+
+
 def _load_state(conn: sqlite3.Connection) -> tuple[projections.State, int, bytes]:
     state = projections.State()
     for table, (pk, cols) in projections.TABLES.items():
@@ -246,7 +291,7 @@ def _upsert_rows(max_parameters: int) -> dict[str, int]:
 
 def _can_bulk_insert(conn: sqlite3.Connection) -> bool:
     try:
-        conn.execute(f"EXPLAIN {_INSERT_EVENTS}", (None,) * 5).fetchall()
+        conn.execute(f"EXPLAIN {_INSERT_EVENTS}", (None,) * 6).fetchall()
     except sqlite3.OperationalError:
         return False
     return True
@@ -254,7 +299,7 @@ def _can_bulk_insert(conn: sqlite3.Connection) -> bool:
 
 def _setup(
     conn: sqlite3.Connection, path: Path, readonly: bool
-) -> tuple[projections.State, int, bytes, bool, dict[str, int]]:
+) -> tuple[projections.State, int, bytes, bool, dict[str, int], str]:
     """Everything opening needs from the database, in one trip to its thread."""
     conn.execute("PRAGMA busy_timeout = 10000")
     if not readonly:
@@ -269,9 +314,11 @@ def _setup(
         # rather than SQLite's ~4 MiB, which with large batches was after nearly every one.
         conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_CHECKPOINT_PAGES}")
         _migrate(conn, path)
+        _check_event_schema(conn, path)
     state, last_id, last_hash = _load_state(conn)
     limit = conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
-    return state, last_id, last_hash, _can_bulk_insert(conn), _upsert_rows(limit)
+    return (state, last_id, last_hash, _can_bulk_insert(conn), _upsert_rows(limit),
+            version_column(conn))
 
 
 class Store:
@@ -314,6 +361,8 @@ class Store:
         self._bulk = True
         # Rows per upsert statement, by table: a power of two within SQLite's parameter limit.
         self._upsert_rows = _upsert_rows(999)
+        # What reads select as each row's event schema version (version_column).
+        self._version_col = "schema"
 
     @classmethod
     async def open(cls, path: Path | str, *, readonly: bool = False) -> Store:
@@ -333,7 +382,7 @@ class Store:
             thread.daemon = True
         conn = await pending
         try:
-            state, last_id, last_hash, bulk, upsert_rows = await conn._execute(  # type: ignore[attr-defined]
+            state, last_id, last_hash, bulk, upsert_rows, version_col = await conn._execute(  # type: ignore[attr-defined]
                 _setup, conn._conn, path, readonly  # type: ignore[attr-defined]
             )
         except sqlite3.DatabaseError as exc:
@@ -343,7 +392,7 @@ class Store:
             await conn.close()
             raise
         store = cls(path, conn, state, last_id, last_hash, readonly)
-        store._bulk, store._upsert_rows = bulk, upsert_rows
+        store._bulk, store._upsert_rows, store._version_col = bulk, upsert_rows, version_col
         return store
 
     # -- writing ---------------------------------------------------------------------------
@@ -409,7 +458,7 @@ class Store:
             self._open = None
         if self._pending and (self._open is None or not self._open.full):
             if self._open is None:
-                self._open = _Batch(self._prepared_id + 1, time.time())
+                self._open = _Batch(self._prepared_id + 1, time.time(), upcast.EVENT_SCHEMA)
             self._prepare_slice(self._open, self._take_slice())
             if len(self._queued) < MAX_QUEUED:
                 self._submit(self._close_batch(self._open))
@@ -488,7 +537,7 @@ class Store:
         self, batch: _Batch, items: list[tuple[list[Event], asyncio.Future[int]]]
     ) -> None:
         ts, last_id, last_hash = batch.ts, self._prepared_id, self._prepared_hash
-        hashes, datas = batch.hashes, batch.datas
+        hashes, datas, tag = batch.hashes, batch.datas, schema_tag(batch.schema)
         if not hashes:
             hashes.append(last_hash)
         sha256, pack = _SHA256.copy, _PACK.pack
@@ -512,7 +561,7 @@ class Store:
         for data in encoded:
             last_id += 1
             digest = sha256()
-            digest.update(last_hash + pack(last_id, ts) + data)
+            digest.update(last_hash + pack(last_id, ts) + tag + data)
             last_hash = digest.digest()
             hashes.append(last_hash)
             datas.append(data)
@@ -527,7 +576,8 @@ class Store:
 
     def _close_batch(self, batch: _Batch) -> _Batch:
         batch.rows = _EventRows(batch.first_id, batch.ts, batch.events, b"".join(batch.hashes),
-                                b"".join(batch.datas), list(map(len, batch.datas)))
+                                b"".join(batch.datas), list(map(len, batch.datas)),
+                                batch.schema)
         batch.hashes, batch.datas = [], []
         # Rows are encoded here, on the loop's thread: the live dicts keep changing after.
         batch.dirty = {table: [projections.encode_row(table, r) for r in changed]
@@ -577,8 +627,12 @@ class Store:
         self.state = state
 
     async def refresh(self) -> None:
-        """Re-read projections; how a read-only observer follows another process's writes."""
+        """Re-read projections; how a read-only observer follows another process's writes
+        (which may have migrated the store meanwhile: rows have versions from then on)."""
         await self._reload()
+        self._version_col = await self._conn._execute(  # type: ignore[attr-defined]
+            version_column, self._conn._conn  # type: ignore[attr-defined]
+        )
 
     async def flush(self) -> None:
         """Wait until everything queued so far is committed (or has failed)."""
@@ -607,27 +661,40 @@ class Store:
     async def read_events(
         self, after: int = 0, limit: int = 1000, agent_id: str | None = None
     ) -> list[StoredEvent]:
+        """Events in log order, each read in this release's shape (older rows upcast)."""
+        version = self._version_col
         if agent_id is None:
-            sql = "SELECT id, ts, data FROM events WHERE id > ? ORDER BY id LIMIT ?"
+            sql = f"SELECT id, ts, {version}, data FROM events WHERE id > ? ORDER BY id LIMIT ?"
             args: tuple[Any, ...] = (after, limit)
         else:
-            sql = ("SELECT id, ts, data FROM events WHERE agent_id = ? AND id > ? "
+            sql = (f"SELECT id, ts, {version}, data FROM events WHERE agent_id = ? AND id > ? "
                    "ORDER BY id LIMIT ?")
             args = (agent_id, after, limit)
         async with self._conn.execute(sql, args) as cur:
-            return [StoredEvent(i, ts, parse_event(d)) for i, ts, d in await cur.fetchall()]
+            rows = await cur.fetchall()
+        out = []
+        parse = upcast.parse_stored
+        for i, ts, v, d in rows:
+            try:
+                out.append(StoredEvent(i, ts, parse(d, v)))
+            except EventSchemaError as exc:
+                raise StoreError(f"{self.path}: event {i}: {exc}") from None
+        return out
 
     async def messages(self, agent_id: str) -> list[dict[str, Any]]:
         """An agent's whole conversation, rebuilt from its events (how a resume starts)."""
         async with self._conn.execute(
-            "SELECT data FROM events WHERE agent_id = ? AND kind IN "
+            f"SELECT id, {self._version_col}, data FROM events WHERE agent_id = ? AND kind IN "
             "('agent_started', 'agent_turn', 'agent_note', 'tool_executed') ORDER BY id",
             (agent_id,),
         ) as cur:
             rows = await cur.fetchall()
         out: list[dict[str, Any]] = []
-        for (data,) in rows:
-            doc = json.loads(data)
+        for event_id, version, data in rows:
+            try:
+                doc = upcast.load_stored(data, version)
+            except EventSchemaError as exc:
+                raise StoreError(f"{self.path}: event {event_id}: {exc}") from None
             kind = doc["kind"]
             if kind == "agent_started":
                 out.extend(doc["messages"])

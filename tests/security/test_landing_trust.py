@@ -459,7 +459,7 @@ async def test_queue_may_land_refuses_an_entry_still_waiting_for_approval(yard: 
         ),
         ev.LandingStarted(spec_id=SPEC, task_id="t", branch=request.branch, commit=commit),
     )
-    queue = MergeQueue(yard.lander, yard.store, approval="always")
+    queue = MergeQueue(yard.store, approval="always")
     outcome = await yard.land(commit, may_land=queue.may_land)
     assert not outcome.landed
     assert outcome.gate == "land" and "not approved to land (pending)" in outcome.reason
@@ -479,7 +479,7 @@ async def test_queue_rereads_approval_when_main_moves(yard: Yard, sabotage: str)
     before = yard.main()
     request = yard.request(commit)
     key = task_key(SPEC, "t")
-    queue = MergeQueue(yard.lander, yard.store, approval="always")
+    queue = MergeQueue(yard.store, approval="always")
 
     async def sabotage_after_tests(event: ev.Event) -> None:
         if not (isinstance(event, ev.GateResult) and event.gate == "tests" and event.passed):
@@ -503,23 +503,26 @@ async def test_queue_rereads_approval_when_main_moves(yard: Yard, sabotage: str)
             )
 
     yard.hooks.append(sabotage_after_tests)
-
-    async def on_turn() -> None:
-        await yard.store.append(
-            ev.LandingStarted(spec_id=SPEC, task_id="t", branch=request.branch, commit=commit)
+    # The entry waits for a person; approved, it lands as the reconciler lands it: recorded
+    # as landing, then the landing step with the queue's last-moment check.
+    await yard.store.append(
+        ev.QueueEntered(
+            spec_id=SPEC,
+            task_id="t",
+            branch=request.branch,
+            commit=commit,
+            risk="low",
+            needs_approval=True,
         )
-
-    job = asyncio.create_task(
-        queue.land(request, {"files": ["calc/mul.py"], "insertions": 2, "deletions": 0}, on_turn)
     )
-    for _ in range(500):
-        row = yard.store.get("queue", key)
-        if row is not None and row["status"] == "awaiting_approval":
-            break
-        await asyncio.sleep(0.01)
+    row = yard.store.get("queue", key)
+    assert row is not None and row["status"] == "awaiting_approval"
     assert yard.main() == before  # nothing lands before a person approves
     await queue.approve(key)
-    outcome = await asyncio.wait_for(job, 60)
+    await yard.store.append(
+        ev.LandingStarted(spec_id=SPEC, task_id="t", branch=request.branch, commit=commit)
+    )
+    outcome = await yard.land(commit, may_land=queue.may_land)
     if sabotage == "none":
         assert outcome.landed, (outcome.gate, outcome.reason, outcome.output)
         await assert_lands_what_was_recorded(yard, outcome, commit, before)

@@ -1,0 +1,366 @@
+"""What happens next: one pure function over the projections.
+
+`decide(tables, now, settings)` looks at the whole state (specs, tasks, agents, the queue,
+questions, leases) and returns the intents that move it on, and when to look again if
+nothing else happens. It does no I/O and keeps nothing between calls: the engine calls it
+after every committed batch (level-triggered, as a controller reconciles), carries out the
+intents, and executors report only by appending events. So what runs next never depends on
+a coroutine's local variable or an in-memory flag, and a restarted engine, deciding over the
+same store, redoes exactly the work in progress that was lost:
+
+- work in progress is a lease row (`plan:<spec>`, `work:<spec>/<task>`, `land`) naming its
+  holder; a lease whose holder is not this engine was left by a process that is gone (one
+  engine writes a store at a time), so its work is decided again;
+- an agent waiting for a person holds no lease and no slot: its question is state, and it
+  is resumed once the question is answered (by a person, or by the engine when nobody
+  supervises or the wait timed out);
+- landed work is never redone: a landed task is done, and the landing step itself checks
+  whether a branch's commit is already in main.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from agents.statuses import (
+    QUEUE_OPEN,
+    TASK_DONE,
+    AgentStatus,
+    Approval,
+    QuestionStatus,
+    QueueStatus,
+    SpecStatus,
+    TaskStatus,
+)
+
+Row = Mapping[str, Any]
+Tables = Mapping[str, Mapping[str, Row]]
+
+UNSUPERVISED = "nobody is supervising this run"
+LEFT = "the supervisor left"
+SPEC_DONE = frozenset({SpecStatus.DONE, SpecStatus.FAILED, SpecStatus.BLOCKED})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What decide needs beyond the store: the run, this engine, the limits, and whether a
+    person is watching now."""
+
+    run_id: str
+    specs: tuple[str, ...]  # the run's specs, dependencies first
+    holder: str  # this engine process, as its leases name it
+    concurrency: int = 4
+    question_timeout: float = 600.0
+    supervised: bool = False
+    # Someone supervised this run earlier and has gone (said in the engine's answers).
+    left: bool = False
+
+
+# -- intents -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Plan the spec (its planner agent, on a clean view of main)."""
+
+    spec_id: str
+
+    @property
+    def work(self) -> str:
+        return f"plan:{self.spec_id}"
+
+
+@dataclass(frozen=True)
+class Work:
+    """Start, or resume, the task's agent, and commit what it did."""
+
+    key: str
+    spec_id: str
+    task_id: str
+
+    @property
+    def work(self) -> str:
+        return f"work:{self.key}"
+
+
+@dataclass(frozen=True)
+class Land:
+    """Land the task's queue entry: merge, gates, tests, main moved."""
+
+    key: str
+    spec_id: str
+    task_id: str
+
+    @property
+    def work(self) -> str:
+        return "land"
+
+
+@dataclass(frozen=True)
+class Enqueue:
+    """Put the task's commit in the merge queue (its risk, whether a person must approve)."""
+
+    key: str
+    spec_id: str
+    task_id: str
+
+
+@dataclass(frozen=True)
+class Refuse:
+    """A person rejected this very commit: the branch is rejected at the approval gate."""
+
+    key: str
+    spec_id: str
+    task_id: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Block:
+    key: str
+    spec_id: str
+    task_id: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class BlockSpec:
+    spec_id: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class FinishSpec:
+    spec_id: str
+    status: str
+    detail: str
+
+
+@dataclass(frozen=True)
+class EngineAnswer:
+    """Nobody will answer the question: the engine does (the agent decides alone)."""
+
+    question_id: str
+    why: str
+
+
+@dataclass(frozen=True)
+class Stop:
+    """A person cancelled work this engine is doing: stop it."""
+
+    key: str
+    work: str
+
+
+@dataclass(frozen=True)
+class Cancel:
+    """A person cancelled a task nothing works on: record it cancelled."""
+
+    key: str
+    spec_id: str
+    task_id: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Finish:
+    """Every spec of the run has ended and nothing is in progress."""
+
+    status: str
+
+
+Intent = (Plan | Work | Land | Enqueue | Refuse | Block | BlockSpec | FinishSpec | EngineAnswer
+          | Stop | Cancel | Finish)
+
+
+@dataclass(frozen=True)
+class Decision:
+    intents: tuple[Intent, ...] = ()
+    # When to decide again if no event arrives first (a question's timeout), as `now` counts.
+    wake_at: float | None = None
+
+
+@dataclass
+class _Scratch:
+    """What one call works out as it goes: the intents, and what they use up."""
+
+    intents: list[Intent] = field(default_factory=list)
+    free: int = 0
+    wake_at: float | None = None
+
+    def wake(self, at: float) -> None:
+        self.wake_at = at if self.wake_at is None else min(self.wake_at, at)
+
+
+def decide(tables: Tables, now: float, settings: Settings) -> Decision:
+    """The intents that move the run on, given the whole state now."""
+    leases = tables["leases"]
+    mine = {work for work, lease in leases.items() if lease["holder"] == settings.holder}
+    busy = sum(1 for work in mine if work.startswith(("plan:", "work:")))
+    out = _Scratch(free=max(0, settings.concurrency - busy))
+    runs = tables["runs"]
+    run = runs.get(settings.run_id)
+    budget_stop = run.get("budget_stop") if run is not None else None
+    specs, tasks = tables["specs"], tables["tasks"]
+
+    # Open tasks of the run's specs, grouped by spec (done tasks are passed over at once).
+    wanted = set(settings.specs)
+    open_tasks: dict[str, list[Row]] = {}
+    counts: dict[str, list[int]] = {}  # spec -> [tasks, landed, done]
+    for task in tasks.values():
+        spec_id = task["spec_id"]
+        if spec_id not in wanted:
+            continue
+        count = counts.get(spec_id)
+        if count is None:
+            count = counts[spec_id] = [0, 0, 0]
+        count[0] += 1
+        status = task["status"]
+        if status in TASK_DONE:
+            count[2] += 1
+            if status == TaskStatus.LANDED:
+                count[1] += 1
+        else:
+            open_tasks.setdefault(spec_id, []).append(task)
+
+    landing: list[Row] = []
+    for spec_id in settings.specs:
+        spec = specs.get(spec_id)
+        if spec is None:
+            continue
+        status = spec["status"]
+        # Planned from other text than the spec holds now (edited since): planned again.
+        stale = spec["planned_digest"] != spec["digest"]
+        if status == SpecStatus.BLOCKED or (status in SPEC_DONE and not stale):
+            continue  # a later run looks at it again
+        if not _dependencies_met(spec, specs, wanted, out):
+            continue
+        planned = counts.get(spec_id, [0, 0, 0])[0] > 0
+        if not planned or stale:
+            if not stale:  # planned from this very text, and no task came of it
+                out.intents.append(FinishSpec(spec_id, SpecStatus.FAILED,
+                                              spec["detail"] or "the plan has no task"))
+            elif f"plan:{spec_id}" in mine or _planner_waits(spec_id, tables, now, settings,
+                                                             out):
+                pass
+            elif out.free > 0:
+                out.free -= 1
+                out.intents.append(Plan(spec_id))
+            continue
+        for task in sorted(open_tasks.get(spec_id, ()),
+                           key=lambda t: (t["ordinal"] or 0, t["key"])):
+            _task(task, tables, mine, now, settings, budget_stop, out, landing)
+        total, landed, done = counts[spec_id]
+        if done == total and f"plan:{spec_id}" not in mine:
+            out.intents.append(FinishSpec(
+                spec_id, SpecStatus.DONE if landed == total else SpecStatus.FAILED,
+                f"{landed} of {total} tasks landed"))
+
+    if landing and "land" not in mine:
+        queue = tables["queue"]
+        first = min(landing, key=lambda t: (queue[t["key"]]["status"] != QueueStatus.LANDING,
+                                            queue[t["key"]]["position"] or 0))
+        out.intents.append(Land(first["key"], first["spec_id"], first["task_id"]))
+
+    if not out.intents and not (mine - {f"run:{settings.run_id}"}) and all(
+            (specs.get(s) or {}).get("status") in SPEC_DONE for s in settings.specs):
+        out.intents.append(Finish("budget" if budget_stop else "done"))
+    return Decision(tuple(out.intents), out.wake_at)
+
+
+def _dependencies_met(spec: Row, specs: Mapping[str, Row], wanted: set[str],
+                      out: _Scratch) -> bool:
+    """Whether the specs this one depends on are done; blocks it when one never will be."""
+    for dep in spec["depends_on"] or []:
+        row = specs.get(dep)
+        status = row["status"] if row is not None else None
+        if status == SpecStatus.DONE:
+            continue
+        if status in (SpecStatus.FAILED, SpecStatus.BLOCKED) or dep not in wanted:
+            out.intents.append(BlockSpec(spec["id"], f"depends on {dep}, which is "
+                                         f"{status or 'unknown'}"))
+        return False
+    return True
+
+
+def _task(task: Row, tables: Tables, mine: set[str], now: float, settings: Settings,
+          budget_stop: str | None, out: _Scratch, landing: list[Row]) -> None:
+    """What one open task needs next (appended to out; queue candidates to landing)."""
+    key, spec_id, task_id = task["key"], task["spec_id"], task["task_id"]
+    status = task["status"]
+    work = f"work:{key}"
+    if task["cancel"]:
+        if work in mine:
+            out.intents.append(Stop(key, work))
+        elif status not in (TaskStatus.LANDING,):
+            out.intents.append(Cancel(key, spec_id, task_id, "cancelled by request"))
+        return
+    tasks = tables["tasks"]
+    for dep in task["depends_on"] or []:
+        row = tasks.get(f"{spec_id}/{dep}")
+        dep_status = row["status"] if row is not None else None
+        if dep_status == TaskStatus.LANDED:
+            continue
+        if dep_status is None or dep_status in TASK_DONE:
+            out.intents.append(Block(key, spec_id, task_id, f"depends on {dep}, which is "
+                                     f"{dep_status or 'missing'}"))
+        return
+    if status in (TaskStatus.PENDING, TaskStatus.RUNNING):
+        if work in mine:
+            return
+        agent = tables["agents"].get(task["agent_id"] or "")
+        if status == TaskStatus.RUNNING and agent is not None and \
+                agent["status"] == AgentStatus.WAITING:
+            if _waits_for_a_person(agent["id"], tables, now, settings, out):
+                return
+        if budget_stop:
+            out.intents.append(Block(key, spec_id, task_id, "the run's budget is spent"))
+        elif out.free > 0:
+            out.free -= 1
+            out.intents.append(Work(key, spec_id, task_id))
+        return
+    # committed, or landing when a landing was cut short
+    entry = tables["queue"].get(key)
+    if entry is None or entry["commit_sha"] != task["commit_sha"]:
+        out.intents.append(Enqueue(key, spec_id, task_id))
+    elif entry["approval"] == Approval.REJECTED:
+        out.intents.append(Refuse(key, spec_id, task_id,
+                                  entry["reason"] or "rejected by a person"))
+    elif entry["status"] not in QUEUE_OPEN:
+        out.intents.append(Enqueue(key, spec_id, task_id))  # landed or rejected before
+    elif entry["approval"] != Approval.PENDING:
+        landing.append(task)
+
+
+def _planner_waits(spec_id: str, tables: Tables, now: float, settings: Settings,
+                   out: _Scratch) -> bool:
+    """Whether the spec's planner stopped at a question that still waits for a person."""
+    for agent in tables["agents"].values():
+        if agent["spec_id"] == spec_id and agent["role"] == "planner" and \
+                agent["status"] == AgentStatus.WAITING:
+            return _waits_for_a_person(agent["id"], tables, now, settings, out)
+    return False
+
+
+def _waits_for_a_person(agent_id: str, tables: Tables, now: float, settings: Settings,
+                        out: _Scratch) -> bool:
+    """An agent stopped at a question: True while it should go on waiting (the engine
+    answers for nobody, or once the wait timed out)."""
+    pending = [q for q in tables["questions"].values()
+               if q["agent_id"] == agent_id and q["status"] == QuestionStatus.PENDING]
+    if not pending:
+        return False  # answered (or withdrawn): the agent resumes
+    for question in pending:
+        if not settings.supervised:
+            out.intents.append(EngineAnswer(question["id"],
+                                            LEFT if settings.left else UNSUPERVISED))
+        else:
+            due = (question["asked"] or now) + settings.question_timeout
+            if now >= due:
+                out.intents.append(EngineAnswer(
+                    question["id"], f"nobody answered within {settings.question_timeout:g} s"))
+            else:
+                out.wake(due)
+    return True
