@@ -34,6 +34,7 @@ from agents.statuses import (
     SpecStatus,
     TaskStatus,
 )
+from agents.store.projections import State
 
 Row = Mapping[str, Any]
 Tables = Mapping[str, Mapping[str, Row]]
@@ -184,46 +185,44 @@ class Decision:
 
 @dataclass
 class _Scratch:
-    """What one call works out as it goes: the intents, and what they use up."""
+    """What one call works out as it goes: the intents, what they use up, and the indexes
+    built once per call (open questions by agent, waiting planners by spec)."""
 
     intents: list[Intent] = field(default_factory=list)
     free: int = 0
     wake_at: float | None = None
+    questions: dict[str, list[Row]] = field(default_factory=dict)
+    planners: dict[str, str] = field(default_factory=dict)
 
     def wake(self, at: float) -> None:
         self.wake_at = at if self.wake_at is None else min(self.wake_at, at)
 
 
-def decide(tables: Tables, now: float, settings: Settings) -> Decision:
-    """The intents that move the run on, given the whole state now."""
+def decide(state: State, now: float, settings: Settings) -> Decision:
+    """The intents that move the run on, given the whole state now.
+
+    It reads the projections' tables and their indexes of open tasks and cancel requests
+    (kept with the tasks table), so its cost grows with the specs and the open tasks, not
+    with every task a long run ever planned. A task that cannot start yet (every slot is
+    taken) is passed over without a look at its dependencies: it is blocked, if it must be,
+    when a slot would let it start."""
+    tables = state.tables
     leases = tables["leases"]
     mine = {work for work, lease in leases.items() if lease["holder"] == settings.holder}
     busy = sum(1 for work in mine if work.startswith(("plan:", "work:")))
     out = _Scratch(free=max(0, settings.concurrency - busy))
-    runs = tables["runs"]
-    run = runs.get(settings.run_id)
+    for question in tables["questions"].values():
+        if question["status"] == QuestionStatus.PENDING:
+            out.questions.setdefault(question["agent_id"], []).append(question)
+    for agent_id in out.questions:
+        agent = tables["agents"].get(agent_id)
+        if agent is not None and agent["role"] == "planner" and \
+                agent["status"] == AgentStatus.WAITING:
+            out.planners[agent["spec_id"]] = agent_id
+    run = tables["runs"].get(settings.run_id)
     budget_stop = run.get("budget_stop") if run is not None else None
-    specs, tasks = tables["specs"], tables["tasks"]
-
-    # Open tasks of the run's specs, grouped by spec (done tasks are passed over at once).
+    specs = tables["specs"]
     wanted = set(settings.specs)
-    open_tasks: dict[str, list[Row]] = {}
-    counts: dict[str, list[int]] = {}  # spec -> [tasks, landed, done]
-    for task in tasks.values():
-        spec_id = task["spec_id"]
-        if spec_id not in wanted:
-            continue
-        count = counts.get(spec_id)
-        if count is None:
-            count = counts[spec_id] = [0, 0, 0]
-        count[0] += 1
-        status = task["status"]
-        if status in TASK_DONE:
-            count[2] += 1
-            if status == TaskStatus.LANDED:
-                count[1] += 1
-        else:
-            open_tasks.setdefault(spec_id, []).append(task)
 
     landing: list[Row] = []
     for spec_id in settings.specs:
@@ -237,8 +236,8 @@ def decide(tables: Tables, now: float, settings: Settings) -> Decision:
             continue  # a later run looks at it again
         if not _dependencies_met(spec, specs, wanted, out):
             continue
-        planned = counts.get(spec_id, [0, 0, 0])[0] > 0
-        if not planned or stale:
+        total = spec["tasks_total"] or 0
+        if not total or stale:
             if not stale:  # planned from this very text, and no task came of it
                 out.intents.append(FinishSpec(spec_id, SpecStatus.FAILED,
                                               spec["detail"] or "the plan has no task"))
@@ -249,14 +248,26 @@ def decide(tables: Tables, now: float, settings: Settings) -> Decision:
                 out.free -= 1
                 out.intents.append(Plan(spec_id))
             continue
-        for task in sorted(open_tasks.get(spec_id, ()),
-                           key=lambda t: (t["ordinal"] or 0, t["key"])):
-            _task(task, tables, mine, now, settings, budget_stop, out, landing)
-        total, landed, done = counts[spec_id]
-        if done == total and f"plan:{spec_id}" not in mine:
-            out.intents.append(FinishSpec(
-                spec_id, SpecStatus.DONE if landed == total else SpecStatus.FAILED,
-                f"{landed} of {total} tasks landed"))
+        open_tasks = state.open_tasks.get(spec_id)
+        if not open_tasks:
+            if f"plan:{spec_id}" not in mine:
+                landed = spec["tasks_landed"] or 0
+                out.intents.append(FinishSpec(
+                    spec_id, SpecStatus.DONE if landed == total else SpecStatus.FAILED,
+                    f"{landed} of {total} tasks landed"))
+            continue
+        pending: list[Row] = []
+        for task in open_tasks.values():
+            if task["status"] == TaskStatus.PENDING and not task["cancel"]:
+                pending.append(task)
+            else:
+                _task(task, tables, mine, now, settings, budget_stop, out, landing)
+        if pending and (out.free > 0 or budget_stop):
+            pending.sort(key=lambda t: (t["ordinal"] or 0, t["key"]))
+            for task in pending:
+                _task(task, tables, mine, now, settings, budget_stop, out, landing)
+                if not out.free and not budget_stop:
+                    break
 
     if landing and "land" not in mine:
         queue = tables["queue"]
@@ -337,19 +348,15 @@ def _task(task: Row, tables: Tables, mine: set[str], now: float, settings: Setti
 def _planner_waits(spec_id: str, tables: Tables, now: float, settings: Settings,
                    out: _Scratch) -> bool:
     """Whether the spec's planner stopped at a question that still waits for a person."""
-    for agent in tables["agents"].values():
-        if agent["spec_id"] == spec_id and agent["role"] == "planner" and \
-                agent["status"] == AgentStatus.WAITING:
-            return _waits_for_a_person(agent["id"], tables, now, settings, out)
-    return False
+    agent_id = out.planners.get(spec_id)
+    return agent_id is not None and _waits_for_a_person(agent_id, tables, now, settings, out)
 
 
 def _waits_for_a_person(agent_id: str, tables: Tables, now: float, settings: Settings,
                         out: _Scratch) -> bool:
     """An agent stopped at a question: True while it should go on waiting (the engine
     answers for nobody, or once the wait timed out)."""
-    pending = [q for q in tables["questions"].values()
-               if q["agent_id"] == agent_id and q["status"] == QuestionStatus.PENDING]
+    pending = out.questions.get(agent_id)
     if not pending:
         return False  # answered (or withdrawn): the agent resumes
     for question in pending:

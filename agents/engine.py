@@ -19,7 +19,7 @@ from agents.conflicts import ConflictForecaster
 from agents.errors import FactoryError
 from agents.gitcmd import git
 from agents.landing import LandingStep, TestedLanding
-from agents.models import ModelRouter, api_key_from_env, replay_path
+from agents.models import ModelRouter, api_key_from_env, check_models, replay_path
 from agents.orchestrator import Orchestrator, RunSummary, spec_digest
 from agents.private import exclude_factory, private_dir, private_file
 from agents.questions import Answer, QuestionDesk
@@ -73,6 +73,7 @@ def make_router(config: FactoryConfig) -> ModelRouter:
         fallbacks=dict(m.fallbacks),
         api_base=m.api_base or None,
         api_key=api_key_from_env(m.api_key_env or None),
+        api_key_env=m.api_key_env or None,
         max_retries=m.max_retries,
         timeout=float(m.timeout_seconds),
     )
@@ -211,6 +212,11 @@ class Factory:
             specs, texts = self.specs(spec_ids)
             if not specs:
                 raise FactoryError(f"no specs in {self.config.specs_path}")
+            # A run that cannot work refuses to start, saying what to set (no model call).
+            problems = await asyncio.to_thread(check_models, self.config)
+            if problems:
+                raise FactoryError("the run cannot start: its models cannot work:\n  "
+                                   + "\n  ".join(problems))
         except BaseException:
             self._lock.release()  # nothing started: a later run must not find it held
             raise

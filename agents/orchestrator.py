@@ -75,6 +75,13 @@ class RunSummary:
     landed: list[str] = field(default_factory=list)
     rejected: list[tuple[str, str]] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)
+    # Specs of the run that did not end done (a plan refused, a dependency that failed).
+    specs: list[tuple[str, str, str]] = field(default_factory=list)  # (id, status, detail)
+
+    @property
+    def complete(self) -> bool:
+        """Everything planned landed (`factory run` exits 0)."""
+        return self.status == "done"
 
 
 def spec_digest(text: str) -> str:
@@ -179,7 +186,7 @@ class Orchestrator:
             self._wake.clear()
             if self._failure is not None:
                 raise self._failure
-            decision = plan_of.decide(self.store.state.tables, time.time(),
+            decision = plan_of.decide(self.store.state, time.time(),
                                       self.settings(specs))
             for intent in decision.intents:
                 if isinstance(intent, plan_of.Finish):
@@ -281,9 +288,16 @@ class Orchestrator:
                 out.rejected.append((key, t["reason"] or ""))
             elif t["status"] in ("failed", "blocked", "cancelled"):
                 out.failed.append((key, t["reason"] or t["status"]))
+        for spec_id in self._specs:
+            spec = self.store.get("specs", spec_id) or {}
+            if spec.get("status") != "done":
+                out.specs.append((spec_id, spec.get("status") or "unknown",
+                                  spec.get("detail") or ""))
         run = self.store.get("runs", self.run_id) or {}
         if run.get("budget_stop"):
             out.status = "budget"
+        elif out.rejected or out.failed or out.specs:
+            out.status = "failed"  # it ran to its end; not everything planned landed
         return out
 
     # -- executors: planning ---------------------------------------------------------------
@@ -427,8 +441,6 @@ class Orchestrator:
         if info is None:
             await self.emit(ev.TaskFailed(**ids, reason="the agent finished without changing "
                                           "any file"))
-            return
-        await self.forecast()
 
     async def _run_agent(self, spec: Spec, row: dict[str, Any], agent_id: str,
                          worktree: Path) -> AgentResult:
@@ -507,6 +519,9 @@ class Orchestrator:
     # -- executors: the queue --------------------------------------------------------------
 
     async def _enqueue(self, intent: plan_of.Enqueue) -> None:
+        """A commit enters the queue once the conflict forecast has seen its branch (the
+        console shows which entries would conflict before anyone approves them)."""
+        await self.forecast()
         task = self.store.get("tasks", intent.key)
         assert task is not None
         branch = self.store.get("branches", task["branch"] or "") or {}

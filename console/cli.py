@@ -20,7 +20,7 @@ import shutil
 import signal
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -134,7 +134,12 @@ async def _run(root: Path, specs: list[str] | None, headless: bool) -> int:
         for key, reason in summary.failed:
             out.print(Text.assemble("  ", ("failed", "yellow"),
                                     f"   {clean_line(key)}: {clean_line(reason)}"))
-        return 0 if summary.status == "done" else 1
+        for spec_id, status, detail in summary.specs:
+            out.print(Text.assemble("  ", (f"spec {status}", "yellow"),
+                                    f" {clean_line(spec_id)}: {clean_line(detail)}"))
+        # 0: everything planned landed; 1: something was rejected, failed or blocked (the
+        # lines above say what and why); 2 (main): the run could not start.
+        return 0 if summary.complete else 1
     finally:
         if daemon is not None:
             await daemon.close()
@@ -142,7 +147,29 @@ async def _run(root: Path, specs: list[str] | None, headless: bool) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    return asyncio.run(_run(_root(args.root), args.specs, _headless(args)))
+    return _stoppable(_run(_root(args.root), args.specs, _headless(args)))
+
+
+def _stoppable(work: Coroutine[Any, Any, int]) -> int:
+    """Run work; SIGTERM stops it the way ctrl+c does (the run is cancelled, what it
+    committed is kept, `factory run` resumes): exit 143 for SIGTERM, 130 for ctrl+c."""
+    stopped: list[int] = []
+
+    async def main() -> int:
+        task = asyncio.current_task()
+        assert task is not None
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, lambda s=sig: (stopped.append(s), task.cancel()))
+        return await work
+
+    try:
+        return asyncio.run(main())
+    except (asyncio.CancelledError, KeyboardInterrupt):
+        if not stopped:
+            raise
+        err.print("stopped: the store keeps every committed step; `factory run` resumes")
+        return 128 + stopped[0]
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -152,8 +179,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     path = demo.build(Path(args.path), backend)
     out.print(Text(f"demo project at {clean_line(str(path))} (sandbox: {backend})"))
     if _headless(args):
-        asyncio.run(_run(path, None, True))
-        return 0
+        # The demo rejects three branches by design: a run that went to its end is a 0.
+        code = _stoppable(_run(path, None, True))
+        return 0 if code == 1 else code
     # On screen, every branch waits for a person in the inbox: the demo is of supervising.
     return asyncio.run(_console(path, args.theme, start_run=True, approval="always"))
 

@@ -18,7 +18,8 @@ from agents.store import Store, StoredEvent
 from agents.textsafe import clean_line
 
 QUIET_KINDS = {"agent_turn", "tool_executed", "agent_note", "gate_result", "spec_registered",
-               "worktree_removed", "landing_started"}
+               "worktree_removed", "landing_started", "landing_merged", "lease_taken",
+               "lease_released"}
 STATUS_STYLE = {"landed": "green", "rejected": "red", "failed": "red", "blocked": "yellow",
                 "running": "cyan", "committed": "blue", "landing": "magenta",
                 "cancelled": "yellow", "pending": "dim"}

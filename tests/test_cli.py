@@ -57,8 +57,12 @@ def test_no_config_anywhere(tmp_path: Path) -> None:
 def test_run_status_and_audit(tmp_path: Path) -> None:
     root = build_demo(tmp_path)
     run = factory("run", cwd=root)
-    assert run.returncode == 0, run.stdout + run.stderr
+    # The demo's gates reject three branches: not everything planned landed, so 1, and the
+    # summary says what and why.
+    assert run.returncode == 1, run.stdout + run.stderr
     assert "LANDED on main" in run.stdout and "REJECTED at dependencies" in run.stdout
+    assert ": failed;" in run.stdout and "rejected stats/unicode-words: dependencies" in \
+        run.stdout
     assert "sandbox backend is 'none'" in run.stderr  # said loudly
     status = factory("status", "--json", cwd=root)
     data = json.loads(status.stdout)

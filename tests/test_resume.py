@@ -62,7 +62,8 @@ def test_sigkill_and_restart(tmp_path: Path, kill_after: tuple[str, int]) -> Non
 
     again = factory_run(root)
     out, _ = again.communicate(timeout=180)
-    assert again.returncode == 0, out.decode()
+    # The run goes to its end; the demo's gates reject three branches by design (exit 1).
+    assert again.returncode == 1 and b": failed;" in out, out.decode()
 
     after = committed(db)
     assert after[:len(before)] == before  # every committed event survived, unchanged

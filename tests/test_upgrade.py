@@ -76,7 +76,9 @@ async def test_an_old_store_verifies_replays_and_its_run_continues(old_demo: Pat
         summary = await factory_.run()
     finally:
         await factory_.close()
-    assert summary.status == "done", summary
+    # The demo's gates reject three branches by design (README): the run ends "failed"
+    # (not everything planned landed), with nothing failed outright.
+    assert summary.status == "failed" and summary.rejected, summary
     assert summary.failed == []
 
     # The old rows are untouched (bytes and hashes), and the chain goes on through new ones.

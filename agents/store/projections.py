@@ -61,6 +61,7 @@ def pair_key(a: str, b: str) -> str:
 
 
 QUEUE_OPEN = ("queued", "awaiting_approval", "landing")
+DONE_STATUSES = frozenset({"landed", "rejected", "failed", "blocked", "cancelled"})
 
 
 @dataclass
@@ -75,6 +76,33 @@ class State:
     # Model usage not yet spread to tasks, specs and budgets: (spec, task) -> [tokens, usd].
     # Spreading once per batch instead of once per model call keeps appends cheap.
     usage: dict[tuple[str | None, str | None], list[float]] = field(default_factory=dict)
+    # Indexes of the tasks table, kept with it, so that deciding what to do next looks at
+    # the tasks still open (by spec) and the cancel requests, not at every task ever planned.
+    open_tasks: dict[str, dict[str, Row]] = field(default_factory=dict)
+    cancels: set[str] = field(default_factory=set)
+
+    def index_task(self, row: Row) -> None:
+        key, spec_id = row["key"], row["spec_id"]
+        if row["status"] in DONE_STATUSES:
+            group = self.open_tasks.get(spec_id)
+            if group is not None:
+                group.pop(key, None)
+                if not group:
+                    del self.open_tasks[spec_id]
+        else:
+            self.open_tasks.setdefault(spec_id, {})[key] = row
+        if row["cancel"]:
+            self.cancels.add(key)
+        else:
+            self.cancels.discard(key)
+
+    def reindex(self) -> State:
+        """Build the task indexes from the table (after it was loaded or replayed)."""
+        self.open_tasks.clear()
+        self.cancels.clear()
+        for row in self.tables["tasks"].values():
+            self.index_task(row)
+        return self
 
     def row(self, table: str, key: str, **defaults: Any) -> Row:
         """The row for key, created with defaults (and every other column None) if absent."""
@@ -180,6 +208,9 @@ def _set_task_ids(
     t = state.row("tasks", task_key(spec_id, task_id), spec_id=spec_id, task_id=task_id)
     t.update(values)
     t["updated"] = ts
+    if "status" in values or "cancel" in values or t["key"] not in state.open_tasks.get(
+            spec_id or "", {}):
+        state.index_task(t)
     return t
 
 

@@ -271,6 +271,7 @@ def _load_state(conn: sqlite3.Connection) -> tuple[projections.State, int, bytes
         for values in conn.execute(f"SELECT {', '.join(cols)} FROM {table}"):
             row = projections.decode_row(table, values)
             rows[row[pk]] = row
+    state.reindex()
     running = [r for r in state.tables["runs"].values() if r["status"] == "running"]
     if running:
         state.current_run = max(running, key=lambda r: r["started"] or 0)["id"]
