@@ -1,15 +1,21 @@
 """Git worktrees and branches for tasks, and the engine's commits on them.
 
-Agents never commit: when an agent finishes, the engine commits its worktree through git
-itself (`git add -A`, then `git commit` onto the task's branch), so every ignore rule,
-attribute filter, file mode and link is handled exactly as git handles it, and special
-files (FIFOs, sockets) are left out by git rather than read. Before git reads anything,
-the worktree is measured against the agent's quota, so a commit never reads more than the
-quota allows; every git call has a time limit. Names come back NUL-separated (`-z`), never
-quoted.
+Everything that changes the repository goes through git itself: a task's worktree is made by
+`git worktree add -b` and taken away by `git worktree remove`, and when an agent finishes the
+engine commits its worktree with `git add -A`, then `git commit` onto the task's branch. So
+every ignore rule, attribute filter (LFS, eol), file mode and link of the user's repository is
+handled exactly as git handles it, special files (FIFOs, sockets) are left out by git rather
+than read, and the engine writes no git object, index or worktree record of its own. It only
+reads: refs in-process (cheaper than a git process for a question asked on every commit), and
+a worktree's records when it resumes one. Before git reads an agent's worktree, the worktree
+is measured against the agent's quota, so a commit never reads more than the quota allows;
+every git call has a time limit. Names come back NUL-separated (`-z`), never quoted.
 
-Worktrees are still laid out in-process (`create`: the files of a trusted commit, and the
-records `git worktree add` would write).
+Adds and removes of worktrees take turns (`add_lock`): git 2.39 still fails when they overlap.
+An add reads every record under `.git/worktrees` and stops at one another add has half
+written ("failed to read .git/worktrees/x/commondir"), and a remove that empties
+`.git/worktrees` deletes the folder under an add about to make its record there ("could not
+create directory of '.git/worktrees/y'").
 """
 
 from __future__ import annotations
@@ -18,26 +24,44 @@ import asyncio
 import itertools
 import os
 import shutil
-import struct
+import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from types import TracebackType
+from typing import TypeVar
 
 import git
-from git.index.fun import write_cache
-from git.index.typ import IndexEntry
-from git.objects.fun import tree_entries_from_data
 
 from agents.errors import FactoryError
-from agents.gitcmd import GitError, git_bytes, shown
-from agents.gitcmd import git as run_git
+from agents.gitcmd import GIT_ENV, GIT_TIMEOUT, shown
 from agents.ids import id_problem
 from agents.sandbox.quota import DiskMeter
 
-TREE_MODE = 0o040000
-_STAT_TIME = struct.Struct(">LL")
 # How long one git step of a commit may take (staging a large worktree, say).
 COMMIT_SECONDS = 300.0
+# What `git worktree add` keeps in a record's `locked` file until it is done (in the C
+# locale GIT_ENV sets): one still there was left by an add cut short.
+ADDING = "initializing"
 _counter = itertools.count()
+_T = TypeVar("_T")
+
+
+class _Turns(asyncio.Lock):
+    """`add_lock`: one `git worktree add` or `remove` at a time. A turn ends with git
+    forgetting the records of folders `remove` set aside during it (in the loop, before the
+    lock passes on: nothing else may run meanwhile), so none outlives the turn."""
+
+    def __init__(self, at_end: Callable[[], None]) -> None:
+        super().__init__()
+        self._at_end = at_end
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        try:
+            self._at_end()
+        finally:
+            self.release()
 
 
 class WorkspaceError(FactoryError):
@@ -75,11 +99,12 @@ class Workspace:
         except (git.InvalidGitRepositoryError, git.NoSuchPathError) as exc:
             raise FactoryError(f"{root}: not a git repository (run `git init` first)") from exc
         self.common_dir = Path(self.repo.common_dir).resolve()
-        # Git objects never change, so what was read once can be kept.
-        self._object_cache: dict[bytes, bytes] = {}
-        self._tree_cache: dict[bytes, list[tuple[bytes, int, str]]] = {}
-        # Concurrent `git worktree add`s read each other's half-written records and fail.
-        self.add_lock = asyncio.Lock()
+        # Worktrees whose folder `remove` took away during a turn: git forgets their records
+        # when it ends.
+        self._set_aside: set[Path] = set()
+        # Held for every `git worktree add` and `remove` of this repository (the module's
+        # docstring says why), by the landing's scratch worktrees too.
+        self.add_lock: asyncio.Lock = _Turns(self._forget_set_aside)
 
     def close(self) -> None:
         self.repo.close()
@@ -112,9 +137,10 @@ class Workspace:
     async def create(self, spec_id: str, task_id: str, base: str | None = None) -> Worktree:
         """A fresh worktree on a fresh branch from main's head (or base).
 
-        Made in-process, exactly as `git worktree add -b` lays it out (the branch ref, the
-        record under .git/worktrees, the `.git` pointer, the files and an index with their
-        stat data): it saves a git process and most of the per-agent fixed cost.
+        Made by `git worktree add -b`, so the checkout is git's own: smudge filters (LFS),
+        eol conversion, file modes and links as the repository asks, and the branch, the
+        record under `.git/worktrees` and the index written by git. Raises WorkspaceError,
+        with git's reason, when git refuses.
         """
         for value, what in ((spec_id, "spec id"), (task_id, "task id")):
             problem = id_problem(value)
@@ -125,71 +151,21 @@ class Workspace:
         branch = branch_name(spec_id, task_id)
         base = base or self.main_head()
         async with self.add_lock:
-            if path.exists():
+            if path.exists() or path.is_symlink():
                 raise WorkspaceError(f"cannot create worktree {path}: the path already exists")
             if self.branch_exists(branch):
                 raise WorkspaceError(
                     f"cannot create branch {branch}: a branch of that name exists")
-            admin = self.common_dir / "worktrees" / path.name
-            if admin.exists():
-                raise WorkspaceError(f"cannot create worktree {path}: git already records a "
-                                     f"worktree named {path.name} (run `git worktree prune`)")
-            try:
-                self._add_worktree(path, admin, branch, base)
-            except (OSError, ValueError) as exc:
-                shutil.rmtree(path, ignore_errors=True)
-                raise WorkspaceError(f"cannot create worktree for {branch}: {exc}") from exc
+            done = await _to_the_end(_git_sync, "worktree", "add", "-q", "-b", branch,
+                                     str(path), base, cwd=self.root)
+            if done.returncode != 0:
+                # git takes away a worktree it could not finish, but keeps the branch it
+                # made for it: a retry must find neither.
+                if self.ref_sha(f"refs/heads/{branch}") == base:
+                    await _to_the_end(_git_sync, "branch", "-D", branch, cwd=self.root)
+                raise WorkspaceError(f"cannot create worktree for {branch}: "
+                                     f"{_said(done)}")
         return Worktree(path, branch, base)
-
-    def _add_worktree(self, path: Path, admin: Path, branch: str, base: str) -> None:
-        self._set_ref(f"refs/heads/{branch}", base, None)
-        path.mkdir(parents=True)
-        entries = []
-        commit = self._read(bytes.fromhex(base))
-        tree = bytes.fromhex(commit.split(b"\n", 1)[0].split(b" ")[1].decode())
-        for rel, binsha, mode in self._tree_files(tree, ""):
-            target = path / rel
-            target.parent.mkdir(parents=True, exist_ok=True)
-            data = self._read(binsha)
-            if mode == 0o120000:
-                os.symlink(data.decode(), target)
-            else:
-                target.write_bytes(data)
-                if mode == 0o100755:
-                    os.chmod(target, 0o755)
-            st = os.lstat(target)
-            entries.append(IndexEntry((
-                mode, binsha, 0, rel,
-                _STAT_TIME.pack(int(st.st_ctime), st.st_ctime_ns % 1_000_000_000),
-                _STAT_TIME.pack(int(st.st_mtime), st.st_mtime_ns % 1_000_000_000),
-                st.st_dev & 0xFFFFFFFF, st.st_ino & 0xFFFFFFFF, st.st_uid, st.st_gid,
-                st.st_size & 0xFFFFFFFF,
-            )))
-        # The record is assembled aside and renamed into .git/worktrees in one step, so a
-        # git process listing worktrees never meets it half written.
-        staging = self.common_dir / "factory-trash" / f"new-{path.name}-{next(_counter)}"
-        staging.mkdir(parents=True)
-        (staging / "HEAD").write_text(f"ref: refs/heads/{branch}\n")
-        (staging / "commondir").write_text("../..\n")
-        (staging / "gitdir").write_text(f"{path}/.git\n")
-        entries.sort(key=lambda e: e.path.encode())
-        with open(staging / "index", "wb") as stream:
-            write_cache(entries, stream)
-        admin.parent.mkdir(exist_ok=True)
-        os.rename(staging, admin)
-        pointer = path / ".git.factory-tmp"
-        pointer.write_text(f"gitdir: {admin}\n")
-        os.replace(pointer, path / ".git")
-
-    def _tree_files(self, tree: bytes, prefix: str) -> list[tuple[str, bytes, int]]:
-        out: list[tuple[str, bytes, int]] = []
-        for binsha, mode, name in self._entries(tree):
-            rel = f"{prefix}{name}"
-            if mode == TREE_MODE:
-                out.extend(self._tree_files(binsha, rel + "/"))
-            elif mode != 0o160000:  # submodules are not checked out
-                out.append((rel, binsha, mode))
-        return out
 
     async def clean_view(self, name: str) -> Path:
         """A detached checkout of main's head under `.factory/views/`: its tracked files only,
@@ -198,60 +174,138 @@ class Workspace:
         path = self.worktrees_dir.parent / "views" / f"{name}-{os.getpid()}-{next(_counter)}"
         path.parent.mkdir(parents=True, exist_ok=True)
         async with self.add_lock:
-            await run_git("worktree", "add", "-q", "--detach", str(path), self.main_head(),
-                          cwd=self.root)
+            done = await _to_the_end(_git_sync, "worktree", "add", "-q", "--detach",
+                                     str(path), self.main_head(), cwd=self.root)
+        if done.returncode != 0:
+            raise WorkspaceError(f"cannot check out a view of {self.main_branch}: "
+                                 f"{_said(done)}")
         return path
 
     def attach(self, spec_id: str, task_id: str, base: str) -> Worktree | None:
-        """The existing worktree of an interrupted task, if it survived."""
+        """The existing worktree of an interrupted task, if git finished making it and it
+        survived on its branch (None: missing, or its `git worktree add` was cut short).
+
+        Read from git's records (no process): the `.git` pointer, the record it names, which
+        must point back and be on the task's branch, and no `initializing` mark left."""
         path = self.worktree_path(spec_id, task_id)
+        branch = branch_name(spec_id, task_id)
         admin = self._admin_dir(path)
-        if admin is not None and (admin / "index").is_file() and \
-                self.branch_exists(branch_name(spec_id, task_id)):
-            return Worktree(path, branch_name(spec_id, task_id), base)
-        return None  # missing, or its creation was cut short
+        if admin is None or _lock_reason(admin) == ADDING:
+            return None
+        try:
+            points_back = Path((admin / "gitdir").read_text().strip()) == path / ".git"
+            head = (admin / "HEAD").read_text().strip()
+        except OSError:
+            return None
+        if points_back and head == f"ref: refs/heads/{branch}" and \
+                (admin / "index").is_file() and self.branch_exists(branch):
+            return Worktree(path, branch, base)
+        return None
 
     def _admin_dir(self, path: Path) -> Path | None:
+        """The record a worktree's `.git` pointer names (None: no pointer)."""
         try:
             text = (path / ".git").read_text()
-        except OSError:
+        except (OSError, UnicodeDecodeError):
             return None
         if not text.startswith("gitdir:"):
             return None
         return Path(text.split(":", 1)[1].strip())
 
     def remove(self, path: Path) -> None:
-        """Delete a worktree and git's record of it (what `git worktree remove` does).
+        """Take a worktree away with git's record of it: `git worktree remove --force`.
 
-        git reads every `.git/worktrees/*` entry when it adds a worktree, so the record is
-        first moved out of that folder in one rename: a concurrent `git worktree add` sees
-        it whole or not at all, never half deleted.
+        Raises WorkspaceError if a person locked it (`git worktree lock`). Callers do not
+        await this, so it cannot wait for its turn: while an add holds `add_lock` (git must
+        not meet a record half deleted), only the folder goes at once, in one rename (git
+        then sees a worktree whose folder is missing, a state it handles), and git forgets
+        the record when that turn ends. A folder git will not take away (half gone: no
+        `.git` pointer, or one that does not point back) is deleted, then git forgets
+        whatever record it had. What cannot be deleted at all (a folder an agent made
+        unreadable to the engine) is left for the next run's sweep. `remove_async` does the
+        same without holding up the event loop while git works.
         """
+        if self.add_lock.locked():
+            self._set_aside_now(path)
+        else:
+            self._remove_now(path)
+
+    async def remove_async(self, path: Path) -> None:
+        """`remove` in its turn, git running in a thread (deleting many files takes a while)."""
+        async with self.add_lock:
+            await _to_the_end(self._remove_now, path)
+
+    def _remove_now(self, path: Path) -> None:
+        said = self._git_remove(path)
+        if said is None:
+            return
+        if "locked working tree" in said:
+            raise WorkspaceError(f"cannot remove worktree {path}: {said}")
+        if not (path.exists() or path.is_symlink()):
+            return  # git accepts a missing folder: it had no record of this one either
+        if not self._disposable(path):
+            raise WorkspaceError(f"cannot remove worktree {path}: {said}")
+        # Not a worktree git takes away as it is: the folder goes first, then git, which
+        # accepts a missing folder, forgets its record ("not a working tree": it had none).
+        if path.is_symlink():
+            path.unlink()
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+        if not path.exists():
+            self._git_remove(path)
+
+    def _git_remove(self, path: Path) -> str | None:
+        """Run `git worktree remove --force`; git's message when it refused, else None."""
+        done = _git_sync("worktree", "remove", "--force", str(path), cwd=self.root)
+        if done.returncode != 0 and f"lock reason: {ADDING}\n".encode() in done.stderr:
+            # git's own mark of an add that never finished (a crash), not a person's lock.
+            done = _git_sync("worktree", "remove", "--force", "--force", str(path),
+                             cwd=self.root)
+        return None if done.returncode == 0 else _said(done)
+
+    def _set_aside_now(self, path: Path) -> None:
+        """The folder out of the way in one rename (a dot-name no task has, in the same
+        folder: swept as an orphan if a crash leaves it), its record left for git."""
+        if not self._disposable(path):
+            raise WorkspaceError(f"cannot remove {path}: not a folder of the engine's")
         admin = self._admin_dir(path)
-        if admin is not None and (admin / "locked").exists():
-            raise WorkspaceError(f"worktree {path} is locked ({(admin / 'locked').read_text()})")
-        trash = self.common_dir / "factory-trash"
-        trash.mkdir(exist_ok=True)
-        if admin is not None and admin.parent == self.common_dir / "worktrees":
-            moved = trash / f"{admin.name}-{os.getpid()}-{next(_counter)}"
-            try:
-                os.rename(admin, moved)
-            except FileNotFoundError:
-                moved = None  # type: ignore[assignment]
-            if moved is not None:
-                shutil.rmtree(moved, ignore_errors=True)
-        shutil.rmtree(path, ignore_errors=True)
+        reason = _lock_reason(admin) if admin is not None else None
+        if reason is not None and reason != ADDING:
+            raise WorkspaceError(f"cannot remove worktree {path}: it is locked ({reason})")
+        aside = path.with_name(f".{path.name}.removed-{os.getpid()}-{next(_counter)}")
+        try:
+            os.rename(path, aside)
+        except FileNotFoundError:
+            pass  # already gone: only the record is left
+        else:
+            if aside.is_symlink():
+                aside.unlink()
+            else:
+                shutil.rmtree(aside, ignore_errors=True)
+        self._set_aside.add(path)
+
+    def _disposable(self, path: Path) -> bool:
+        """Whether the engine may delete path itself, when git will not: only what it made in
+        its own folder (worktrees, views, landing scratch), never the repository itself."""
+        return path.parent.resolve().is_relative_to(self.worktrees_dir.parent)
+
+    def _forget_set_aside(self) -> None:
+        """git forgets the records of folders `remove` set aside (at the end of the turn
+        they were set aside in, before the next add or remove starts)."""
+        for path in list(self._set_aside):
+            self._set_aside.discard(path)
+            self._git_remove(path)
 
     async def discard(self, spec_id: str, task_id: str) -> None:
-        """Remove a task's worktree and branch so that a retry starts clean."""
-        path = self.worktree_path(spec_id, task_id)
-        if path.exists():
-            self.remove(path)
-        async with self.add_lock:  # prune must not judge a worktree that is being added
-            await run_git("worktree", "prune", cwd=self.root)
+        """Take a task's worktree and branch away so that a retry starts clean, whatever an
+        interrupted attempt left: a worktree, a record whose folder is gone, an add cut
+        short."""
+        await self.remove_async(self.worktree_path(spec_id, task_id))
         branch = branch_name(spec_id, task_id)
         if self.branch_exists(branch):
-            await run_git("branch", "-D", branch, cwd=self.root)
+            done = await asyncio.to_thread(_git_sync, "branch", "-D", branch, cwd=self.root)
+            if done.returncode != 0:
+                raise WorkspaceError(f"cannot delete branch {branch}: {_said(done)}")
 
     def orphans(self, active: set[Path]) -> list[Path]:
         """Worktree folders that no running task owns (left by a crash or by hand)."""
@@ -263,47 +317,22 @@ class Workspace:
 
     # -- commits ---------------------------------------------------------------------------
 
-    def _read(self, binsha: bytes) -> bytes:
-        found = self._object_cache.get(binsha)
-        if found is None:
-            found = self.repo.odb.stream(binsha).read()
-            if len(self._object_cache) > 20_000:
-                self._object_cache.clear()
-            self._object_cache[binsha] = found
-        return found
-
-    def _entries(self, tree: bytes) -> list[tuple[bytes, int, str]]:
-        """A tree's entries, parsed (and their names checked) once per tree: every agent of
-        a run starts from the same base, and trees never change."""
-        found = self._tree_cache.get(tree)
-        if found is None:
-            found = tree_entries_from_data(self._read(tree))
-            if len(self._tree_cache) > 5_000:
-                self._tree_cache.clear()
-            self._tree_cache[tree] = found
-        return found
-
     async def changes(self, base: str, head: str) -> tuple[list[str], int, int]:
         """(paths, insertions, deletions) between two commits, as git counts them."""
-        out = await git_bytes("diff", "--numstat", "-z", "--no-renames", base, head,
-                              cwd=self.root)
-        files: list[str] = []
-        insertions = deletions = 0
-        for record in out.split(b"\0"):
-            if not record:
-                continue
-            added, removed, path = record.split(b"\t", 2)
-            files.append(shown(os.fsdecode(path)))  # recorded in events: JSON-safe
-            insertions += int(added) if added.isdigit() else 0  # "-" for binary files
-            deletions += int(removed) if removed.isdigit() else 0
-        return sorted(files), insertions, deletions
+        done = await asyncio.to_thread(_git_sync, "diff", "--numstat", "-z", "--no-renames",
+                                       base, head, cwd=self.root)
+        if done.returncode != 0:
+            raise WorkspaceError(f"cannot compare {base} with {head}: {_said(done)}")
+        return _numstat(done.stdout)
 
     async def commit(self, wt: Worktree, message: str,
                      meter: DiskMeter | None = None) -> CommitInfo | None:
         """Commit everything the agent changed onto its branch; None when nothing changed.
 
-        Raises WorkspaceError when the worktree is over its quota or git refuses (a tracked
-        file replaced by a FIFO, say), with git's reason.
+        `git add -A`, then `git commit`; what changed is counted by git from the index
+        `git add` wrote (the very tree the commit records), at the same time as the commit,
+        so counting costs no extra wait. Raises WorkspaceError when the worktree is over its
+        quota or git refuses (a tracked file replaced by a FIFO, say), with git's reason.
         """
         head = self.ref_sha(f"refs/heads/{wt.branch}")
         if head is not None and head != wt.base_commit:
@@ -314,43 +343,91 @@ class Workspace:
             over = await meter.measure_async()
             if over is not None:
                 raise WorkspaceError(f"not committed: {over.message}")
-        try:
-            await run_git("add", "-A", cwd=wt.path, timeout=COMMIT_SECONDS)
-            # The message exactly as composed (no clean-up of '#' lines), never signed (a
-            # prompt nobody answers), no hook, no automatic gc in the middle of a run.
-            await run_git("-c", "commit.gpgSign=false", "-c", "gc.auto=0", "commit", "-q",
-                          "--no-verify", "--cleanup=verbatim", "-F", "-", cwd=wt.path,
-                          stdin=message.encode(), timeout=COMMIT_SECONDS)
-        except GitError as exc:
-            if "nothing to commit" in exc.stdout + exc.stderr or \
-                    "nothing added to commit" in exc.stdout + exc.stderr:
+        added = await asyncio.to_thread(_git_sync, "add", "-A", cwd=wt.path,
+                                        timeout=COMMIT_SECONDS)
+        if added.returncode != 0:
+            raise WorkspaceError(f"git refused the commit: {_said(added)}")
+        # The message exactly as composed (no clean-up of '#' lines), never signed (a prompt
+        # nobody answers), no hook, no automatic gc in the middle of a run.
+        committed, counted = await asyncio.gather(
+            asyncio.to_thread(_git_sync, "-c", "commit.gpgSign=false", "-c", "gc.auto=0",
+                              "commit", "-q", "--no-verify", "--cleanup=verbatim", "-F", "-",
+                              cwd=wt.path, stdin=message.encode(), timeout=COMMIT_SECONDS),
+            # Reads the index only (`--cached`: no refresh, nothing written), so it can run
+            # beside the commit.
+            asyncio.to_thread(_git_sync, "diff-index", "--cached", "--numstat", "-z",
+                              "--no-renames", wt.base_commit, cwd=wt.path,
+                              timeout=COMMIT_SECONDS))
+        if committed.returncode != 0:
+            both = committed.stdout + committed.stderr
+            if b"nothing to commit" in both or b"nothing added to commit" in both:
                 return None
-            raise WorkspaceError(f"git refused the commit: {exc.stderr.strip() or exc}") \
-                from None
+            raise WorkspaceError(f"git refused the commit: {_said(committed)}")
         sha = self.ref_sha(f"refs/heads/{wt.branch}")
         if sha is None or sha == wt.base_commit:
             raise WorkspaceError(f"git committed, but {wt.branch} did not move")
-        files, insertions, deletions = await self.changes(wt.base_commit, sha)
+        if counted.returncode != 0:
+            files, insertions, deletions = await self.changes(wt.base_commit, sha)
+        else:
+            files, insertions, deletions = _numstat(counted.stdout)
         return CommitInfo(sha, files, insertions, deletions)
 
-    def _set_ref(self, ref: str, new: str, old: str | None) -> None:
-        """Move a loose ref from old (None: must not exist) to new, under git's lock-file
-        protocol."""
-        path = self.common_dir / ref
-        path.parent.mkdir(parents=True, exist_ok=True)
-        lock = path.with_name(path.name + ".lock")
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            raise WorkspaceError(f"{ref} is locked by another git process ({lock})") from None
-        try:
-            current = self.ref_sha(ref)
-            if current != old:
-                raise WorkspaceError(f"{ref} moved to {current} while the agent worked")
-            os.write(fd, f"{new}\n".encode())
-        except BaseException:
-            os.close(fd)
-            os.unlink(lock)
-            raise
-        os.close(fd)
-        os.replace(lock, path)
+
+def _numstat(out: bytes) -> tuple[list[str], int, int]:
+    """(paths, insertions, deletions) from git's `--numstat -z` output (no renames)."""
+    files: list[str] = []
+    insertions = deletions = 0
+    for record in out.split(b"\0"):
+        if not record:
+            continue
+        added, removed, path = record.split(b"\t", 2)
+        files.append(shown(os.fsdecode(path)))  # recorded in events: JSON-safe
+        insertions += int(added) if added.isdigit() else 0  # "-" for binary files
+        deletions += int(removed) if removed.isdigit() else 0
+    return sorted(files), insertions, deletions
+
+
+def _lock_reason(admin: Path) -> str | None:
+    """What a worktree record's `locked` file says (None: not locked)."""
+    try:
+        return (admin / "locked").read_text(errors="replace").strip()
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return ""
+
+
+def _git_sync(*args: str, cwd: Path, stdin: bytes | None = None,
+              timeout: float = GIT_TIMEOUT) -> subprocess.CompletedProcess[bytes]:
+    """A git command run to its end, blocking: in the loop for `remove` (which its callers do
+    not await), in a thread for the rest (`asyncio.to_thread`: a little cheaper than an
+    asyncio subprocess). A git that cannot start or overruns its time limit is a failure,
+    like any other, with a message. Output stays bytes (`-z` paths are not always UTF-8)."""
+    try:
+        return subprocess.run(["git", *args], cwd=cwd, env={**os.environ, **GIT_ENV},
+                              input=stdin, stdin=None if stdin is not None else
+                              subprocess.DEVNULL, capture_output=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return subprocess.CompletedProcess(args, -9, b"", f"killed after {timeout:g} s".encode())
+    except OSError as exc:
+        return subprocess.CompletedProcess(args, 127, b"", f"cannot run git: {exc}".encode())
+
+
+def _said(done: subprocess.CompletedProcess[bytes]) -> str:
+    """What git said (its message for a failure), as text."""
+    for stream in (done.stderr, done.stdout):
+        text = stream.decode("utf-8", "replace").strip()
+        if text:
+            return text
+    return f"git exited with {done.returncode}"
+
+
+async def _to_the_end(fn: Callable[..., _T], *args: object, **kwargs: object) -> _T:
+    """fn in a thread, waited for to its end even when the caller is cancelled meanwhile: a
+    git worktree command must be done before its turn passes to the next."""
+    job = asyncio.ensure_future(asyncio.to_thread(fn, *args, **kwargs))
+    try:
+        return await asyncio.shield(job)
+    except asyncio.CancelledError:
+        await asyncio.wait([job])
+        raise

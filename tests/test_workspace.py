@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -55,7 +57,7 @@ async def test_commit_writes_changes_with_trailers(ws: Workspace, repo: Path) ->
     assert (info.insertions, info.deletions) == (sum(int(n[0]) for n in numstat),
                                                  sum(int(n[1]) for n in numstat))
     assert git(repo, "rev-parse", "factory/s/t").strip() == info.commit
-    # git itself agrees with the tree we wrote in-process.
+    # The repository is sound after the engine's worktree and commit.
     assert git(repo, "fsck", "--strict", "--no-dangling").strip() == ""
     names = git(repo, "diff", "--name-status", wt.base_commit, info.commit).split("\n")
     assert "D\ttests/__init__.py" in names and "A\tcalc/new/deep.py" in names
@@ -110,3 +112,129 @@ async def test_orphans_are_found(ws: Workspace) -> None:
     keep = await ws.create("s", "keep")
     lost = await ws.create("s", "lost")
     assert ws.orphans({keep.path.resolve()}) == [lost.path]
+
+
+async def test_a_worktree_is_git_worktree_adds_own(ws: Workspace, repo: Path) -> None:
+    wt = await ws.create("s", "t")
+    listed = git(repo, "worktree", "list", "--porcelain").split("\n\n")
+    assert f"worktree {wt.path}\nHEAD {wt.base_commit}\nbranch refs/heads/{wt.branch}" \
+        in listed
+    assert git(wt.path, "status", "--porcelain") == ""
+    assert git(repo, "worktree", "list", "--porcelain").count("locked") == 0
+
+
+async def test_creates_and_removes_at_once_take_turns(ws: Workspace, repo: Path) -> None:
+    """git 2.39 fails adds that overlap other adds or removes; the engine's take turns."""
+    async def one(i: int) -> str:
+        wt = await ws.create("s", f"c{i}")
+        (wt.path / f"f{i}.txt").write_text(f"{i}\n")
+        info = await ws.commit(wt, f"c{i}")
+        assert info is not None
+        ws.remove(wt.path)  # often while another task's add holds the turn
+        return info.commit
+
+    commits = await asyncio.gather(*(one(i) for i in range(16)))
+    assert len(set(commits)) == 16
+    assert git(repo, "worktree", "list", "--porcelain").count("worktree ") == 1
+    assert not any((repo / ".factory" / "worktrees").iterdir())
+
+
+async def test_a_remove_during_an_add_leaves_the_record_to_git(ws: Workspace,
+                                                               repo: Path) -> None:
+    wt = await ws.create("s", "t")
+    async with ws.add_lock:  # as while another task's `git worktree add` runs
+        ws.remove(wt.path)
+        assert not wt.path.exists()
+        assert not any((repo / ".factory" / "worktrees").iterdir())
+        assert "prunable" in git(repo, "worktree", "list")  # git's record, left for git
+    assert str(wt.path) not in git(repo, "worktree", "list")  # forgotten as the turn ended
+    await ws.discard("s", "t")
+    again = await ws.create("s", "t")
+    assert again.path == wt.path
+    assert git(repo, "worktree", "list").count(str(wt.path)) == 1
+
+
+async def test_a_locked_worktree_is_not_set_aside_either(ws: Workspace, repo: Path) -> None:
+    wt = await ws.create("s", "t")
+    git(repo, "worktree", "lock", "--reason", "in use by a human", str(wt.path))
+    async with ws.add_lock:
+        with pytest.raises(WorkspaceError, match="in use by a human"):
+            ws.remove(wt.path)
+    assert wt.path.is_dir()
+
+
+async def test_a_surviving_worktree_is_attached(ws: Workspace) -> None:
+    wt = await ws.create("s", "t")
+    (wt.path / "work.py").write_text("w = 1\n")
+    assert ws.attach("s", "t", wt.base_commit) == wt
+    assert ws.attach("s", "other", wt.base_commit) is None
+
+
+async def test_an_add_cut_short_is_not_attached_and_discard_clears_it(
+        ws: Workspace, repo: Path) -> None:
+    wt = await ws.create("s", "t")
+    # What `git worktree add` leaves when it is killed before it is done.
+    git(repo, "worktree", "lock", "--reason", "initializing", str(wt.path))
+    assert ws.attach("s", "t", wt.base_commit) is None
+    await ws.discard("s", "t")
+    assert not wt.path.exists() and not ws.branch_exists(wt.branch)
+    assert str(wt.path) not in git(repo, "worktree", "list")
+    assert (await ws.create("s", "t")).path == wt.path
+
+
+async def test_a_half_gone_worktree_is_removed_and_forgotten(ws: Workspace,
+                                                             repo: Path) -> None:
+    no_pointer = await ws.create("s", "a")
+    (no_pointer.path / ".git").unlink()
+    no_folder = await ws.create("s", "b")
+    git(repo, "worktree", "lock", "--reason", "initializing", str(no_folder.path))
+    shutil.rmtree(no_folder.path)
+    ws.remove(no_pointer.path)
+    ws.remove(no_folder.path)
+    assert not no_pointer.path.exists()
+    assert git(repo, "worktree", "list", "--porcelain").count("worktree ") == 1
+    # Their branches are discard's to delete, and it does.
+    await ws.discard("s", "a")
+    await ws.discard("s", "b")
+    assert git(repo, "branch", "--list", "factory/*") == ""
+
+
+async def test_a_checkout_git_refuses_is_a_task_error_and_leaves_nothing(
+        ws: Workspace, repo: Path) -> None:
+    (repo / ".gitattributes").write_text("*.bad filter=bad\n")
+    (repo / "x.bad").write_text("x\n")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "a file only a failing filter checks out")
+    git(repo, "config", "filter.bad.smudge", "false")
+    git(repo, "config", "filter.bad.required", "true")
+    with pytest.raises(WorkspaceError, match="smudge filter bad failed"):
+        await ws.create("s", "t")
+    assert not ws.worktree_path("s", "t").exists()
+    assert not ws.branch_exists("factory/s/t")
+    assert git(repo, "worktree", "list", "--porcelain").count("worktree ") == 1
+
+
+async def test_what_git_will_not_remove_outside_the_engines_folder_is_left(
+        ws: Workspace, repo: Path) -> None:
+    with pytest.raises(WorkspaceError, match="is a main working tree"):
+        ws.remove(repo)
+    stray = repo / "calc"
+    with pytest.raises(WorkspaceError, match="not a working tree"):
+        ws.remove(stray)
+    assert (repo / "calc" / "ops.py").is_file() and (repo / ".git").is_dir()
+
+
+async def test_a_cancelled_create_ends_its_turn_only_when_git_is_done(
+        ws: Workspace, repo: Path) -> None:
+    job = asyncio.ensure_future(ws.create("s", "t"))
+    await asyncio.sleep(0)  # the job takes its turn and starts git
+    assert ws.add_lock.locked()
+    job.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await job
+    assert not ws.add_lock.locked()
+    # git was let finish: no record half written for the next add to trip on.
+    listed = git(repo, "worktree", "list", "--porcelain")
+    assert "locked" not in listed and str(ws.worktree_path("s", "t")) in listed
+    await ws.discard("s", "t")
+    assert (await ws.create("s", "t")).path == ws.worktree_path("s", "t")
