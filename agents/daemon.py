@@ -17,6 +17,8 @@ import contextlib
 import inspect
 import logging
 import os
+import socket
+import struct
 import traceback
 import typing
 from collections.abc import Awaitable, Callable
@@ -26,10 +28,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import pydantic_core
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, create_model
-from pydantic_core import PydanticCustomError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
-from agents import wire
+from agents import commands, wire
+from agents.commands import MAX_INT
 from agents.errors import FactoryError
 from agents.store.projections import TABLES
 from agents.textsafe import clean, clean_line
@@ -56,26 +58,17 @@ REQUEST_LIMIT = 4 * 1024 * 1024
 MAX_IN_FLIGHT = 64
 # Integers a console sends are JSON-safe: beyond ±(2**53 - 1) JSON readers lose digits (and
 # SQLite, which some become arguments of, stops at 2**63).
-MAX_INT = 2**53 - 1
 MAX_ID_LENGTH = 128
 MAX_OP_LENGTH = 64
 # The most events one `events` request reads (a console's timeline asks for 5000 at a time).
 MAX_EVENTS = 100_000
 
-Int = Annotated[int, Field(ge=-MAX_INT, le=MAX_INT)]
 Count = Annotated[int, Field(ge=0, le=MAX_INT)]
 EventCount = Annotated[int, Field(ge=0, le=MAX_EVENTS)]
 RequestId = Annotated[int, Field(ge=-MAX_INT, le=MAX_INT)] \
     | Annotated[str, Field(max_length=MAX_ID_LENGTH)] | None
 
 
-def _no_nul(text: str) -> str:
-    if "\0" in text:
-        raise PydanticCustomError("nul", "holds no NUL character")
-    return text
-
-
-PathText = Annotated[str, AfterValidator(_no_nul)]  # the OS refuses a path with a NUL in it
 
 
 def socket_fits(path: Path) -> bool:
@@ -218,31 +211,6 @@ class Daemon:
                      "findings": [f.model_dump(mode="json") for f in findings]}
                     for path, text, findings in await factory.spec_files()]
 
-        async def save_spec(path: PathText, text: str) -> list[dict[str, Any]]:
-            findings = await factory.save_spec(Path(path), text)
-            return [f.model_dump(mode="json") for f in findings]
-
-        async def run(spec_ids: list[str] | None = None) -> None:
-            factory.start(spec_ids)
-
-        async def approve(key: str) -> None:
-            await factory.approve(key)
-
-        async def answer(question_id: str, text: str) -> None:
-            await factory.answer(question_id, text)
-
-        async def reject(key: str, reason: str) -> None:
-            await factory.reject(key, reason)
-
-        async def move(key: str, delta: Int) -> None:
-            await factory.move(key, delta)
-
-        async def retry(key: str) -> None:
-            await factory.retry(key)
-
-        async def cancel_task(key: str) -> bool:
-            return await factory.cancel_task(key)
-
         async def run_error() -> str | None:
             """Why the last run failed, if a person can act on it (a console asks on quit)."""
             return str(factory.run_error) if factory.run_error is not None else None
@@ -253,9 +221,14 @@ class Daemon:
         async def conflict_hunks(a: str, b: str) -> dict[str, str]:
             return await factory.conflict_hunks(a, b)
 
-        ops = (hello, snapshot, follow_agent, events, spec_files, save_spec, run, approve,
-               answer, reject, move, retry, cancel_task, run_error, diff, conflict_hunks)
-        return {op.__name__: _Op.of(op) for op in ops}
+        ops = (hello, snapshot, follow_agent, events, spec_files, run_error, diff,
+               conflict_hunks)
+        table = {op.__name__: _Op.of(op) for op in ops}
+        # A person's commands: parsed with the one model each (agents/commands.py), and
+        # recorded with who gave them by the engine that carries them out.
+        for op, model in commands.BY_OP.items():
+            table[op] = _Op.for_command(op, model, factory)
+        return table
 
 
 _STRICT = ConfigDict(strict=True, extra="forbid")
@@ -287,6 +260,18 @@ class _Op:
         return cls(name, run, create_model(f"{name}_args", __config__=_STRICT, **fields),
                    takes_console)
 
+    @classmethod
+    def for_command(cls, name: str, model: type[BaseModel], factory: Factory) -> _Op:
+        """A command: its arguments are the command's model, and running it is the engine
+        executing the command, given by the console that asked."""
+        async def run(console: _Console, **fields: Any) -> Any:
+            result = await factory.execute(model(**fields), by=console.who)  # type: ignore[arg-type]
+            if isinstance(result, list):  # lint findings of a saved spec
+                return [f.model_dump(mode="json") for f in result]
+            return result
+
+        return cls(name, run, model, True)
+
     def parse(self, args: dict[str, Any]) -> dict[str, Any]:
         """args as the op's function takes them, or _Refused saying what does not fit."""
         try:
@@ -301,7 +286,8 @@ class _Op:
         loc, kind = error["loc"], error["type"]
         where = _where(loc)
         if kind == "extra_forbidden":
-            takes = ", ".join(self.arguments.model_fields) or "no arguments"
+            takes = ", ".join(f for f in self.arguments.model_fields if f != "op") or \
+                "no arguments"
             return f"{where} is unknown ({self.name} takes {takes})"
         if kind == "missing":
             return f"{where} is missing"
@@ -387,6 +373,7 @@ class _Console:
         self.followed: str | None = None  # the agent whose events this console is sent
         self._tasks: set[asyncio.Task[None]] = set()
         self._dropped = False
+        self.who = _peer(writer)  # who gives this console's commands, as the log says
 
     async def serve(self) -> None:
         while not self._dropped:
@@ -525,6 +512,18 @@ class _Console:
 
 
 _EXCERPT = 200  # bytes of a request quoted in the log when it fails
+
+
+def _peer(writer: asyncio.StreamWriter) -> str:
+    """The process at the other end of a console's socket (the kernel says: SO_PEERCRED)."""
+    sock = writer.get_extra_info("socket")
+    try:
+        pid, uid, _ = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET,
+                                                          socket.SO_PEERCRED,
+                                                          struct.calcsize("3i")))
+    except (OSError, AttributeError):
+        return "attached console"
+    return f"attached console (pid {pid}, uid {uid})"
 
 
 class _Refused(Exception):

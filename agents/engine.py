@@ -11,8 +11,9 @@ import fcntl
 import os
 import uuid
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
+from agents import commands as cmd
 from agents import events as ev
 from agents.config import FactoryConfig, load_config
 from agents.conflicts import ConflictForecaster
@@ -299,6 +300,33 @@ class Factory:
         return True
 
     # -- commands a person gives (through a console's client) ------------------------------
+
+    async def execute(self, command: cmd.Command, by: str = "console") -> Any:
+        """Carry out a person's command: recorded first (with who gave it), then done; one
+        the state refuses is recorded as refused, and raises saying why."""
+        await self.store.append(ev.CommandGiven(op=command.op, args=command.recorded(), by=by))
+        try:
+            match command:
+                case cmd.Approve():
+                    return await self.approve(command.key, by)
+                case cmd.Reject():
+                    return await self.reject(command.key, command.reason, by)
+                case cmd.Move():
+                    return await self.move(command.key, command.delta)
+                case cmd.Retry():
+                    return await self.retry(command.key)
+                case cmd.CancelTask():
+                    return await self.cancel_task(command.key, by)
+                case cmd.AnswerQuestion():
+                    return await self.answer(command.question_id, command.text)
+                case cmd.StartRun():
+                    return self.start(command.spec_ids)
+                case cmd.SaveSpec():
+                    return await self.save_spec(Path(command.path), command.text)
+        except FactoryError as exc:
+            await self.store.append(ev.CommandRefused(op=command.op, by=by, reason=str(exc)))
+            raise
+        raise FactoryError(f"unknown command {command.op!r}")
 
     @property
     def running(self) -> bool:

@@ -106,6 +106,24 @@ class LeaseReleased(_Event):
     holder: str
 
 
+class CommandGiven(_Event):
+    """A person's command (agents/commands.py), recorded before it takes effect."""
+
+    kind: Literal["command_given"] = "command_given"
+    op: str
+    args: dict[str, Any] = {}
+    by: str = "console"
+
+
+class CommandRefused(_Event):
+    """A command the state refused, and why (the one who gave it was told the same)."""
+
+    kind: Literal["command_refused"] = "command_refused"
+    op: str
+    by: str = "console"
+    reason: str
+
+
 class CancelRequested(_Event):
     """A person asked for a task to stop; the reconciler stops its agent, or cancels the
     task at once when nothing works on it."""
@@ -406,6 +424,8 @@ Event = Annotated[
     | PlanRejected
     | LeaseTaken
     | LeaseReleased
+    | CommandGiven
+    | CommandRefused
     | CancelRequested
     | SpecFinished
     | TaskStarted

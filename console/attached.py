@@ -18,9 +18,10 @@ from typing import TYPE_CHECKING, Any
 
 from agents import wire
 from agents.errors import FactoryError
-from console.client import Feed, Listener, Snapshot, SpecFile
+from console.client import Feed, Listener, Snapshot, SpecFile, load_commands
 
 if TYPE_CHECKING:
+    from agents.commands import Command
     from agents.specs import LintFinding
     from agents.store.store import StoredEvent
 
@@ -170,32 +171,37 @@ class AttachedClient:
                          [LintFinding.model_validate(x) for x in f["findings"]])
                 for f in await self._call("spec_files")]
 
+    async def command(self, command: Command) -> Any:
+        """A person's command: its fields go to the daemon, which parses them with the same
+        model (agents.commands) and hands it to the engine."""
+        return await self._call(command.op, **command.model_dump(mode="json", exclude={"op"}))
+
     async def save_spec(self, path: Path, text: str) -> list[LintFinding]:
         from agents.specs import LintFinding
 
-        found = await self._call("save_spec", path=str(path), text=text)
+        found = await self.command(load_commands().SaveSpec(path=str(path), text=text))
         return [LintFinding.model_validate(x) for x in found]
 
     async def run(self, spec_ids: list[str] | None = None) -> None:
-        await self._call("run", spec_ids=spec_ids)
+        await self.command(load_commands().StartRun(spec_ids=spec_ids))
 
     async def approve(self, key: str) -> None:
-        await self._call("approve", key=key)
+        await self.command(load_commands().Approve(key=key))
 
     async def answer(self, question_id: str, text: str) -> None:
-        await self._call("answer", question_id=question_id, text=text)
+        await self.command(load_commands().AnswerQuestion(question_id=question_id, text=text))
 
     async def reject(self, key: str, reason: str) -> None:
-        await self._call("reject", key=key, reason=reason)
+        await self.command(load_commands().Reject(key=key, reason=reason))
 
     async def move(self, key: str, delta: int) -> None:
-        await self._call("move", key=key, delta=delta)
+        await self.command(load_commands().Move(key=key, delta=delta))
 
     async def retry(self, key: str) -> None:
-        await self._call("retry", key=key)
+        await self.command(load_commands().Retry(key=key))
 
     async def cancel_task(self, key: str) -> bool:
-        return bool(await self._call("cancel_task", key=key))
+        return bool(await self.command(load_commands().CancelTask(key=key)))
 
     async def diff(self, key: str) -> str:
         return str(await self._call("diff", key=key))

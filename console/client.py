@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 from agents.errors import FactoryError
 
 if TYPE_CHECKING:  # the engine's modules load when a client connects, after the first frame
+    from agents.commands import Command
     from agents.specs import LintFinding
     from agents.store.projections import Row, State
     from agents.store.store import StoredEvent
@@ -59,6 +60,14 @@ class SpecFile:
     path: Path
     text: str
     findings: list[LintFinding] = field(default_factory=list)
+
+
+def load_commands() -> Any:
+    """agents.commands, imported when a command is first given (not on the console's start
+    path, where the engine's modules must not load before the first frame)."""
+    from agents import commands
+
+    return commands
 
 
 class FactoryClient(Protocol):
@@ -147,7 +156,8 @@ class InProcessClient:
         return [SpecFile(*found) for found in await self.factory.spec_files()]
 
     async def save_spec(self, path: Path, text: str) -> list[LintFinding]:
-        findings: list[LintFinding] = await self.factory.save_spec(path, text)
+        findings: list[LintFinding] = await self.command(load_commands().SaveSpec(path=str(path),
+                                                                      text=text))
         return findings
 
     @property
@@ -159,30 +169,34 @@ class InProcessClient:
         error: BaseException | None = self.factory.run_error
         return error
 
+    async def command(self, command: Command) -> Any:
+        """A person's command, carried out by the engine on this loop."""
+        return await self.factory.execute(command, by="console")
+
     async def run(self, spec_ids: list[str] | None = None) -> None:
         """Start a run in the background; its progress arrives as events."""
-        self.factory.start(spec_ids)
+        await self.command(load_commands().StartRun(spec_ids=spec_ids))
 
     async def wait_run(self) -> None:
         await self.factory.wait_background()
 
     async def approve(self, key: str) -> None:
-        await self.factory.approve(key)
+        await self.command(load_commands().Approve(key=key))
 
     async def answer(self, question_id: str, text: str) -> None:
-        await self.factory.answer(question_id, text)
+        await self.command(load_commands().AnswerQuestion(question_id=question_id, text=text))
 
     async def reject(self, key: str, reason: str) -> None:
-        await self.factory.reject(key, reason)
+        await self.command(load_commands().Reject(key=key, reason=reason))
 
     async def move(self, key: str, delta: int) -> None:
-        await self.factory.move(key, delta)
+        await self.command(load_commands().Move(key=key, delta=delta))
 
     async def retry(self, key: str) -> None:
-        await self.factory.retry(key)
+        await self.command(load_commands().Retry(key=key))
 
     async def cancel_task(self, key: str) -> bool:
-        return await self.factory.cancel_task(key)
+        return bool(await self.command(load_commands().CancelTask(key=key)))
 
     async def diff(self, key: str) -> str:
         text: str = await self.factory.diff(key)

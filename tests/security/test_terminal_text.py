@@ -780,5 +780,6 @@ def test_headless_run_in_a_real_terminal(tmp_path: Path, pane: Pane) -> None:
     assert shown("summary") in done, done
     assert "␛]0;PWNED-reason" in done, done
     assert done.startswith("WARNING: sandbox backend is 'none'"), f"not intact:\n{done}"
-    assert re.search(r"Run \S+: done", done) and "rejected cli/main: tests" in done, done
-    assert _exit_status(done) == "0", done
+    # Its branch was rejected: the run says failed and exits 1.
+    assert re.search(r"Run \S+: failed", done) and "rejected cli/main: tests" in done, done
+    assert _exit_status(done) == "1", done
