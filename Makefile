@@ -38,6 +38,7 @@ bench: $(STAMP)
 	$(BIN)/python tests/bench/bench_swarm.py
 	$(BIN)/python tests/bench/bench_sandbox.py
 	$(BIN)/python tests/bench/bench_console.py
+	$(BIN)/python tests/bench/bench_decide.py
 
 clean:
 	rm -rf $(VENV) .factory demo-run
