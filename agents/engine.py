@@ -38,6 +38,7 @@ from agents.specs import (
     parse_spec,
     write_atomically,
 )
+from agents.statuses import TASK_DONE, RunStatus, TaskStatus
 from agents.store import Store
 from agents.workspace import Workspace
 
@@ -183,7 +184,7 @@ class Factory:
 
     async def _clean_orphans(self) -> None:
         active = {Path(t["worktree"]).resolve() for t in self.store.rows("tasks")
-                  if t["status"] == "running" and t["worktree"]}
+                  if t["status"] == TaskStatus.RUNNING and t["worktree"]}
         for path in self.ws.orphans(active):
             await self.store.append(ev.Notice(
                 level="warning",
@@ -224,10 +225,10 @@ class Factory:
         # Runs recorded as running whose process went away (this one holds the run lock,
         # so none of them still runs): they end, interrupted, before this one starts.
         for old in self.store.rows("runs"):
-            if old["status"] == "running":
+            if old["status"] == RunStatus.RUNNING:
                 lease = self.store.get("leases", f"run:{old['id']}") or {}
                 await self.store.append(ev.RunFinished(
-                    run_id=old["id"], status="interrupted",
+                    run_id=old["id"], status=RunStatus.INTERRUPTED,
                     detail=f"its process ({lease.get('holder') or 'unknown'}) went away "
                     "before it finished"))
         run_id = uuid.uuid4().hex[:12]
@@ -249,13 +250,13 @@ class Factory:
             config=self.config, store=self.store, workspace=self.ws, router=self.router,
             backend=self.backend, lander=lander, run_id=run_id, questions=self.questions,
         )
-        status = "failed"
+        status = RunStatus.FAILED
         try:
             summary = await self.orchestrator.run(specs, texts)
             status = summary.status
             return summary
         except asyncio.CancelledError:
-            status = "cancelled"
+            status = RunStatus.CANCELLED
             raise
         finally:
             await asyncio.shield(self.store.append(ev.RunFinished(run_id=run_id,
@@ -292,8 +293,7 @@ class Factory:
         it at once when nothing works on it; with no run going, the next run does). False
         when the task has ended already."""
         task = self.store.get("tasks", key)
-        if task is None or task["status"] in ("landed", "rejected", "failed", "blocked",
-                                              "cancelled", "landing"):
+        if task is None or task["status"] in TASK_DONE | {TaskStatus.LANDING}:
             return False
         await self.store.append(ev.CancelRequested(spec_id=task["spec_id"],
                                                    task_id=task["task_id"], by=by))

@@ -41,7 +41,7 @@ from agents.runtime import AgentLimits, AgentResult, AgentRunner
 from agents.sandbox.base import Limits, SandboxBackend, SandboxContext
 from agents.sandbox.quota import DiskMeter, quota_of
 from agents.specs import Spec, lint_score, lint_spec, parse_spec
-from agents.statuses import TaskStatus
+from agents.statuses import AgentStatus, BranchStatus, RunStatus, SpecStatus, TaskStatus
 from agents.store import Store
 from agents.store.projections import task_key
 from agents.tools import ToolContext
@@ -71,7 +71,7 @@ class _NoCommands:
 @dataclass
 class RunSummary:
     run_id: str
-    status: str = "done"
+    status: RunStatus = RunStatus.DONE
     landed: list[str] = field(default_factory=list)
     rejected: list[tuple[str, str]] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)
@@ -81,7 +81,7 @@ class RunSummary:
     @property
     def complete(self) -> bool:
         """Everything planned landed (`factory run` exits 0)."""
-        return self.status == "done"
+        return self.status == RunStatus.DONE
 
 
 def spec_digest(text: str) -> str:
@@ -219,7 +219,7 @@ class Orchestrator:
                 await self.emit(ev.TaskBlocked(spec_id=intent.spec_id, task_id=intent.task_id,
                                                reason=intent.reason))
             case plan_of.BlockSpec():
-                await self.emit(ev.SpecFinished(spec_id=intent.spec_id, status="blocked",
+                await self.emit(ev.SpecFinished(spec_id=intent.spec_id, status=SpecStatus.BLOCKED,
                                                 detail=intent.reason))
             case plan_of.FinishSpec():
                 await self.emit(ev.SpecFinished(spec_id=intent.spec_id,
@@ -263,9 +263,9 @@ class Orchestrator:
     async def forecast(self) -> None:
         """Re-check the open branches' pairs; called whenever a branch opens or closes."""
         async with self._forecast_lock:
+            live = (BranchStatus.OPEN, BranchStatus.LANDING)
             branches = {b["name"]: BranchInfo(b["name"], b["head"], b["files"] or [])
-                        for b in self.store.rows("branches")
-                        if b["status"] in ("open", "landing") and b["head"]}
+                        for b in self.store.rows("branches") if b["status"] in live and b["head"]}
             try:
                 await self.forecaster.refresh(branches)
             except FactoryError as exc:
@@ -281,23 +281,25 @@ class Orchestrator:
     def summary(self) -> RunSummary:
         out = RunSummary(self.run_id)
         for t in self.store.rows("tasks"):
+            if t["spec_id"] not in self._specs:
+                continue  # another run's work: this run is judged by its own specs
             key = t["key"]
-            if t["status"] == "landed":
+            if t["status"] == TaskStatus.LANDED:
                 out.landed.append(key)
-            elif t["status"] == "rejected":
+            elif t["status"] == TaskStatus.REJECTED:
                 out.rejected.append((key, t["reason"] or ""))
-            elif t["status"] in ("failed", "blocked", "cancelled"):
+            elif t["status"] in (TaskStatus.FAILED, TaskStatus.BLOCKED, TaskStatus.CANCELLED):
                 out.failed.append((key, t["reason"] or t["status"]))
         for spec_id in self._specs:
             spec = self.store.get("specs", spec_id) or {}
-            if spec.get("status") != "done":
+            if spec.get("status") != SpecStatus.DONE:
                 out.specs.append((spec_id, spec.get("status") or "unknown",
                                   spec.get("detail") or ""))
         run = self.store.get("runs", self.run_id) or {}
         if run.get("budget_stop"):
-            out.status = "budget"
+            out.status = RunStatus.BUDGET
         elif out.rejected or out.failed or out.specs:
-            out.status = "failed"  # it ran to its end; not everything planned landed
+            out.status = RunStatus.FAILED  # it ran to its end; not everything planned landed
         return out
 
     # -- executors: planning ---------------------------------------------------------------
@@ -324,9 +326,12 @@ class Orchestrator:
                                              digest=spec_digest(text),
                                              lint_score=lint_score(lint_spec(text, path))))
         collector = PlanCollector(spec)
+        # A planner stopped with its run (cancelled) continues its conversation; one that
+        # ended for good is followed by a new attempt.
         attempt = sum(1 for a in self.store.rows("agents")
                       if a["spec_id"] == spec.id and a["role"] == "planner"
-                      and a["status"] not in ("running", "waiting")) + 1
+                      and a["status"] not in (AgentStatus.RUNNING, AgentStatus.WAITING,
+                                              AgentStatus.CANCELLED)) + 1
         # ":" is in no id, so no task agent (<spec>.<task>.<n>) can be named like a planner.
         agent_id = f"plan:{spec.id}.{attempt}"
         await self._recover_plan(agent_id, collector)
@@ -339,8 +344,8 @@ class Orchestrator:
             finally:
                 self.ws.remove(view)
         else:
-            result = AgentResult("finished", "plan recovered from the record")
-        if result.status == "waiting":
+            result = AgentResult(AgentStatus.FINISHED, "plan recovered from the record")
+        if result.status == AgentStatus.WAITING:
             return  # asked a person: planned again once the question is answered
         if collector.tasks is None:
             await self.emit(ev.PlanRejected(spec_id=spec.id,
@@ -410,17 +415,18 @@ class Orchestrator:
                 return
         assert agent_id is not None
         agent_row = self.store.get("agents", agent_id)
-        if agent_row is not None and agent_row["status"] == "finished":
-            result = AgentResult("finished", agent_row["summary"] or "", agent_row["step"])
+        if agent_row is not None and agent_row["status"] == AgentStatus.FINISHED:
+            result = AgentResult(AgentStatus.FINISHED, agent_row["summary"] or "",
+                                 agent_row["step"])
         else:
             result = await self._run_agent(spec, row, agent_id, wt.path)
-        if result.status == "waiting":
+        if result.status == AgentStatus.WAITING:
             return  # its worktree stays; it resumes once the question is answered
         attempt = (self.store.get("tasks", task_key(spec.id, task_id)) or row)["attempt"] or 1
-        if result.status != "finished":
+        if result.status != AgentStatus.FINISHED:
             retry = attempt <= self.config.run.task_retries and result.status not in (
-                "budget", "cancelled")
-            if result.status == "cancelled":
+                AgentStatus.BUDGET, AgentStatus.CANCELLED)
+            if result.status == AgentStatus.CANCELLED:
                 await self.emit(ev.TaskCancelled(**ids, reason=result.summary))
             else:
                 await self.emit(ev.TaskFailed(**ids, reason=f"agent {result.status}: "
@@ -470,7 +476,7 @@ class Orchestrator:
                 # Stopped because a person cancelled the task (not because the run stops).
                 current = self.store.get("tasks", key) or {}
                 if current.get("cancel"):
-                    return AgentResult("cancelled", "cancelled by request")
+                    return AgentResult(AgentStatus.CANCELLED, "cancelled by request")
                 raise
         finally:
             await sandbox.close()
@@ -508,8 +514,9 @@ class Orchestrator:
         ids = {"spec_id": intent.spec_id, "task_id": intent.task_id}
         agent = self.store.get("agents", row.get("agent_id") or "")
         events: list[ev.Event] = []
-        if agent is not None and agent["status"] in ("running", "waiting"):
-            events.append(ev.AgentFinished(**ids, agent_id=agent["id"], status="cancelled",
+        if agent is not None and agent["status"] in (AgentStatus.RUNNING, AgentStatus.WAITING):
+            events.append(ev.AgentFinished(**ids, agent_id=agent["id"],
+                                           status=AgentStatus.CANCELLED,
                                            summary=intent.reason))
         await self.emit(*events, ev.TaskCancelled(**ids, reason=intent.reason))
         if row.get("worktree") and Path(row["worktree"]).exists():

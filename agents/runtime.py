@@ -115,7 +115,7 @@ class AgentRunner:
         try:
             return await self._loop(messages, step)
         except asyncio.CancelledError:
-            await asyncio.shield(self._finish("cancelled", "cancelled by request", step))
+            await asyncio.shield(self._finish("cancelled", "stopped", step))
             raise
 
     async def _finish(self, status: AgentStatus, summary: str, step: int) -> AgentResult:

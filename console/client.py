@@ -16,12 +16,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, cast
 
 from agents.errors import FactoryError
 
 if TYPE_CHECKING:  # the engine's modules load when a client connects, after the first frame
     from agents.commands import Command
+    from agents.rows import Tables
     from agents.specs import LintFinding
     from agents.store.projections import Row, State
     from agents.store.store import StoredEvent
@@ -35,10 +36,11 @@ Listener = Callable[[Feed], None]
 
 @dataclass
 class Snapshot:
-    """Every projection row as of event `last_id`; later events arrive through `follow`."""
+    """Every projection row as of event `last_id`; later events arrive through `follow`.
+    Rows are plain dicts (as the store and the wire have them), typed by `agents.rows`."""
 
     last_id: int
-    tables: dict[str, dict[str, Row]]
+    tables: Tables
     running: bool = False
     budget_tokens: int | None = None
     budget_usd: float | None = None
@@ -51,7 +53,7 @@ class Snapshot:
 
         state = State()
         for table, rows in self.tables.items():
-            state.tables[table].update(rows)
+            state.tables[table].update(cast("dict[str, Row]", rows))
         return state
 
 
@@ -136,7 +138,8 @@ class InProcessClient:
         store = self.factory.store
         # Rows are replaced, never mutated in place for lists, so a shallow copy per row
         # is a consistent picture as of the last prepared event.
-        tables = {t: {k: dict(r) for k, r in store.state.tables[t].items()} for t in TABLES}
+        tables = cast("Tables", {t: {k: dict(r) for k, r in store.state.tables[t].items()}
+                                 for t in TABLES})
         budgets = self.factory.config.budgets.run
         return Snapshot(store.prepared_id, tables, running=self.running,
                         budget_tokens=budgets.tokens, budget_usd=budgets.usd,

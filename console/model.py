@@ -12,14 +12,19 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter, deque
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
+from agents.statuses import TASK_DONE, AgentStatus, QuestionStatus, QueueStatus, TaskStatus
 from agents.store import projections
 from agents.store.projections import State
 from agents.store.store import StoredEvent
 from agents.wire import BatchEnd, RowLines
 from console.client import Feed, Snapshot
+
+if TYPE_CHECKING:
+    from agents.rows import Tables
 
 _NEW = object()  # a row not counted yet
 
@@ -47,7 +52,6 @@ class Totals:
 # Tables whose rows are counted by status for the header, as the rows change (counting all
 # of them each time took about a millisecond with 2,000 agents and tasks).
 COUNTED = ("agents", "tasks", "queue", "questions")
-FINISHED = ("landed", "rejected", "failed", "blocked", "cancelled")
 
 
 @dataclass
@@ -80,7 +84,7 @@ class ViewModel:
             model._count(table, model.state.tables[table].values())
         return model
 
-    def _count(self, table: str, rows: Any) -> None:
+    def _count(self, table: str, rows: Iterable[Mapping[str, Any]]) -> None:
         seen, counts = self._seen[table], self.statuses[table]
         key = projections.TABLES[table][0]
         for row in rows:
@@ -195,23 +199,29 @@ class ViewModel:
         self.changed[table] = set()
         return keys
 
+    @property
+    def tables(self) -> Tables:
+        """The rows by table, typed (`agents.rows`): the same dicts as `rows`."""
+        return cast("Tables", self.state.tables)
+
     def rows(self, table: str) -> dict[str, dict[str, Any]]:
         return self.state.tables[table]
 
     def totals(self) -> Totals:
         t = Totals()
         agents, tasks = self.statuses["agents"], self.statuses["tasks"]
-        t.agents_total = len(self.state.tables["agents"])
-        t.agents_active = agents["running"] + agents["waiting"]
-        t.tasks_total = len(self.state.tables["tasks"])
-        t.tasks_done = sum(tasks[status] for status in FINISHED)
-        t.landed, t.rejected = tasks["landed"], tasks["rejected"]
-        t.awaiting = self.statuses["queue"]["awaiting_approval"]
-        t.questions = self.statuses["questions"]["pending"]
-        runs = sorted(self.state.tables["runs"].values(), key=lambda r: r["started"] or 0)
+        tables = self.tables
+        t.agents_total = len(tables["agents"])
+        t.agents_active = agents[AgentStatus.RUNNING] + agents[AgentStatus.WAITING]
+        t.tasks_total = len(tables["tasks"])
+        t.tasks_done = sum(tasks[status] for status in TASK_DONE)
+        t.landed, t.rejected = tasks[TaskStatus.LANDED], tasks[TaskStatus.REJECTED]
+        t.awaiting = self.statuses["queue"][QueueStatus.AWAITING_APPROVAL]
+        t.questions = self.statuses["questions"][QuestionStatus.PENDING]
+        runs = sorted(tables["runs"].values(), key=lambda r: r["started"] or 0)
         if runs:
             t.run_status = runs[-1]["status"] or "idle"
-            budget = self.state.tables["budgets"].get(f"run:{runs[-1]['id']}")
+            budget = tables["budgets"].get(f"run:{runs[-1]['id']}")
             if budget is not None:
                 t.tokens, t.usd = budget["tokens"] or 0, budget["cost"] or 0.0
         return t

@@ -14,15 +14,18 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from agents.statuses import TASK_DONE, AgentStatus, TaskStatus
 from agents.store import Store, StoredEvent
 from agents.textsafe import clean_line
 
 QUIET_KINDS = {"agent_turn", "tool_executed", "agent_note", "gate_result", "spec_registered",
                "worktree_removed", "landing_started", "landing_merged", "lease_taken",
                "lease_released"}
-STATUS_STYLE = {"landed": "green", "rejected": "red", "failed": "red", "blocked": "yellow",
-                "running": "cyan", "committed": "blue", "landing": "magenta",
-                "cancelled": "yellow", "pending": "dim"}
+STATUS_STYLE: dict[str, str] = {
+    TaskStatus.LANDED: "green", TaskStatus.REJECTED: "red", TaskStatus.FAILED: "red",
+    TaskStatus.BLOCKED: "yellow", TaskStatus.RUNNING: "cyan", TaskStatus.COMMITTED: "blue",
+    TaskStatus.LANDING: "magenta", TaskStatus.CANCELLED: "yellow", TaskStatus.PENDING: "dim",
+}
 
 
 def describe(item: StoredEvent) -> str | None:
@@ -87,12 +90,13 @@ def totals(store: Store, run_id: str | None) -> dict[str, Any]:
     agents = store.rows("agents")
     budget = store.get("budgets", f"run:{run_id}") or {} if run_id else {}
     count = lambda *states: sum(t["status"] in states for t in tasks)  # noqa: E731
+    running = AgentStatus.RUNNING
     return {
         "tasks": len(tasks),
-        "done": count("landed", "rejected", "failed", "blocked", "cancelled"),
-        "landed": count("landed"),
-        "rejected": count("rejected"),
-        "active": sum(a["status"] == "running" for a in agents),
+        "done": count(*TASK_DONE),
+        "landed": count(TaskStatus.LANDED),
+        "rejected": count(TaskStatus.REJECTED),
+        "active": sum(a["status"] == running for a in agents),
         "peak": 0,
         "tokens": budget.get("tokens") or 0,
         "usd": budget.get("cost") or 0.0,
@@ -123,7 +127,8 @@ class Progress:
                     self._live.console.print(Text(line))
                 else:
                     self.console.print(Text(line), highlight=False)
-        active = sum(a["status"] == "running" and a["role"] != "planner"
+        running = AgentStatus.RUNNING
+        active = sum(a["status"] == running and a["role"] != "planner"
                      for a in self.store.rows("agents"))
         self.peak_active = max(self.peak_active, active)
         if self._live is not None:

@@ -18,7 +18,8 @@ from typing import Any, Protocol
 from agents import events as ev
 from agents.errors import FactoryError
 from agents.landing import LandingRequest
-from agents.store.projections import QUEUE_OPEN, task_key
+from agents.statuses import QUEUE_OPEN, Approval, QueueStatus, TaskStatus
+from agents.store.projections import task_key
 
 
 class QueueStore(Protocol):
@@ -43,9 +44,9 @@ class MergeQueue:
         if entry["commit_sha"] != request.commit:
             return (f"the queue's entry is now commit {str(entry['commit_sha'])[:12]}, "
                     f"not {request.commit[:12]}")
-        if entry["approval"] not in ("approved", "not_required"):
+        if entry["approval"] not in (Approval.APPROVED, Approval.NOT_REQUIRED):
             return f"it is not approved to land ({entry['approval']})"
-        if entry["status"] != "landing":
+        if entry["status"] != QueueStatus.LANDING:
             return f"it is no longer landing ({entry['status']})"
         return None
 
@@ -59,14 +60,14 @@ class MergeQueue:
 
     async def approve(self, key: str, by: str = "console") -> None:
         entry = self._open_entry(key)
-        if entry["approval"] != "pending":
+        if entry["approval"] != Approval.PENDING:
             raise FactoryError(f"{key} is not waiting for approval ({entry['approval']})")
         await self.store.append(ev.ApprovalDecided(
             spec_id=entry["spec_id"], task_id=entry["task_id"], approved=True, by=by))
 
     async def reject(self, key: str, reason: str, by: str = "console") -> None:
         entry = self._open_entry(key)
-        if entry["status"] not in ("queued", "awaiting_approval"):
+        if entry["status"] not in (QueueStatus.QUEUED, QueueStatus.AWAITING_APPROVAL):
             raise FactoryError(f"{key} cannot be rejected now ({entry['status']})")
         if not reason.strip():
             raise FactoryError("a rejection needs a reason")
@@ -81,7 +82,7 @@ class MergeQueue:
 
     async def move(self, key: str, delta: int) -> None:
         """Move an open entry up (negative) or down among the entries not yet landing."""
-        waiting = [r["key"] for r in self.order() if r["status"] != "landing"]
+        waiting = [r["key"] for r in self.order() if r["status"] != QueueStatus.LANDING]
         if key not in waiting:
             raise FactoryError(f"{key} is not waiting in the queue")
         at = waiting.index(key)
@@ -97,7 +98,7 @@ def retry_event(store: QueueStore, key: str) -> ev.QueueRetried:
     task = store.get("tasks", key)
     if task is None:
         raise FactoryError(f"no task {key}")
-    if task["status"] != "rejected" or not task["commit_sha"] or not task["branch"]:
+    if task["status"] != TaskStatus.REJECTED or not task["commit_sha"] or not task["branch"]:
         raise FactoryError(f"{key} is {task['status']}: only a rejected branch can be retried")
     return ev.QueueRetried(spec_id=task["spec_id"], task_id=task["task_id"],
                            branch=task["branch"])

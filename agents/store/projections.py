@@ -14,6 +14,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agents import events as ev
+from agents.statuses import (
+    QUEUE_OPEN,
+    TASK_DONE,
+    AgentStatus,
+    Approval,
+    BranchStatus,
+    QuestionStatus,
+    QueueStatus,
+    RunStatus,
+    SpecStatus,
+    TaskStatus,
+)
 
 # table -> (primary key column, every column in order)
 TABLES: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -60,10 +72,6 @@ def pair_key(a: str, b: str) -> str:
     return " ".join(sorted((a, b)))
 
 
-QUEUE_OPEN = ("queued", "awaiting_approval", "landing")
-DONE_STATUSES = frozenset({"landed", "rejected", "failed", "blocked", "cancelled"})
-
-
 @dataclass
 class State:
     """Projection rows by table and key, plus the rows touched since the last flush."""
@@ -83,7 +91,7 @@ class State:
 
     def index_task(self, row: Row) -> None:
         key, spec_id = row["key"], row["spec_id"]
-        if row["status"] in DONE_STATUSES:
+        if row["status"] in TASK_DONE:
             group = self.open_tasks.get(spec_id)
             if group is not None:
                 group.pop(key, None)
@@ -186,15 +194,19 @@ def _count_message(state: State, agent_id: str, ts: float, n: int = 1) -> None:
     a["updated"] = ts
 
 
+_TASK_FAILED = frozenset({TaskStatus.FAILED, TaskStatus.BLOCKED, TaskStatus.CANCELLED})
+
+
 def _spec_counts(state: State, spec_id: str | None, ts: float) -> None:
     if spec_id is None or spec_id not in state.tables["specs"]:
         return
     spec = state.row("specs", spec_id)
     tasks = [t for t in state.tables["tasks"].values() if t["spec_id"] == spec_id]
+    landed, rejected = TaskStatus.LANDED, TaskStatus.REJECTED  # looked up once, not per task
     spec["tasks_total"] = len(tasks)
-    spec["tasks_landed"] = sum(t["status"] == "landed" for t in tasks)
-    spec["tasks_rejected"] = sum(t["status"] == "rejected" for t in tasks)
-    spec["tasks_failed"] = sum(t["status"] in ("failed", "blocked", "cancelled") for t in tasks)
+    spec["tasks_landed"] = sum(t["status"] == landed for t in tasks)
+    spec["tasks_rejected"] = sum(t["status"] == rejected for t in tasks)
+    spec["tasks_failed"] = sum(t["status"] in _TASK_FAILED for t in tasks)
     spec["updated"] = ts
 
 
@@ -214,6 +226,9 @@ def _set_task_ids(
     return t
 
 
+# Handlers write a status as its plain string (`.value`): a row holds what the store holds,
+# so a row replayed from the log is the row loaded from the store, repr and all (a drift
+# report says 'landed', not <TaskStatus.LANDED: 'landed'>). Comparisons use the members.
 Handler = Callable[[State, Any, float], None]
 HANDLERS: dict[str, Handler] = {}
 
@@ -231,7 +246,7 @@ def _run_started(s: State, e: ev.RunStarted, ts: float) -> None:
     s.spread_usage()
     s.current_run = e.run_id
     s.row("runs", e.run_id).update(
-        status="running", started=ts, specs=e.specs, concurrency=e.concurrency,
+        status=RunStatus.RUNNING.value, started=ts, specs=e.specs, concurrency=e.concurrency,
         sandbox=e.sandbox, detail="", budget_stop=None,
     )
     # A spec that ended in an earlier run is looked at again by this one: its landed and
@@ -240,12 +255,12 @@ def _run_started(s: State, e: ev.RunStarted, ts: float) -> None:
     planned = {t["spec_id"] for t in s.tables["tasks"].values()}
     for spec_id in e.specs:
         spec = s.get("specs", spec_id)
-        if spec is None or spec["status"] not in ("failed", "blocked"):
+        if spec is None or spec["status"] not in (SpecStatus.FAILED, SpecStatus.BLOCKED):
             continue
         if spec_id in planned:
-            s.row("specs", spec_id)["status"] = "planned"
+            s.row("specs", spec_id)["status"] = SpecStatus.PLANNED.value
         else:
-            s.row("specs", spec_id).update(status="registered", planned_digest=None)
+            s.row("specs", spec_id).update(status=SpecStatus.REGISTERED.value, planned_digest=None)
 
 
 @on("run_finished")
@@ -283,10 +298,11 @@ def _budget_stop(s: State, e: ev.BudgetStop, ts: float) -> None:
 
 @on("spec_registered")
 def _spec_registered(s: State, e: ev.SpecRegistered, ts: float) -> None:
-    spec = s.row("specs", e.spec_id or "", status="registered", tasks_total=0, tasks_landed=0,
-                 tasks_rejected=0, tasks_failed=0, tokens=0, cost=0.0, detail="")
+    spec = s.row("specs", e.spec_id or "", status=SpecStatus.REGISTERED.value, tasks_total=0,
+                 tasks_landed=0, tasks_rejected=0, tasks_failed=0, tokens=0, cost=0.0,
+                 detail="")
     spec.update(title=e.title, path=e.path, priority=e.priority, depends_on=e.depends_on,
-                digest=e.digest, status="registered", detail="", updated=ts)
+                digest=e.digest, status=SpecStatus.REGISTERED.value, detail="", updated=ts)
 
 
 @on("spec_saved")
@@ -295,22 +311,26 @@ def _spec_saved(s: State, e: ev.SpecSaved, ts: float) -> None:
         s.row("specs", e.spec_id or "").update(digest=e.digest, path=e.path, updated=ts)
 
 
+_KEPT_BY_REPLAN = frozenset({TaskStatus.LANDED, TaskStatus.COMMITTED, TaskStatus.LANDING})
+
+
 @on("plan_accepted")
 def _plan_accepted(s: State, e: ev.PlanAccepted, ts: float) -> None:
     for ordinal, task in enumerate(e.tasks):
         key = task_key(e.spec_id, task.id)
         existing = s.get("tasks", key)
-        if existing is not None and existing["status"] in ("landed", "committed", "landing"):
+        if existing is not None and existing["status"] in _KEPT_BY_REPLAN:
             s.row("tasks", key)["ordinal"] = ordinal
             continue  # a re-plan keeps work whose inputs did not change
         _set_task_ids(
             s, e.spec_id, task.id, ts,
-            title=task.title, role=task.role, status="pending", depends_on=task.depends_on,
-            paths=task.paths, acceptance=task.acceptance, instructions=task.instructions,
-            attempt=0, tokens=0, cost=0.0, reason="", ordinal=ordinal,
+            title=task.title, role=task.role, status=TaskStatus.PENDING.value,
+            depends_on=task.depends_on, paths=task.paths, acceptance=task.acceptance,
+            instructions=task.instructions, attempt=0, tokens=0, cost=0.0, reason="",
+            ordinal=ordinal,
         )
     spec = s.row("specs", e.spec_id or "")
-    spec.update(status="planned", planned_digest=e.spec_digest or spec["digest"])
+    spec.update(status=SpecStatus.PLANNED.value, planned_digest=e.spec_digest or spec["digest"])
     _spec_counts(s, e.spec_id, ts)
 
 
@@ -318,7 +338,8 @@ def _plan_accepted(s: State, e: ev.PlanAccepted, ts: float) -> None:
 def _plan_rejected(s: State, e: ev.PlanRejected, ts: float) -> None:
     spec = s.row("specs", e.spec_id or "")
     # This text was tried: it is not planned again until it changes.
-    spec.update(status="failed", detail=e.reason, updated=ts, planned_digest=spec["digest"])
+    spec.update(status=SpecStatus.FAILED.value, detail=e.reason, updated=ts,
+                planned_digest=spec["digest"])
 
 
 @on("spec_finished")
@@ -328,31 +349,32 @@ def _spec_finished(s: State, e: ev.SpecFinished, ts: float) -> None:
 
 @on("task_started")
 def _task_started(s: State, e: ev.TaskStarted, ts: float) -> None:
-    _set_task(s, e, ts, status="running", attempt=e.attempt, agent_id=e.agent_id,
+    _set_task(s, e, ts, status=TaskStatus.RUNNING.value, attempt=e.attempt, agent_id=e.agent_id,
               branch=e.branch, worktree=e.worktree, base_commit=e.base_commit, reason="",
               cancel=None)
     # An earlier attempt's agent that died waiting (its worktree lost) will never resume.
     _withdraw_questions(s, ts, lambda q: q["spec_id"] == e.spec_id
                         and q["task_id"] == e.task_id and q["agent_id"] != e.agent_id)
     if e.spec_id in s.tables["specs"]:
-        s.row("specs", e.spec_id or "")["status"] = "running"
+        s.row("specs", e.spec_id or "")["status"] = SpecStatus.RUNNING.value
 
 
 @on("task_failed")
 def _task_failed(s: State, e: ev.TaskFailed, ts: float) -> None:
-    _set_task(s, e, ts, status="pending" if e.will_retry else "failed", reason=e.reason)
+    status = TaskStatus.PENDING if e.will_retry else TaskStatus.FAILED
+    _set_task(s, e, ts, status=status.value, reason=e.reason)
     _spec_counts(s, e.spec_id, ts)
 
 
 @on("task_blocked")
 def _task_blocked(s: State, e: ev.TaskBlocked, ts: float) -> None:
-    _set_task(s, e, ts, status="blocked", reason=e.reason)
+    _set_task(s, e, ts, status=TaskStatus.BLOCKED.value, reason=e.reason)
     _spec_counts(s, e.spec_id, ts)
 
 
 @on("task_cancelled")
 def _task_cancelled(s: State, e: ev.TaskCancelled, ts: float) -> None:
-    _set_task(s, e, ts, status="cancelled", reason=e.reason)
+    _set_task(s, e, ts, status=TaskStatus.CANCELLED.value, reason=e.reason)
     _withdraw_questions(s, ts, lambda q: q["spec_id"] == e.spec_id
                         and q["task_id"] == e.task_id)
     _spec_counts(s, e.spec_id, ts)
@@ -360,25 +382,26 @@ def _task_cancelled(s: State, e: ev.TaskCancelled, ts: float) -> None:
 
 @on("branch_committed")
 def _branch_committed(s: State, e: ev.BranchCommitted, ts: float) -> None:
-    _set_task(s, e, ts, status="committed", commit_sha=e.commit)
+    _set_task(s, e, ts, status=TaskStatus.COMMITTED.value, commit_sha=e.commit)
     s.row("branches", e.branch).update(
-        spec_id=e.spec_id, task_id=e.task_id, head=e.commit, base=e.base_commit, status="open",
-        files=e.files, insertions=e.insertions, deletions=e.deletions, gate=None, reason="",
-        updated=ts,
+        spec_id=e.spec_id, task_id=e.task_id, head=e.commit, base=e.base_commit,
+        status=BranchStatus.OPEN.value, files=e.files, insertions=e.insertions,
+        deletions=e.deletions, gate=None, reason="", updated=ts,
     )
 
 
 @on("landing_started")
 def _landing_started(s: State, e: ev.LandingStarted, ts: float) -> None:
-    _set_task(s, e, ts, status="landing")
-    s.row("branches", e.branch).update(status="landing", updated=ts)
-    _queue_status(s, e, ts, "landing")
+    _set_task(s, e, ts, status=TaskStatus.LANDING.value)
+    s.row("branches", e.branch).update(status=BranchStatus.LANDING.value, updated=ts)
+    _queue_status(s, e, ts, QueueStatus.LANDING)
 
 
-def _queue_status(s: State, e: ev._Event, ts: float, status: str, reason: str = "") -> None:
+def _queue_status(s: State, e: ev._Event, ts: float, status: QueueStatus,
+                  reason: str = "") -> None:
     key = task_key(e.spec_id, e.task_id)
     if key in s.tables["queue"]:
-        s.row("queue", key).update(status=status, reason=reason, updated=ts)
+        s.row("queue", key).update(status=status.value, reason=reason, updated=ts)
 
 
 @on("queue_entered")
@@ -391,10 +414,11 @@ def _queue_entered(s: State, e: ev.QueueEntered, ts: float) -> None:
         position = 1 + max((q["position"] or 0 for q in s.tables["queue"].values()), default=0)
     s.row("queue", key).update(
         spec_id=e.spec_id, task_id=e.task_id, branch=e.branch, commit_sha=e.commit,
-        position=position, status="awaiting_approval" if e.needs_approval else "queued",
+        position=position,
+        status=(QueueStatus.AWAITING_APPROVAL if e.needs_approval else QueueStatus.QUEUED).value,
         risk=e.risk, risk_reasons=e.risk_reasons,
-        approval="pending" if e.needs_approval else "not_required", reason="", entered=ts,
-        updated=ts,
+        approval=(Approval.PENDING if e.needs_approval else Approval.NOT_REQUIRED).value,
+        reason="", entered=ts, updated=ts,
     )
 
 
@@ -403,8 +427,9 @@ def _approval_decided(s: State, e: ev.ApprovalDecided, ts: float) -> None:
     key = task_key(e.spec_id, e.task_id)
     if key in s.tables["queue"]:
         s.row("queue", key).update(
-            approval="approved" if e.approved else "rejected",
-            status="queued" if e.approved else "rejected", reason=e.reason, updated=ts)
+            approval=(Approval.APPROVED if e.approved else Approval.REJECTED).value,
+            status=(QueueStatus.QUEUED if e.approved else QueueStatus.REJECTED).value,
+            reason=e.reason, updated=ts)
 
 
 @on("queue_reordered")
@@ -417,17 +442,18 @@ def _queue_reordered(s: State, e: ev.QueueReordered, ts: float) -> None:
 
 @on("queue_retried")
 def _queue_retried(s: State, e: ev.QueueRetried, ts: float) -> None:
-    _set_task(s, e, ts, status="committed", reason="")
-    s.row("branches", e.branch).update(status="open", gate=None, reason="", updated=ts)
+    _set_task(s, e, ts, status=TaskStatus.COMMITTED.value, reason="")
+    s.row("branches", e.branch).update(status=BranchStatus.OPEN.value, gate=None, reason="",
+                                        updated=ts)
     key = task_key(e.spec_id, e.task_id)
     if key in s.tables["queue"]:
         position = 1 + max((q["position"] or 0 for q in s.tables["queue"].values()), default=0)
         entry = s.row("queue", key)
         # A person's earlier verdict was about the earlier attempt: ask again.
-        asked = entry["approval"] in ("approved", "rejected", "pending")
-        entry.update(status="awaiting_approval" if asked else "queued",
-                     approval="pending" if asked else entry["approval"], position=position,
-                     reason="", updated=ts)
+        asked = entry["approval"] in (Approval.APPROVED, Approval.REJECTED, Approval.PENDING)
+        entry.update(status=(QueueStatus.AWAITING_APPROVAL if asked else QueueStatus.QUEUED).value,
+                     approval=Approval.PENDING.value if asked else entry["approval"],
+                     position=position, reason="", updated=ts)
     _spec_counts(s, e.spec_id, ts)
 
 
@@ -458,18 +484,19 @@ def _gate_result(s: State, e: ev.GateResult, ts: float) -> None:
 
 @on("branch_landed")
 def _branch_landed(s: State, e: ev.BranchLanded, ts: float) -> None:
-    _set_task(s, e, ts, status="landed", landed_commit=e.main_after, reason="")
-    s.row("branches", e.branch).update(status="landed", landed_commit=e.main_after, updated=ts)
-    _queue_status(s, e, ts, "landed")
+    _set_task(s, e, ts, status=TaskStatus.LANDED.value, landed_commit=e.main_after, reason="")
+    s.row("branches", e.branch).update(status=BranchStatus.LANDED.value, landed_commit=e.main_after,
+                                        updated=ts)
+    _queue_status(s, e, ts, QueueStatus.LANDED)
     _spec_counts(s, e.spec_id, ts)
 
 
 @on("branch_rejected")
 def _branch_rejected(s: State, e: ev.BranchRejected, ts: float) -> None:
-    _set_task(s, e, ts, status="rejected", reason=f"{e.gate}: {e.reason}")
-    s.row("branches", e.branch).update(status="rejected", gate=e.gate, reason=e.reason,
-                                        updated=ts)
-    _queue_status(s, e, ts, "rejected", f"{e.gate}: {e.reason}")
+    _set_task(s, e, ts, status=TaskStatus.REJECTED.value, reason=f"{e.gate}: {e.reason}")
+    s.row("branches", e.branch).update(status=BranchStatus.REJECTED.value, gate=e.gate,
+                                        reason=e.reason, updated=ts)
+    _queue_status(s, e, ts, QueueStatus.REJECTED, f"{e.gate}: {e.reason}")
     _spec_counts(s, e.spec_id, ts)
 
 
@@ -484,14 +511,16 @@ def _agent_started(s: State, e: ev.AgentStarted, ts: float) -> None:
     a = s.row("agents", e.agent_id or "", step=0, tokens_in=0, tokens_out=0, cost=0.0,
               messages=0, started=ts)
     # An agent resumed with its question still open goes straight back to waiting for it.
-    waiting = any(q["status"] == "pending" and q["agent_id"] == e.agent_id
+    pending = QuestionStatus.PENDING
+    waiting = any(q["status"] == pending and q["agent_id"] == e.agent_id
                   for q in s.tables["questions"].values())
     # One agent works a task (or plans a spec) at a time: one that replaced an agent which
     # stopped while waiting (a planner stopped with its run starts afresh) takes over.
     _withdraw_questions(s, ts, lambda q: q["spec_id"] == e.spec_id
                         and q["task_id"] == e.task_id and q["agent_id"] != e.agent_id)
     a.update(spec_id=e.spec_id, task_id=e.task_id, role=e.role, model=e.model,
-             status="waiting" if waiting else "running", finished=None, updated=ts)
+             status=(AgentStatus.WAITING if waiting else AgentStatus.RUNNING).value,
+             finished=None, updated=ts)
     _count_message(s, e.agent_id or "", ts, len(e.messages))
 
 
@@ -538,14 +567,15 @@ def _agent_finished(s: State, e: ev.AgentFinished, ts: float) -> None:
                                              updated=ts)
     # An agent stopped with the run (cancelled) resumes with the next one and goes on
     # waiting; an agent that ended for good has nobody waiting for its answers.
-    if e.status != "cancelled":
+    if e.status != AgentStatus.CANCELLED:
         _withdraw_questions(s, ts, lambda q: q["agent_id"] == e.agent_id)
 
 
 def _withdraw_questions(s: State, ts: float, which: Callable[[Row], bool]) -> None:
+    pending = QuestionStatus.PENDING
     for qid, q in s.tables["questions"].items():
-        if q["status"] == "pending" and which(q):
-            s.row("questions", qid).update(status="withdrawn", updated=ts)
+        if q["status"] == pending and which(q):
+            s.row("questions", qid).update(status=QuestionStatus.WITHDRAWN.value, updated=ts)
 
 
 @on("question_asked")
@@ -553,21 +583,21 @@ def _question_asked(s: State, e: ev.QuestionAsked, ts: float) -> None:
     # A question asked again (its agent was stopped and resumed) reopens its one row.
     s.row("questions", e.question_id).update(
         agent_id=e.agent_id, spec_id=e.spec_id, task_id=e.task_id, task_key=e.task_key,
-        question=e.question, options=e.options, status="pending", answer=None,
+        question=e.question, options=e.options, status=QuestionStatus.PENDING.value, answer=None,
         answered_by=None, why=None, asked=ts, answered=None, updated=ts)
     agent = s.get("agents", e.agent_id or "")
     if agent is not None:
-        s.row("agents", e.agent_id or "").update(status="waiting", updated=ts)
+        s.row("agents", e.agent_id or "").update(status=AgentStatus.WAITING.value, updated=ts)
 
 
 @on("question_answered")
 def _question_answered(s: State, e: ev.QuestionAnswered, ts: float) -> None:
     q = s.row("questions", e.question_id)
-    q.update(status="answered", answer=e.answer, answered_by=e.by, why=e.why, answered=ts,
-             updated=ts)
+    q.update(status=QuestionStatus.ANSWERED.value, answer=e.answer, answered_by=e.by,
+             why=e.why, answered=ts, updated=ts)
     agent = s.get("agents", q["agent_id"] or "")
-    if agent is not None and agent["status"] == "waiting":
-        s.row("agents", q["agent_id"]).update(status="running", updated=ts)
+    if agent is not None and agent["status"] == AgentStatus.WAITING:
+        s.row("agents", q["agent_id"]).update(status=AgentStatus.RUNNING.value, updated=ts)
 
 
 def apply(state: State, event: Any, ts: float) -> None:

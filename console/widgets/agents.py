@@ -9,11 +9,14 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual.widgets import Input, Label
 
+from agents.statuses import AgentStatus
 from console import format as fmt
 from console.widgets.rows import Column, RowsView
 
 if TYPE_CHECKING:
     from console.widgets.timeline import Timeline
+
+LIVE = (AgentStatus.RUNNING, AgentStatus.WAITING)
 
 AGENT_COLUMNS = [
     Column("agent", 26, lambda r: r["id"] or ""),
@@ -83,7 +86,7 @@ class AgentsPane(Vertical):
         words = self.filter_words()
         keys = [k for k, r in rows.items() if not words or matches(r, words)]
         # Live agents (running, or waiting for an answer) first, then the most recent.
-        keys.sort(key=lambda k: (rows[k]["status"] not in ("running", "waiting"),
+        keys.sort(key=lambda k: (rows[k]["status"] not in LIVE,
                                 -(rows[k]["started"] or 0)))
         self.table.set_rows(rows, keys)
 

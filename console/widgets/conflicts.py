@@ -9,11 +9,12 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual.widgets import Label, TextArea
 
+from agents.statuses import BranchStatus
 from agents.textsafe import clean, clean_line
 from console import format as fmt
 from console.widgets.rows import Column, RowsView
 
-OPEN = ("open", "landing")
+OPEN = (BranchStatus.OPEN, BranchStatus.LANDING)
 
 BRANCH_COLUMNS = [
     Column("branch", 34, lambda r: r["name"]),

@@ -9,11 +9,15 @@ from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.widgets import Static
 
+from agents.statuses import Approval, QuestionStatus, QueueStatus
 from console import format as fmt
 from console.widgets.rows import Column, RowsView
 
 GATES = ("conflicts", "dependencies", "tests")
 RISK_ORDER = {"high": 0, "medium": 1, "low": 2}
+CLOSED = (QueueStatus.LANDED, QueueStatus.REJECTED)
+APPROVAL_MARK: dict[str, str] = {Approval.NOT_REQUIRED: "-", Approval.PENDING: "WAIT",
+                                 Approval.APPROVED: "✓", Approval.REJECTED: "✗"}
 
 
 def gate_mark(model: Any, key: str, gate: str) -> str:
@@ -35,8 +39,7 @@ def queue_columns(model: Any) -> list[Column]:
         return model.rows("branches").get(r["branch"]) or {}
 
     def approval(r: dict[str, Any]) -> str:
-        return {"not_required": "-", "pending": "WAIT", "approved": "✓",
-                "rejected": "✗"}.get(r["approval"] or "", "")
+        return APPROVAL_MARK.get(r["approval"] or "", "")
 
     return [
         Column("#", 4, lambda r: str(r["position"] or ""), "right"),
@@ -78,7 +81,7 @@ class QueuePane(Vertical):
     def refill(self) -> None:
         rows = self.model.rows("queue")
         open_first = sorted(rows, key=lambda k: (
-            rows[k]["status"] in ("landed", "rejected"), rows[k]["position"] or 0))
+            rows[k]["status"] in CLOSED, rows[k]["position"] or 0))
         self.table.set_rows(rows, open_first)
 
 
@@ -139,9 +142,10 @@ class InboxPane(Vertical):
         """Questions first (an agent is stopped until one is answered), oldest first; then
         approvals by risk and age."""
         queue = self.model.rows("queue")
-        rows = {k: r for k, r in queue.items() if r["status"] == "awaiting_approval"}
+        awaiting, pending = QueueStatus.AWAITING_APPROVAL, QuestionStatus.PENDING
+        rows = {k: r for k, r in queue.items() if r["status"] == awaiting}
         questions = {QUESTION + k: r for k, r in self.model.rows("questions").items()
-                     if r["status"] == "pending"}
+                     if r["status"] == pending}
         waiting = sorted(rows, key=lambda k: (RISK_ORDER.get(rows[k]["risk"] or "", 3),
                                               rows[k]["entered"] or 0))
         asked = sorted(questions, key=lambda k: questions[k]["asked"] or 0)

@@ -16,6 +16,7 @@ from textual.geometry import Size
 from textual.reactive import Reactive
 from textual.widgets import RichLog
 
+from agents.statuses import AgentStatus
 from agents.textsafe import clean, clean_line
 
 if TYPE_CHECKING:
@@ -99,7 +100,7 @@ def describe(stored: StoredEvent) -> Text | None:
         out.append(f"answered by {who}: ", style="magenta")
         out.append(clean(e.answer[:300]))
     elif kind == "agent_finished":
-        out.append(f"finished: {e.status}", style="bold green" if e.status == "finished"
+        out.append(f"finished: {e.status}", style="bold green" if e.status == AgentStatus.FINISHED
                    else "bold red")
         if e.summary:
             out.append(f" — {clean(e.summary[:300])}")

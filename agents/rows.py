@@ -1,0 +1,212 @@
+"""The projection rows as types: one TypedDict per table of `agents.store.projections.TABLES`,
+its keys that table's columns in order (tests/test_statuses.py holds them to it).
+
+Type hints only: a row is still the plain dict the store and the wire carry, every column
+present (State.row creates a row with each column None, then its event's handler fills what
+the event says). So every column but the primary key may be None, and a status column holds
+the status's plain string, which equals its enum member.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, TypedDict
+
+from agents.statuses import (
+    AgentStatus,
+    Approval,
+    BranchStatus,
+    QuestionStatus,
+    QueueStatus,
+    RunStatus,
+    SpecStatus,
+    TaskStatus,
+)
+
+# A forecast's verdict on a pair of branches (agents/conflicts.py); it has no enum yet.
+ConflictVerdict = Literal["conflict", "clean", "closed"]
+
+
+class RunRow(TypedDict):
+    id: str
+    status: RunStatus | None
+    started: float | None
+    finished: float | None
+    specs: list[str] | None
+    concurrency: int | None
+    sandbox: str | None
+    detail: str | None
+    budget_stop: str | None  # what stopped the run: "run usd budget: 2 used of 2"
+
+
+class SpecRow(TypedDict):
+    id: str
+    title: str | None
+    path: str | None
+    priority: int | None
+    depends_on: list[str] | None
+    digest: str | None
+    status: SpecStatus | None
+    tasks_total: int | None
+    tasks_landed: int | None
+    tasks_rejected: int | None
+    tasks_failed: int | None
+    tokens: int | None
+    cost: float | None
+    detail: str | None
+    updated: float | None
+    planned_digest: str | None
+
+
+class TaskRow(TypedDict):
+    key: str  # "<spec>/<task>"
+    spec_id: str | None
+    task_id: str | None
+    title: str | None
+    role: str | None
+    status: TaskStatus | None
+    depends_on: list[str] | None
+    paths: list[str] | None
+    acceptance: list[str] | None
+    instructions: str | None
+    attempt: int | None
+    agent_id: str | None
+    branch: str | None
+    worktree: str | None
+    base_commit: str | None
+    commit_sha: str | None
+    landed_commit: str | None
+    tokens: int | None
+    cost: float | None
+    reason: str | None
+    updated: float | None
+    cancel: str | None  # who asked for it to stop
+    ordinal: int | None
+
+
+class AgentRow(TypedDict):
+    id: str
+    spec_id: str | None
+    task_id: str | None
+    role: str | None
+    model: str | None
+    status: AgentStatus | None
+    step: int | None
+    tokens_in: int | None
+    tokens_out: int | None
+    cost: float | None
+    started: float | None
+    finished: float | None
+    summary: str | None
+    last_tool: str | None
+    messages: int | None
+    updated: float | None
+
+
+class BranchRow(TypedDict):
+    name: str
+    spec_id: str | None
+    task_id: str | None
+    head: str | None
+    base: str | None
+    status: BranchStatus | None
+    files: list[str] | None
+    insertions: int | None
+    deletions: int | None
+    gate: str | None
+    reason: str | None
+    landed_commit: str | None
+    updated: float | None
+
+
+class GateRow(TypedDict):
+    key: str  # "<spec>/<task>:<gate>"
+    task_key: str | None
+    gate: str | None
+    passed: int | None  # 1 or 0
+    detail: str | None
+    duration: float | None
+    updated: float | None
+
+
+class BudgetRow(TypedDict):
+    key: str  # "<scope>:<owner>"
+    scope: str | None  # "run" or "spec"
+    owner: str | None
+    tokens: int | None
+    cost: float | None
+
+
+class QueueRow(TypedDict):
+    key: str  # the task's key
+    spec_id: str | None
+    task_id: str | None
+    branch: str | None
+    commit_sha: str | None
+    position: int | None
+    status: QueueStatus | None
+    risk: Literal["low", "medium", "high"] | None
+    risk_reasons: list[str] | None
+    approval: Approval | None
+    reason: str | None
+    entered: float | None
+    updated: float | None
+
+
+class ConflictRow(TypedDict):
+    key: str  # the two branch names, sorted, space-separated
+    a: str | None
+    b: str | None
+    a_head: str | None
+    b_head: str | None
+    status: ConflictVerdict | None
+    files: list[str] | None
+    updated: float | None
+
+
+class LeaseRow(TypedDict):
+    work: str  # "plan:<spec>", "work:<spec>/<task>", "land", "run:<id>"
+    holder: str | None  # None once released
+    kind: str | None
+    since: float | None
+    updated: float | None
+
+
+class QuestionRow(TypedDict):
+    id: str
+    agent_id: str | None
+    spec_id: str | None
+    task_id: str | None
+    task_key: str | None
+    question: str | None
+    options: list[str] | None
+    status: QuestionStatus | None
+    answer: str | None
+    answered_by: Literal["person", "engine"] | None
+    why: str | None
+    asked: float | None
+    answered: float | None
+    updated: float | None
+
+
+class Tables(TypedDict):
+    """Every projection table: its rows by primary key."""
+
+    runs: dict[str, RunRow]
+    specs: dict[str, SpecRow]
+    tasks: dict[str, TaskRow]
+    agents: dict[str, AgentRow]
+    branches: dict[str, BranchRow]
+    gates: dict[str, GateRow]
+    budgets: dict[str, BudgetRow]
+    queue: dict[str, QueueRow]
+    conflicts: dict[str, ConflictRow]
+    leases: dict[str, LeaseRow]
+    questions: dict[str, QuestionRow]
+
+
+# table -> its row's type, in TABLES' order
+ROW_TYPES: dict[str, type] = {
+    "runs": RunRow, "specs": SpecRow, "tasks": TaskRow, "agents": AgentRow,
+    "branches": BranchRow, "gates": GateRow, "budgets": BudgetRow, "queue": QueueRow,
+    "conflicts": ConflictRow, "leases": LeaseRow, "questions": QuestionRow,
+}
