@@ -27,6 +27,7 @@ class SpecStatus(StrEnum):
     DONE = "done"
     FAILED = "failed"
     BLOCKED = "blocked"
+    CANCELLED = "cancelled"  # a spec_finished event may say so (none does yet)
 
 
 class TaskStatus(StrEnum):

@@ -340,6 +340,7 @@ def _demo_backend() -> str:
 
 
 async def _status(root: Path, as_json: bool) -> int:
+    from agents import leases
     from agents.config import load_config
     from agents.store import Store
 
@@ -347,6 +348,11 @@ async def _status(root: Path, as_json: bool) -> int:
     store = await Store.open(config.store_path, readonly=True)
     try:
         runs = sorted(store.rows("runs"), key=lambda r: r["started"] or 0)
+        for run in runs:
+            # Recorded as running, but no live process holds its lease: its process is gone.
+            if run["status"] == "running" and not leases.alive(
+                    (store.get("leases", f"run:{run['id']}") or {}).get("holder")):
+                run["status"] = "interrupted"
         tasks = sorted(store.rows("tasks"), key=lambda r: r["key"])
         agents = store.rows("agents")
         if as_json:

@@ -552,8 +552,16 @@ def test_a_killed_run_is_recorded_interrupted_when_the_next_starts(
     proc.stderr.close()  # type: ignore[union-attr]
     held.release()
     (run_id, status), = runs(root).items()
-    assert status == "running"  # nobody could say otherwise
+    assert status == "running"  # the store could not record otherwise
     assert events(root, "run_finished") == []
+    # But no live process holds its lease: `factory status` shows it interrupted already.
+    shown = subprocess.run(
+        [sys.executable, "-m", "console.cli", "status", "--root", str(root), "--json"],
+        capture_output=True, text=True, timeout=60,
+        env={**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"})
+    assert shown.returncode == 0, shown.stderr
+    assert {r["id"]: r["status"] for r in json.loads(shown.stdout)["runs"]} == {
+        run_id: "interrupted"}
 
     server.script(MUL, finish("mul"))
     result = factory_run(root)
