@@ -9,6 +9,7 @@ landed, one rejected, one cut short in the middle of its landing, three agents w
 from __future__ import annotations
 
 import os
+import re
 import sqlite3
 import subprocess
 import sys
@@ -31,7 +32,16 @@ FIXTURES = sorted((Path(__file__).parent / "fixtures" / "upgrade").glob("demo-*.
 def old_demo(request: pytest.FixtureRequest, tmp_path: Path) -> Path:
     with tarfile.open(request.param) as tar:
         tar.extractall(tmp_path, filter="tar")
-    return tmp_path / "demo"
+    root = tmp_path / "demo"
+    # The demo's test command names the interpreter that wrote it (the machine the fixture was
+    # made on); on this machine it is this interpreter. Only the working tree's copy changes:
+    # the engine reads its configuration from there, and main's history stays as recorded.
+    config = root / ".factory.toml"
+    text = config.read_text()
+    recorded = re.search(r'^test_command = "(\S+) -m unittest', text, re.MULTILINE)
+    assert recorded, text
+    config.write_text(text.replace(recorded.group(1), sys.executable))
+    return root
 
 
 def factory(*args: str, root: Path) -> subprocess.CompletedProcess[str]:
