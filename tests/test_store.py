@@ -336,6 +336,79 @@ async def test_batches_behind_a_failed_one_fail_and_the_store_recovers(tmp_path:
     assert compare_projections(path) == []
 
 
+async def test_an_agents_step_commits_while_the_database_thread_is_busy(tmp_path: Path) -> None:
+    # A small batch (an agent's step) is written on the loop's thread: it does not wait for
+    # the database thread, and the chain and projections are exactly as if it had.
+    path = tmp_path / "f.db"
+    store = await Store.open(path)
+    release = threading.Event()
+    busy = asyncio.ensure_future(store._conn._execute(release.wait))  # type: ignore[attr-defined]
+    await asyncio.sleep(0)
+    try:
+        assert await asyncio.wait_for(store.append(*_plan()), 5) == 7
+        flood = store.append_many([ev.Notice(message=f"n{i}")
+                                   for i in range(store_module.INLINE_MAX_EVENTS + 1)])
+        await asyncio.sleep(0.05)
+        assert not flood.done()  # a large one goes to the thread, which is still busy
+        # ...and what comes behind it waits its turn: batches commit in the order prepared.
+        behind = store.append_many([ev.Notice(message="behind")])
+        await asyncio.sleep(0.05)
+        assert not behind.done()
+    finally:
+        release.set()
+    await busy
+    assert await flood == 7 + store_module.INLINE_MAX_EVENTS + 1
+    assert await behind == await flood + 1
+    await store.close()
+    assert verify_chain(path).ok and compare_projections(path) == []
+
+
+async def test_a_write_lock_held_elsewhere_never_holds_the_loop(tmp_path: Path) -> None:
+    # Another process writing the store (a command given against it) holds the write lock:
+    # the batch waits for it on the database thread, and the loop keeps running meanwhile.
+    path = tmp_path / "f.db"
+    store = await Store.open(path)
+    await store.append(*_plan())
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        step = store.append_many([ev.Notice(message="while locked")])
+        started = asyncio.get_running_loop().time()
+        await asyncio.sleep(0.2)
+        assert asyncio.get_running_loop().time() - started < 1.0
+        assert not step.done()
+    finally:
+        other.execute("COMMIT")
+        other.close()
+    assert await asyncio.wait_for(step, 10) == 8
+    assert await store.append(ev.Notice(message="after")) == 9
+    await store.close()
+    assert verify_chain(path).ok and compare_projections(path) == []
+
+
+async def test_small_batches_are_checkpointed_off_the_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The loop's connection never checkpoints; the database thread copies the WAL into the
+    # database every INLINE_CHECKPOINT_COMMITS of its commits, so the WAL does not grow
+    # without end in a long run of small steps.
+    monkeypatch.setattr(store_module, "INLINE_CHECKPOINT_COMMITS", 10)
+    path = tmp_path / "f.db"
+    store = await Store.open(path)
+    try:
+        await store.append(*_plan())
+        size = path.stat().st_size
+        for i in range(9):
+            await store.append(ev.Notice(message="x" * 20000 + str(i)))
+        assert path.stat().st_size == size  # everything so far is in the WAL only
+        await store.append(ev.Notice(message="the tenth"))
+        await asyncio.wait_for(store._checkpoint, 10)  # type: ignore[arg-type]
+        assert path.stat().st_size > size + 9 * 20000
+    finally:
+        await store.close()
+    assert verify_chain(path).ok
+
+
 @pytest.mark.parametrize("max_parameters", [999, 32766], ids=["old-sqlite", "sqlite-3.32+"])
 async def test_many_projection_rows_in_one_batch(tmp_path: Path, max_parameters: int) -> None:
     path = tmp_path / "f.db"
