@@ -107,13 +107,15 @@ class AgentRunner:
         model = self.router.model_for(self.role)
         if not messages:
             messages = list(self.opening)
-            await self._emit(ev.AgentStarted(**self._ids, role=self.role, model=model,
-                                             messages=messages))
+            started = self._emit(ev.AgentStarted(**self._ids, role=self.role, model=model,
+                                                 messages=list(messages)))
         else:
-            await self._emit(ev.AgentStarted(**self._ids, role=self.role, model=model,
-                                             resumed_at_step=step))
+            started = self._emit(ev.AgentStarted(**self._ids, role=self.role, model=model,
+                                                 resumed_at_step=step))
         try:
-            return await self._loop(messages, step)
+            # The start is on disk before the first turn is recorded or a tool runs (as each
+            # step is before the next): the wait overlaps with the first model call.
+            return await self._loop(messages, step, started)
         except asyncio.CancelledError:
             await asyncio.shield(self._finish("cancelled", "stopped", step))
             raise
@@ -122,13 +124,13 @@ class AgentRunner:
         await self._emit(ev.AgentFinished(**self._ids, status=status, summary=summary))
         return AgentResult(status, summary, step)
 
-    async def _loop(self, messages: list[dict[str, Any]], step: int) -> AgentResult:
+    async def _loop(self, messages: list[dict[str, Any]], step: int,
+                    previous: asyncio.Future[int] | None = None) -> AgentResult:
         last_call_tokens, last_call_cost = 0, 0.0
         recent: list[str] = []
         idle = 0
         # A turn recorded before a crash whose tool calls have no results yet: run them now.
         pending = self._unanswered(messages)
-        previous: asyncio.Future[int] | None = None
         while True:
             if pending is None:
                 if step >= self.limits.max_steps:
