@@ -386,6 +386,45 @@ async def test_planted_temp_file_names_are_skipped_never_followed(tree: Tree) ->
     assert left == set(planted)
 
 
+@pytest.mark.parametrize("kind", ["link", "dangling", "fifo", "hard", "file"])
+async def test_a_name_planted_after_the_look_before_a_new_file_is_not_followed(
+    tree: Tree, kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A new file is made at its own name with O_EXCL. Something planted there between the
+    # engine's look (nothing there) and the create is never opened or followed: the write
+    # goes through a temporary file renamed over the planted name.
+    wt = tree.worktree
+    target = wt / "calc" / "fresh.py"
+    looked = beneath.Beneath._old
+
+    def plant_after_look(self: beneath.Beneath, parent: int, name: str, data: bytes,
+                         raw: str) -> tuple[os.stat_result | None, bool]:
+        seen = looked(self, parent, name, data, raw)
+        if name == target.name and not os.path.lexists(target):
+            if kind == "link":
+                target.symlink_to(tree.secret)
+            elif kind == "dangling":
+                target.symlink_to(tree.outside / "planted.txt")
+            elif kind == "fifo":
+                os.mkfifo(target)
+            elif kind == "hard":
+                os.link(tree.secret, target)
+            else:
+                target.write_text("the agent's own\n")
+        return seen
+
+    monkeypatch.setattr(beneath.Beneath, "_old", plant_after_look)
+    before = snapshot(tree.outside, tree.secret)
+    out = await quick(tree.ctx, "write_file", path="calc/fresh.py", content="NEW = 1\n")
+    assert not out.is_error, out.content
+    info = target.lstat()
+    assert stat.S_ISREG(info.st_mode) and info.st_nlink == 1
+    assert target.read_text() == "NEW = 1\n"
+    assert snapshot(tree.outside, tree.secret) == before
+    assert not (tree.outside / "planted.txt").exists()
+    assert not list((wt / "calc").glob(".factory-tmp-*"))
+
+
 async def test_a_hard_link_to_an_outside_file_is_refused(tree: Tree) -> None:
     wt = tree.worktree
     os.link(tree.secret, wt / "hard.txt")
