@@ -175,7 +175,9 @@ def plain_worktree(root: Path, n: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--agents", type=int, default=1000)
-    parser.add_argument("--rounds", type=int, default=5)
+    # Short rounds pair each factory stretch with a bare one a few seconds apart: with five
+    # long ones, this machine's drift moved the ratio by 0.2 from run to run.
+    parser.add_argument("--rounds", type=int, default=50)
     args = parser.parse_args()
     root = demo.build(Path(tempfile.mkdtemp(prefix="factory-bench-swarm-")) / "demo", "none")
     files = len(subprocess.run(["git", "ls-files"], cwd=root, capture_output=True, text=True,
