@@ -54,8 +54,10 @@ WAL_CHECKPOINT_PAGES = 8192
 # database thread. Handing it over cost more than writing it: the trip to the thread and
 # back, and a wait for the GIL on every statement while the loop ran something else, left
 # the agent that awaited its step waiting about three times as long as the write took.
-INLINE_MAX_EVENTS = 256
-INLINE_MAX_BYTES = 1 << 20
+# Larger batches (a busy swarm's) still go to the thread: written inline, they held a
+# console sharing the loop long enough to slow its key presses.
+INLINE_MAX_EVENTS = 16
+INLINE_MAX_BYTES = 256 << 10
 # Up to this many event rows, an inline batch inserts them one by one: with no GIL to wait
 # for between rows, that costs half of what the one-statement insert does (its JSON).
 INLINE_ROWS = 8
