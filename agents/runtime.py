@@ -108,7 +108,7 @@ class AgentRunner:
         if not messages:
             messages = list(self.opening)
             started = self._emit(ev.AgentStarted(**self._ids, role=self.role, model=model,
-                                                 messages=list(messages)))
+                                                 messages=messages))
         else:
             started = self._emit(ev.AgentStarted(**self._ids, role=self.role, model=model,
                                                  resumed_at_step=step))

@@ -207,7 +207,11 @@ def _columns(path: Path) -> list[tuple[object, ...]]:
 
 
 @pytest.mark.parametrize("bulk", [True, False], ids=["one-statement", "row-by-row"])
-async def test_awkward_ids_are_stored_exactly(tmp_path: Path, bulk: bool) -> None:
+async def test_awkward_ids_are_stored_exactly(
+    tmp_path: Path, bulk: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Through the database thread, which alone uses the one-statement insert.
+    monkeypatch.setattr(store_module, "INLINE_MAX_EVENTS", 0)
     path = tmp_path / "f.db"
     store = await Store.open(path)
     store._bulk = bulk
@@ -230,7 +234,10 @@ async def test_awkward_ids_are_stored_exactly(tmp_path: Path, bulk: bool) -> Non
     assert report.ok and report.events == len(written)
 
 
-async def test_one_statement_and_row_by_row_write_the_same_rows(tmp_path: Path) -> None:
+async def test_one_statement_and_row_by_row_write_the_same_rows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(store_module, "INLINE_MAX_EVENTS", 0)  # the thread's two ways
     written = []
     for bulk in (True, False):
         path = tmp_path / f"{bulk}.db"

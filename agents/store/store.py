@@ -58,9 +58,6 @@ WAL_CHECKPOINT_PAGES = 8192
 # console sharing the loop long enough to slow its key presses.
 INLINE_MAX_EVENTS = 16
 INLINE_MAX_BYTES = 256 << 10
-# Up to this many event rows, an inline batch inserts them one by one: with no GIL to wait
-# for between rows, that costs half of what the one-statement insert does (its JSON).
-INLINE_ROWS = 8
 # That connection never checkpoints (copying the WAL into the database fsyncs, which must not
 # hold the loop); after this many of its commits the database thread runs a passive one.
 INLINE_CHECKPOINT_COMMITS = 1000
@@ -531,7 +528,7 @@ class Store:
         write = None
         # Inline only behind nothing: batches commit in the order they were prepared.
         if self._inline is not None and not self._queued and batch.small:
-            write = self._write_inline(self._inline, batch)
+            write = self._write_inline(batch)
         if write is None:
             write = asyncio.ensure_future(
                 self._conn._execute(  # type: ignore[attr-defined]
@@ -545,14 +542,14 @@ class Store:
         # next turn of the loop, as a thread's would, never inside this kick.
         write.add_done_callback(self._written)
 
-    def _write_inline(self, conn: sqlite3.Connection, batch: _Batch) -> asyncio.Future[None] | None:
+    def _write_inline(self, batch: _Batch) -> asyncio.Future[None] | None:
         """Write a small batch here and now; None when another process holds the write lock
         (the database thread then waits for it, not the loop)."""
-        assert batch.rows is not None
+        assert batch.rows is not None and self._inline is not None
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         try:
-            self._write_batch(conn, batch.rows, batch.dirty, batch.last_id, batch.last_hash,
-                              inline=True)
+            self._write_batch(self._inline, batch.rows, batch.dirty, batch.last_id,
+                              batch.last_hash, inline=True)
         except sqlite3.OperationalError as exc:
             if _is_busy(exc):  # rolled back or never begun: the thread writes it whole
                 return None
@@ -688,7 +685,9 @@ class Store:
                 raise StoreError(f"{self.path}: an earlier batch failed; not writing after it")
             if not rows.events:
                 pass
-            elif self._bulk and rows.bulk() and not (inline and len(rows.sizes) <= INLINE_ROWS):
+            # Inline (a few rows, no GIL to wait for between them) one by one costs half of
+            # what the one-statement insert does with its JSON.
+            elif self._bulk and rows.bulk() and not inline:
                 conn.execute(_INSERT_EVENTS, rows.params())
             else:
                 conn.executemany(_INSERT_EVENT, rows.rows())
