@@ -87,6 +87,13 @@ class QueueConfig(_Section):
     # Which entries wait for a person before they land: "never", "high" (high risk only),
     # "medium" (medium and high) or "always".
     approval: Literal["never", "high", "medium", "always"] = "never"
+    # How entries are tested on their way to main (agents/queue/chain.py): "serial" (one
+    # at a time), "batch" (several entries in one test run, bisected when it fails),
+    # "speculative" (each entry tested on top of the ones ahead, several at once) or
+    # "speculative-batch" (batches, several at once, each on top of the ones ahead).
+    mode: Literal["serial", "batch", "speculative", "speculative-batch"] = "speculative-batch"
+    # Test runs at once, each in its own sandbox.
+    runners: int = Field(default=2, ge=1, le=64)
 
 
 class StoreConfig(_Section):
@@ -301,6 +308,12 @@ specs_dir = "specs"
 # Which branches wait for a person's approval before landing: "never", "high" (high-risk
 # only), "medium" (medium and high) or "always". Headless runs with pending approvals wait.
 approval = "never"
+# How entries are tested on their way to main: "serial" (one at a time), "batch" (several
+# in one test run, split when it fails), "speculative" (each on top of the ones ahead,
+# several at once) or "speculative-batch" (batches, several at once).
+mode = "speculative-batch"
+# Test runs at once, each in its own sandbox.
+runners = 2
 
 [store]
 # The SQLite store (event log and projections); keep it out of git.

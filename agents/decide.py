@@ -24,13 +24,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from agents.queue import chain
 from agents.statuses import (
     QUEUE_OPEN,
     TASK_DONE,
     AgentStatus,
     Approval,
     QuestionStatus,
-    QueueStatus,
     SpecStatus,
     TaskStatus,
 )
@@ -57,6 +57,7 @@ class Settings:
     supervised: bool = False
     # Someone supervised this run earlier and has gone (said in the engine's answers).
     left: bool = False
+    queue: chain.QueueSettings = field(default_factory=chain.QueueSettings)
 
 
 # -- intents -----------------------------------------------------------------------------------
@@ -173,7 +174,7 @@ class Finish:
 
 
 Intent = (Plan | Work | Land | Enqueue | Refuse | Block | BlockSpec | FinishSpec | EngineAnswer
-          | Stop | Cancel | Finish)
+          | Stop | Cancel | Finish | chain.QueueIntent)
 
 
 @dataclass(frozen=True)
@@ -269,16 +270,51 @@ def decide(state: State, now: float, settings: Settings) -> Decision:
                 if not out.free and not budget_stop:
                     break
 
-    if landing and "land" not in mine:
-        queue = tables["queue"]
-        first = min(landing, key=lambda t: (queue[t["key"]]["status"] != QueueStatus.LANDING,
-                                            queue[t["key"]]["position"] or 0))
-        out.intents.append(Land(first["key"], first["spec_id"], first["task_id"]))
+    paused = False
+    if landing:
+        paused = _queue(tables, landing, mine, now, settings, out)
 
-    if not out.intents and not (mine - {f"run:{settings.run_id}"}) and all(
-            (specs.get(s) or {}).get("status") in SPEC_DONE for s in settings.specs):
-        out.intents.append(Finish("budget" if budget_stop else "done"))
+    if not out.intents and not (mine - {f"run:{settings.run_id}"}):
+        if all((specs.get(s) or {}).get("status") in SPEC_DONE for s in settings.specs):
+            out.intents.append(Finish("budget" if budget_stop else "done"))
+        elif paused and not settings.supervised:
+            out.intents.append(Finish("paused"))  # nothing else moves; nobody can fix main
     return Decision(tuple(out.intents), out.wake_at)
+
+
+def _queue(tables: Tables, landing: list[Row], mine: set[str], now: float,
+           settings: Settings, out: _Scratch) -> bool:
+    """The merge queue's intents (agents/queue/chain.py) over the cleared entries; whether
+    the queue is paused because main's own tests fail."""
+    queue, branches = tables["queue"], tables["branches"]
+    state = tables["queue_state"].get("queue") or {}
+    main = state.get("main")
+    if not main:
+        return False  # the engine records main's head before it decides
+    if state.get("paused") and (state.get("retry_at") or 0) > now:
+        out.wake(state["retry_at"])
+        return True  # main's own tests failed (or main could not move): wait, then retry
+    entries = []
+    for task in sorted(landing, key=lambda t: (queue[t["key"]]["position"] or 0, t["key"])):
+        entry = dict(queue[task["key"]])
+        entry["files"] = (branches.get(task["branch"] or "") or {}).get("files") or []
+        entries.append(entry)
+    runs = [r for r in tables["test_runs"].values()
+            if r["status"] != "running" or _run_work(r) in mine]
+    busy = sum(1 for work in mine if work.startswith(("queue:test:", "queue:alone:")))
+    window = state.get("batch") or (chain.START_WINDOW if settings.queue.batches else 1)
+    intents = chain.plan(main, entries, tables["links"], runs, window, settings.queue,
+                         linking="queue:link" in mine, landing="queue:land" in mine,
+                         busy=busy, flaky=frozenset(tables["flaky_tests"]))
+    out.intents.extend(intents)
+    return any(isinstance(i, chain.Pause) for i in intents)
+
+
+def _run_work(run: Row) -> str:
+    """The lease a running test run is held under (as chain's intents name their work)."""
+    if run["alone"]:
+        return f"queue:alone:{run['alone']}:{run['attempt']}"
+    return f"queue:test:{run['commit_sha']}:{run['attempt']}"
 
 
 def _dependencies_met(spec: Row, specs: Mapping[str, Row], wanted: set[str],

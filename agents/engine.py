@@ -19,11 +19,12 @@ from agents.config import FactoryConfig, load_config
 from agents.conflicts import ConflictForecaster
 from agents.errors import FactoryError
 from agents.gitcmd import git
-from agents.landing import LandingStep, TestedLanding
+from agents.landing import LandingStep
 from agents.models import ModelRouter, api_key_from_env, check_models, replay_path
 from agents.orchestrator import Orchestrator, RunSummary, spec_digest
 from agents.private import exclude_factory, private_dir, private_file
 from agents.questions import Answer, QuestionDesk
+from agents.queue.executor import ChainExecutor
 from agents.queue.merge_queue import MergeQueue, retry_event
 from agents.sandbox.base import Limits, SandboxBackend
 from agents.sandbox.none import NoneBackend
@@ -242,7 +243,7 @@ class Factory:
                 level="warning", message="sandbox backend is 'none': agents run UNSANDBOXED "
                 "commands on this machine"))
         await self._clean_orphans()
-        lander: LandingStep = TestedLanding(
+        lander: LandingStep = ChainExecutor(
             self.ws, self.backend, self.config.repo.test_command, sandbox_limits(self.config),
             self.root / ".factory" / "landing", self.store.append, sandbox_quota(self.config),
         )

@@ -390,6 +390,109 @@ class QueueRetried(_Event):
     branch: str
 
 
+class QueueLinked(_Event):
+    """An entry merged onto the queue's chain (main, or the chain's commit below it), with the
+    gates it meets on its own; ok=False when the merge or a gate refused it."""
+
+    kind: Literal["queue_linked"] = "queue_linked"
+    commit: str  # the entry's commit
+    base: str
+    merge_commit: str = ""
+    tree: str = ""
+    ok: bool = True
+    gate: str = ""
+    reason: str = ""
+
+
+class QueueTestStarted(_Event):
+    """A runner tests one tree: a point of the chain (the entries up to it), main itself
+    (position 0, the pre-flight), or one suspect alone on top of main (`alone`)."""
+
+    kind: Literal["queue_test_started"] = "queue_test_started"
+    run_id: str
+    commit: str
+    keys: list[str] = []
+    position: int = 0
+    size: int = 0
+    attempt: int = 1
+    alone: str = ""
+    runner: int = 0
+
+
+class QueueTestFinished(_Event):
+    kind: Literal["queue_test_finished"] = "queue_test_finished"
+    run_id: str
+    commit: str  # the tree tested (for a suspect alone, the merge made for the run)
+    passed: bool
+    failing: list[str] = []
+    reason: str = ""
+    output: str = ""
+    duration: float = 0.0
+
+
+class QueueSuspected(_Event):
+    """A batch failed and its failing tests name these entries: they leave the chain and
+    are tested alone on top of main."""
+
+    kind: Literal["queue_suspected"] = "queue_suspected"
+    keys: list[str]
+    run_ids: list[str]
+    failing: list[str] = []
+    single: bool = False
+
+
+class QueueRequeued(_Event):
+    """A failed batch's entries (or a suspect cleared alone) go to the back of the queue,
+    tested there in parts of at most `cap`."""
+
+    kind: Literal["queue_requeued"] = "queue_requeued"
+    keys: list[str]
+    cap: int
+    run_ids: list[str]
+    failing: list[str] = []
+    window: int = 1
+    flaky: bool = False
+
+
+class FlakeRecorded(_Event):
+    """A failed run that did not come back on a tree holding the same changes."""
+
+    kind: Literal["flake_recorded"] = "flake_recorded"
+    run_id: str
+    tests: list[str] = []
+
+
+class QueuePaused(_Event):
+    """Main's own tests fail (or cannot run): nothing is tested on top of it."""
+
+    kind: Literal["queue_paused"] = "queue_paused"
+    main: str
+    reason: str
+    retry_in: float = 60.0  # then main is tested again (a fix need not be a new commit)
+    run_ids: list[str] = []  # main's failed runs this settles
+
+
+class MainMoved(_Event):
+    """Main moved: by the queue to a tested point of its chain (keys landed, the window
+    after it), or by someone else (`by` says who; keys empty)."""
+
+    kind: Literal["main_moved"] = "main_moved"
+    main_before: str
+    main_after: str
+    keys: list[str] = []
+    window: int | None = None
+    by: str = "queue"
+
+
+class WorkLost(_Event):
+    """An alarm: after main moved, an entry's commit is not contained in it."""
+
+    kind: Literal["work_lost"] = "work_lost"
+    branch: str
+    commit: str
+    main: str
+
+
 # -- conflict forecasting --------------------------------------------------------------------
 
 
@@ -455,6 +558,15 @@ Event = Annotated[
     | ApprovalDecided
     | QueueReordered
     | QueueRetried
+    | QueueLinked
+    | QueueTestStarted
+    | QueueTestFinished
+    | QueueSuspected
+    | QueueRequeued
+    | FlakeRecorded
+    | QueuePaused
+    | MainMoved
+    | WorkLost
     | ConflictChecked
     | ConflictClosed,
     Field(discriminator="kind"),

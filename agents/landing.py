@@ -61,9 +61,9 @@ class LandingOutcome:
 _FAILURE_LINE = re.compile(r"^(?:FAIL|ERROR): (\S+) \(([\w.]+)\)|^FAILED (\S+::\S+)", re.M)
 
 
-def first_failures(output: str, limit: int = 3) -> str:
-    """The failing tests' names from unittest or pytest output, for a one-line reason."""
-    names = []
+def failing_tests(output: str) -> list[str]:
+    """The failing tests' names in unittest or pytest output, in order, once each."""
+    names: list[str] = []
     for m in _FAILURE_LINE.finditer(output):
         if m.group(1):  # unittest: "FAIL: test_x (module.Class.test_x)" since 3.11
             qualified = m.group(2)
@@ -72,6 +72,12 @@ def first_failures(output: str, limit: int = 3) -> str:
             name = m.group(3)
         if name not in names:
             names.append(name)
+    return names
+
+
+def first_failures(output: str, limit: int = 3) -> str:
+    """The failing tests' names from unittest or pytest output, for a one-line reason."""
+    names = failing_tests(output)
     more = f" and {len(names) - limit} more" if len(names) > limit else ""
     return ", ".join(names[:limit]) + more
 

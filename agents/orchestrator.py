@@ -35,19 +35,30 @@ from agents.landing import LandingRequest, LandingStep
 from agents.models import ModelRouter
 from agents.planner import SUBMIT_PLAN_SPEC, PlanCollector, plan_digest, planner_messages
 from agents.questions import QuestionDesk
+from agents.queue import chain
+from agents.queue.executor import ChainExecutor
 from agents.queue.merge_queue import MergeQueue, retry_event
 from agents.queue.risk import assess_risk, needs_approval
 from agents.runtime import AgentLimits, AgentResult, AgentRunner
 from agents.sandbox.base import Limits, SandboxBackend, SandboxContext
 from agents.sandbox.quota import DiskMeter, quota_of
 from agents.specs import Spec, lint_score, lint_spec, parse_spec
-from agents.statuses import AgentStatus, BranchStatus, RunStatus, SpecStatus, TaskStatus
+from agents.statuses import (
+    AgentStatus,
+    BranchStatus,
+    QueueStatus,
+    RunStatus,
+    SpecStatus,
+    TaskStatus,
+)
 from agents.store import Store
 from agents.store.projections import task_key
 from agents.tools import ToolContext
 from agents.workspace import CommitInfo, Workspace, WorkspaceError, branch_name
 
 READ_ONLY_TOOLS = ["read_file", "list_files", "search_code"]
+# How often entries waiting for a person are said to be waiting (seconds).
+NAG_SECONDS = 60.0
 # A spec that leaves a decision open is best settled before it is split into tasks.
 PLANNER_TOOLS = [*READ_ONLY_TOOLS, "ask"]
 
@@ -77,6 +88,8 @@ class RunSummary:
     failed: list[tuple[str, str]] = field(default_factory=list)
     # Specs of the run that did not end done (a plan refused, a dependency that failed).
     specs: list[tuple[str, str, str]] = field(default_factory=list)  # (id, status, detail)
+    # Entries still in the merge queue when the run ended (its queue paused), and why.
+    waiting: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def complete(self) -> bool:
@@ -128,6 +141,7 @@ class Orchestrator:
         self._executors: dict[str, asyncio.Task[None]] = {}
         self._wake = asyncio.Event()
         self._failure: BaseException | None = None
+        self._nagged = -NAG_SECONDS
 
     async def emit(self, *events: ev.Event) -> int:
         return await self.store.append(*events)
@@ -148,7 +162,9 @@ class Orchestrator:
             run_id=self.run_id, specs=tuple(s.id for s in specs), holder=self.holder,
             concurrency=self.config.run.concurrency,
             question_timeout=self.questions.timeout, supervised=self.questions.supervised,
-            left=self.questions.ever_supervised and not self.questions.supervised)
+            left=self.questions.ever_supervised and not self.questions.supervised,
+            queue=chain.QueueSettings(mode=self.config.queue.mode,
+                                      runners=self.config.queue.runners))
 
     async def run(self, specs: list[Spec], texts: dict[str, str]) -> RunSummary:
         for spec in specs:
@@ -186,6 +202,7 @@ class Orchestrator:
             self._wake.clear()
             if self._failure is not None:
                 raise self._failure
+            await self._observe_main()
             decision = plan_of.decide(self.store.state, time.time(),
                                       self.settings(specs))
             for intent in decision.intents:
@@ -194,14 +211,73 @@ class Orchestrator:
                 await self._act(intent)
             timeout = None if decision.wake_at is None else \
                 max(0.0, decision.wake_at - time.time())
+            if await self._nag():
+                timeout = NAG_SECONDS if timeout is None else min(timeout, NAG_SECONDS)
+            # asyncio.timeout, not wait_for: on 3.11, wait_for swallows a cancel that arrives
+            # as the event is set (a run stopped while its last events commit never ended).
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await self._wake.wait()
+
+    async def _nag(self) -> bool:
+        """Entries that wait for a person are said so at intervals, naming the commands
+        (a headless run would otherwise wait in silence); whether any wait."""
+        waiting = sorted((q for q in self.store.rows("queue")
+                          if q["status"] == QueueStatus.AWAITING_APPROVAL),
+                         key=lambda q: q["position"] or 0)
+        if not waiting:
+            return False
+        if time.monotonic() - self._nagged >= NAG_SECONDS:
+            self._nagged = time.monotonic()
+            first = waiting[0]["key"]
+            await self.emit(ev.Notice(level="warning", message=(
+                f"{len(waiting)} queue entr{'y waits' if len(waiting) == 1 else 'ies wait'} "
+                f"for a person: {', '.join(q['key'] for q in waiting[:5])}; "
+                f"`factory approve {first}` lets it land, `factory reject {first} --reason "
+                f"TEXT` refuses it")))
+        return True
+
+    async def _observe_main(self) -> None:
+        """Main's head as the store knows it: moved by someone else, it is recorded so.
+        Not while this engine moves main itself (its landing records the move)."""
+        if "queue:land" in self._executors:
+            return
+        head = self.ws.main_head()
+        known = (self.store.get("queue_state", "queue") or {}).get("main")
+        if head != known:
+            await self.emit(ev.MainMoved(main_before=known or "", main_after=head,
+                                         by="outside" if known else "engine"))
 
     async def _act(self, intent: plan_of.Intent) -> None:
         """Carry out one intent: executors for long work, events for the rest."""
         match intent:
             case plan_of.Plan() | plan_of.Work() | plan_of.Land():
                 await self._start(intent)
+            case chain.LinkEntry() | chain.TestPoint() | chain.TestAlone() | chain.LandChain():
+                await self._start(intent)
+            case chain.Evict():
+                await self._evict(intent)
+            case chain.Suspect():
+                await self.emit(ev.QueueSuspected(keys=list(intent.keys),
+                                                  run_ids=list(intent.run_ids),
+                                                  failing=list(intent.failing),
+                                                  single=intent.single))
+            case chain.Requeue():
+                await self.emit(ev.QueueRequeued(keys=list(intent.keys), cap=intent.cap,
+                                                 run_ids=list(intent.run_ids),
+                                                 failing=list(intent.failing),
+                                                 window=intent.window, flaky=intent.flaky))
+            case chain.FlakeSeen():
+                await self.emit(ev.FlakeRecorded(run_id=intent.run_id,
+                                                 tests=list(intent.failing)))
+            case chain.Pause():
+                await self.emit(ev.QueuePaused(main=intent.main, reason=intent.reason,
+                                               run_ids=list(intent.run_ids)),
+                                ev.Notice(level="error", message=(
+                                    f"the merge queue is paused: main's own tests fail "
+                                    f"({intent.reason}); nothing is blamed on an entry. "
+                                    f"Fix the test command or main; main is tested again "
+                                    f"in a minute")))
             case plan_of.Stop(work=work):
                 executor = self._executors.get(work)
                 if executor is not None:
@@ -230,7 +306,9 @@ class Orchestrator:
             case plan_of.Cancel():
                 await self._cancel_idle(intent)
 
-    async def _start(self, intent: plan_of.Plan | plan_of.Work | plan_of.Land) -> None:
+    async def _start(self, intent: plan_of.Plan | plan_of.Work | plan_of.Land
+                     | chain.LinkEntry | chain.TestPoint | chain.TestAlone
+                     | chain.LandChain) -> None:
         """Take the work's lease (recorded before anything is done), then run its executor."""
         work = intent.work
         if work in self._executors:
@@ -246,6 +324,14 @@ class Orchestrator:
                         await self._work(self._specs[intent.spec_id], intent.task_id)
                     case plan_of.Land():
                         await self._land(self._specs[intent.spec_id], intent.key)
+                    case chain.LinkEntry():
+                        await self._link(intent)
+                    case chain.TestPoint():
+                        await self.chain_executor.test(intent)
+                    case chain.TestAlone():
+                        await self.chain_executor.alone(intent, self._request(intent.key))
+                    case chain.LandChain():
+                        await self._land_chain(intent)
             except asyncio.CancelledError:
                 raise
             except BaseException as exc:
@@ -290,6 +376,11 @@ class Orchestrator:
                 out.rejected.append((key, t["reason"] or ""))
             elif t["status"] in (TaskStatus.FAILED, TaskStatus.BLOCKED, TaskStatus.CANCELLED):
                 out.failed.append((key, t["reason"] or t["status"]))
+            elif t["status"] in (TaskStatus.COMMITTED, TaskStatus.LANDING):
+                queue = self.store.get("queue_state", "queue") or {}
+                out.waiting.append((key, "the merge queue is paused: "
+                                    + (queue.get("pause_reason") or "main's tests fail")
+                                    if queue.get("paused") else "still in the merge queue"))
         for spec_id in self._specs:
             spec = self.store.get("specs", spec_id) or {}
             if spec.get("status") != SpecStatus.DONE:
@@ -298,7 +389,7 @@ class Orchestrator:
         run = self.store.get("runs", self.run_id) or {}
         if run.get("budget_stop"):
             out.status = RunStatus.BUDGET
-        elif out.rejected or out.failed or out.specs:
+        elif out.rejected or out.failed or out.specs or out.waiting:
             out.status = RunStatus.FAILED  # it ran to its end; not everything planned landed
         return out
 
@@ -538,6 +629,73 @@ class Orchestrator:
             spec_id=intent.spec_id, task_id=intent.task_id, branch=task["branch"],
             commit=task["commit_sha"], risk=risk, risk_reasons=reasons,
             needs_approval=needs_approval(self.queue.approval, risk)))
+
+    @property
+    def chain_executor(self) -> ChainExecutor:
+        assert isinstance(self.lander, ChainExecutor), "the queue needs a ChainExecutor"
+        return self.lander
+
+    def _request(self, key: str) -> LandingRequest:
+        row = self.store.get("tasks", key)
+        assert row is not None
+        return LandingRequest(
+            spec_id=row["spec_id"], task_id=row["task_id"], branch=row["branch"],
+            commit=row["commit_sha"], title=row["title"],
+            trailers=self._trailers(row["spec_id"], row["task_id"], row["agent_id"]))
+
+    async def _link(self, intent: chain.LinkEntry) -> None:
+        request = self._request(intent.key)
+        main = (self.store.get("queue_state", "queue") or {}).get("main") or ""
+        if intent.onto == main and await self.lander.already_landed(request):
+            # Main holds it already: a landing cut short after main moved (never twice).
+            await self.emit(ev.BranchLanded(spec_id=request.spec_id, task_id=request.task_id,
+                                            branch=request.branch, commit=request.commit,
+                                            main_before=main, main_after=main))
+            return
+        row = self.store.get("tasks", intent.key) or {}
+        if row.get("status") != TaskStatus.LANDING:
+            await self.emit(ev.LandingStarted(spec_id=request.spec_id,
+                                              task_id=request.task_id, branch=request.branch,
+                                              commit=request.commit))
+        await self.chain_executor.link(intent, request)
+
+    async def _land_chain(self, intent: chain.LandChain) -> None:
+        requests = [self._request(key) for key in intent.keys]
+        links = {key: self.store.get("links", key) or {} for key in intent.keys}
+        landed, problem = await self.chain_executor.land_chain(intent, requests, links,
+                                                               self.queue.may_land)
+        if problem:
+            await self.emit(ev.QueuePaused(main=intent.main_before, reason=problem,
+                                           retry_in=10.0),
+                            ev.Notice(level="warning",
+                                      message=f"main was not moved: {problem}"))
+            return
+        events: list[ev.Event] = []
+        for request in landed:
+            ids = {"spec_id": request.spec_id, "task_id": request.task_id}
+            events += [ev.GateResult(**ids, gate="tests", passed=True,
+                                     detail=f"tests pass with {len(intent.keys)} entries "
+                                     "in one tree" if len(intent.keys) > 1 else "tests pass"),
+                       ev.BranchLanded(**ids, branch=request.branch, commit=request.commit,
+                                       main_before=intent.main_before,
+                                       main_after=intent.commit)]
+        await self.emit(*events, ev.MainMoved(main_before=intent.main_before,
+                                              main_after=intent.commit,
+                                              keys=[f"{r.spec_id}/{r.task_id}" for r in landed],
+                                              window=intent.window))
+        await self.forecast()
+
+    async def _evict(self, intent: chain.Evict) -> None:
+        row = self.store.get("tasks", intent.key) or {}
+        ids = {"spec_id": row.get("spec_id"), "task_id": row.get("task_id")}
+        events: list[ev.Event] = []
+        if intent.gate == "tests":
+            events.append(ev.GateResult(**ids, gate="tests", passed=False,
+                                        detail=(intent.reason + "\n" + intent.output)[:2000]))
+        await self.emit(*events, ev.BranchRejected(
+            **ids, branch=row.get("branch") or "", gate=intent.gate, reason=intent.reason,
+            output=intent.output[-4000:]))
+        await self.forecast()
 
     async def _land(self, spec: Spec, key: str) -> None:
         row = self.store.get("tasks", key)

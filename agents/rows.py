@@ -150,6 +150,64 @@ class QueueRow(TypedDict):
     reason: str | None
     entered: float | None
     updated: float | None
+    cap: int | None  # back from a failed batch: tested in parts of at most this many
+    suspect: int | None  # 1 while it is tested alone on top of main
+    failed_tests: list[str] | None  # the tests that failed in the batch that sent it back
+    suspect_single: int | None  # 1 when that batch was the entry alone
+
+
+class LinkRow(TypedDict):
+    """An entry's latest link in the queue's chain (agents/queue/chain.py)."""
+
+    key: str  # the task's key
+    spec_id: str | None
+    task_id: str | None
+    base: str | None  # the commit it was merged onto: main, or the link below it
+    entry_commit: str | None
+    merge_commit: str | None
+    tree: str | None
+    ok: int | None  # 0: the merge or a gate of its own refused it
+    gate: str | None
+    reason: str | None
+    updated: float | None
+
+
+class QueueRunRow(TypedDict):
+    id: str
+    commit_sha: str | None  # the tree tested
+    keys: list[str] | None  # the entries it holds above main
+    position: int | None  # in the chain; 0 for main itself
+    size: int | None  # entries above the highest pass (the batch)
+    attempt: int | None
+    alone: str | None  # the suspect tested alone on top of main
+    runner: int | None
+    status: Literal["running", "passed", "failed"] | None
+    failing: list[str] | None
+    reason: str | None
+    output: str | None
+    duration: float | None
+    handled: int | None  # 1 once the queue acted on its failure
+    flaky: int | None  # 1 when its failure did not come back
+    started: float | None
+    updated: float | None
+
+
+class FlakyTestRow(TypedDict):
+    name: str
+    flakes: int | None
+    last_run: str | None
+    updated: float | None
+
+
+class QueueStateRow(TypedDict):
+    key: str  # "queue"
+    main: str | None  # main's head as the engine last recorded it
+    batch: int | None  # the batch size now
+    paused: int | None
+    pause_reason: str | None
+    retry_at: float | None
+    runs: int | None
+    updated: float | None
 
 
 class ConflictRow(TypedDict):
@@ -199,6 +257,10 @@ class Tables(TypedDict):
     gates: dict[str, GateRow]
     budgets: dict[str, BudgetRow]
     queue: dict[str, QueueRow]
+    links: dict[str, LinkRow]
+    test_runs: dict[str, QueueRunRow]
+    flaky_tests: dict[str, FlakyTestRow]
+    queue_state: dict[str, QueueStateRow]
     conflicts: dict[str, ConflictRow]
     leases: dict[str, LeaseRow]
     questions: dict[str, QuestionRow]
@@ -208,5 +270,7 @@ class Tables(TypedDict):
 ROW_TYPES: dict[str, type] = {
     "runs": RunRow, "specs": SpecRow, "tasks": TaskRow, "agents": AgentRow,
     "branches": BranchRow, "gates": GateRow, "budgets": BudgetRow, "queue": QueueRow,
-    "conflicts": ConflictRow, "leases": LeaseRow, "questions": QuestionRow,
+    "links": LinkRow, "test_runs": QueueRunRow, "flaky_tests": FlakyTestRow,
+    "queue_state": QueueStateRow, "conflicts": ConflictRow, "leases": LeaseRow,
+    "questions": QuestionRow,
 }

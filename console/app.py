@@ -294,6 +294,9 @@ class FactoryApp(App[None]):
             elif changed:
                 table.rows_changed(changed)
             entries = model.take_changed("queue")
+            # The chain's links and test runs, and the queue's own row, feed its pane.
+            for table in ("links", "test_runs", "queue_state", "flaky_tests"):
+                entries |= model.take_changed(table)
             asked = model.take_changed("questions")
             # Task and gate rows only feed columns of queue entries (tokens, verdicts):
             # repaint those rows, no re-sort.

@@ -134,6 +134,9 @@ async def _run(root: Path, specs: list[str] | None, headless: bool) -> int:
         for key, reason in summary.failed:
             out.print(Text.assemble("  ", ("failed", "yellow"),
                                     f"   {clean_line(key)}: {clean_line(reason)}"))
+        for key, reason in summary.waiting:
+            out.print(Text.assemble("  ", ("waiting", "yellow"),
+                                    f"  {clean_line(key)}: {clean_line(reason)}"))
         for spec_id, status, detail in summary.specs:
             out.print(Text.assemble("  ", (f"spec {status}", "yellow"),
                                     f" {clean_line(spec_id)}: {clean_line(detail)}"))
@@ -357,7 +360,8 @@ async def _status(root: Path, as_json: bool) -> int:
         agents = store.rows("agents")
         if as_json:
             print(json.dumps({"runs": runs, "specs": store.rows("specs"), "tasks": tasks,
-                              "agents": agents, "events": store.last_id}, default=str))
+                              "agents": agents, "queue": queue_view(store),
+                              "events": store.last_id}, default=str))
             return 0
         last = runs[-1] if runs else None
         if last:
@@ -386,6 +390,136 @@ async def _status(root: Path, as_json: bool) -> int:
         return 0
     finally:
         await store.close()
+
+
+# -- the queue, from anywhere ------------------------------------------------------------
+
+
+def queue_view(store: Any) -> dict[str, Any]:
+    """The queue as the store has it: open entries in order (with their chain link, latest
+    test run and what the queue noted on them), the runs in flight, the queue's own state
+    (main, batch size, paused and why), the tests seen to flake, and the approvals asked."""
+    from agents.statuses import QUEUE_OPEN, Approval
+
+    runs = sorted(store.rows("test_runs"), key=lambda r: r["started"] or 0)
+    latest: dict[str, dict[str, Any]] = {}
+    for run in runs:
+        for key in run["keys"] or []:
+            latest[key] = run
+    entries = []
+    for row in sorted(store.rows("queue"), key=lambda r: r["position"] or 0):
+        if row["status"] not in QUEUE_OPEN:
+            continue
+        link = store.get("links", row["key"]) or {}
+        run = latest.get(row["key"]) or {}
+        entries.append({**row, "linked": link.get("merge_commit") or None,
+                        "link_ok": link.get("ok"), "last_run": run.get("id"),
+                        "last_run_status": run.get("status"),
+                        "last_run_size": run.get("size")})
+    return {
+        "entries": entries,
+        "running": [r for r in runs if r["status"] == "running"],
+        "state": store.get("queue_state", "queue") or {},
+        "flaky_tests": sorted(store.rows("flaky_tests"), key=lambda r: -(r["flakes"] or 0)),
+        "approvals": [e["key"] for e in entries if e["approval"] == Approval.PENDING],
+        "runs": len(runs),
+    }
+
+
+async def _queue_show(root: Path, as_json: bool) -> int:
+    from agents.config import load_config
+    from agents.store import Store
+
+    config = load_config(root / CONFIG_NAME)
+    store = await Store.open(config.store_path, readonly=True)
+    try:
+        view = queue_view(store)
+    finally:
+        await store.close()
+    if as_json:
+        print(json.dumps(view, default=str))
+        return 0
+    state = view["state"]
+    head = f"queue: {len(view['entries'])} open, {len(view['running'])} test runs now, " \
+        f"{view['runs']} in all, batch size {state.get('batch') or '-'}"
+    out.print(Text(clean_line(head), style="bold"))
+    if state.get("paused"):
+        out.print(Text.assemble(("paused", "bold red"),
+                                f": {clean_line(state.get('pause_reason') or '')}"))
+    cell = lambda value: Text(clean_line(str(value if value is not None else "")))  # noqa: E731
+    table = Table("#", "entry", "status", "approval", "risk", "chain", "last test", "noted")
+    for i, e in enumerate(view["entries"], 1):
+        noted = []
+        if e.get("suspect"):
+            noted.append("suspect: tested alone")
+        if e.get("cap"):
+            noted.append(f"back from a failed batch (parts of {e['cap']})")
+        last = f"{e['last_run_status']} (batch of {e['last_run_size']})" \
+            if e.get("last_run_status") else ""
+        chain = "linked" if e.get("linked") else ("refused" if e.get("link_ok") == 0 else "")
+        table.add_row(str(i), cell(e["key"]), cell(e["status"]), cell(e["approval"]),
+                      cell(e["risk"]), chain, cell(last), cell("; ".join(noted)))
+    out.print(table)
+    if view["flaky_tests"]:
+        flaky = Table("flaky test", "flakes")
+        for t in view["flaky_tests"][:10]:
+            flaky.add_row(cell(t["name"]), str(t["flakes"] or 0))
+        out.print(flaky)
+    for key in view["approvals"]:
+        out.print(Text.assemble(("waiting for a person: ", "yellow"), clean_line(key),
+                                f" (factory approve {clean_line(key)}, or factory reject "
+                                f"{clean_line(key)} --reason ...)"))
+    return 0
+
+
+async def _steer(root: Path, command: Any) -> int:
+    """Give a command to the factory of `root`: to the process serving it (a daemon, a
+    run, a console) when one does, else through the store, where the next run finds it."""
+    if _served(root):
+        client = await connect_attached(socket_path(root))
+        try:
+            await client.command(command)
+        finally:
+            await client.close()
+    else:
+        from agents.engine import Factory
+
+        factory = await Factory.open(root)
+        try:
+            await factory.execute(command, by="cli")
+        finally:
+            await factory.close()
+    out.print(Text(clean_line(f"{command.op}: done"), style="green"))
+    return 0
+
+
+def cmd_queue(args: argparse.Namespace) -> int:
+    root = _root(args.root)
+    if args.queue_command == "move":
+        from agents import commands
+
+        delta = -1 if args.direction == "up" else 1
+        return asyncio.run(_steer(root, commands.Move(key=args.key, delta=delta)))
+    return asyncio.run(_queue_show(root, args.json))
+
+
+def cmd_approve(args: argparse.Namespace) -> int:
+    from agents import commands
+
+    return asyncio.run(_steer(_root(args.root), commands.Approve(key=args.key)))
+
+
+def cmd_reject(args: argparse.Namespace) -> int:
+    from agents import commands
+
+    return asyncio.run(_steer(_root(args.root),
+                              commands.Reject(key=args.key, reason=args.reason)))
+
+
+def cmd_retry(args: argparse.Namespace) -> int:
+    from agents import commands
+
+    return asyncio.run(_steer(_root(args.root), commands.Retry(key=args.key)))
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -496,6 +630,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root")
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_status)
+
+    p = sub.add_parser("queue", help="the merge queue: entries, batches, test runs, flaky "
+                       "tests (safe while a run goes on)")
+    p.add_argument("--root", help="repository root (default: found from here)")
+    p.add_argument("--json", action="store_true", help="print the queue as JSON")
+    p.set_defaults(fn=cmd_queue, queue_command=None)
+    queue = p.add_subparsers(dest="queue_command", metavar="move")
+    q = queue.add_parser("move", help="move a waiting entry up or down the queue")
+    q.add_argument("key", metavar="ID", help="the entry's task, as spec/task")
+    q.add_argument("direction", choices=["up", "down"])
+    q.add_argument("--root", help="repository root (default: found from here)")
+
+    p = sub.add_parser("approve", help="let a queue entry that waits for a person land")
+    p.add_argument("key", metavar="ID", help="the entry's task, as spec/task")
+    p.add_argument("--root", help="repository root (default: found from here)")
+    p.set_defaults(fn=cmd_approve)
+
+    p = sub.add_parser("reject", help="refuse a queue entry, with a reason its agent and "
+                       "the log keep")
+    p.add_argument("key", metavar="ID", help="the entry's task, as spec/task")
+    p.add_argument("--reason", required=True, help="why (recorded, shown to the agent)")
+    p.add_argument("--root", help="repository root (default: found from here)")
+    p.set_defaults(fn=cmd_reject)
+
+    p = sub.add_parser("retry", help="put a rejected branch back in the queue")
+    p.add_argument("key", metavar="ID", help="the entry's task, as spec/task")
+    p.add_argument("--root", help="repository root (default: found from here)")
+    p.set_defaults(fn=cmd_retry)
 
     p = sub.add_parser("demo", help="build the demo project and run the factory on it")
     p.add_argument("path", nargs="?", default="factory-demo")

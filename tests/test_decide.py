@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 
 from agents import decide as d
 from agents import events as ev
+from agents.queue import chain
 from agents.store import Store, projections
 
 SPECS = ("alpha", "beta", "gamma")
@@ -41,11 +42,15 @@ class World:
         self.now = 1_000.0
         self.landed: list[str] = []
         self.concurrency = rnd.choice([1, 2, 3])
+        self.mode = rnd.choice(chain.MODES)
+        self.runners = rnd.choice([1, 2, 4])
+        self.main_moves = 0
 
     def settings(self) -> d.Settings:
         return d.Settings(run_id="r", specs=SPECS, holder=self.holder,
                           concurrency=self.concurrency, question_timeout=30.0,
-                          supervised=self.rnd.random() < 0.8)
+                          supervised=self.rnd.random() < 0.8,
+                          queue=chain.QueueSettings(mode=self.mode, runners=self.runners))
 
     async def emit(self, *events: ev.Event) -> None:
         await self.store.append(*events)
@@ -53,10 +58,15 @@ class World:
     async def start(self) -> None:
         await self.emit(ev.RunStarted(run_id="r", specs=list(SPECS), concurrency=2,
                                       sandbox="none"))
+        await self.emit(ev.MainMoved(main_before="", main_after=self.sha("main"),
+                                     by="engine"))
         for n, spec in enumerate(SPECS):
             await self.emit(ev.SpecRegistered(
                 spec_id=spec, title=spec, path=f"specs/{spec}.md", digest=f"d-{spec}",
                 depends_on=["alpha"] if spec == "gamma" and n else []))
+
+    def sha(self, *what: object) -> str:
+        return f"{abs(hash((what, self.now, self.rnd.random()))) % 10**12:040d}"
 
     def decide(self, settings: d.Settings) -> d.Decision:
         return d.decide(self.store.state, self.now, settings)
@@ -88,27 +98,82 @@ class World:
                 await self.emit(ev.LeaseReleased(work=intent.work, holder=self.holder))
             case d.Work(key=key, spec_id=spec, task_id=task_id):
                 await self.work(intent.work, key, spec, task_id)
-            case d.Land(key=key, spec_id=spec, task_id=task_id):
+            case chain.LinkEntry(key=key, commit=commit, onto=onto):
+                await self.emit(ev.LeaseTaken(work=intent.work, holder=self.holder))
                 task = self.store.get("tasks", key)
                 assert task is not None and task["status"] != "landed", (key, task)
-                ids = {"spec_id": spec, "task_id": task_id}
-                await self.emit(ev.LeaseTaken(work="land", holder=self.holder))
+                ids = {"spec_id": task["spec_id"], "task_id": task["task_id"]}
                 if task["status"] != "landing":
                     await self.emit(ev.LandingStarted(**ids, branch=task["branch"],
                                                       commit=task["commit_sha"]))
                 if rnd.random() < 0.15:
                     return  # cut short
-                if rnd.random() < 0.7:
+                ok = rnd.random() < 0.9
+                gate = "" if ok else rnd.choice(["conflicts", "dependencies"])
+                await self.emit(ev.QueueLinked(**ids, commit=commit, base=onto,
+                                               merge_commit=self.sha(key, onto) if ok else "",
+                                               ok=ok, gate=gate, reason=gate),
+                                ev.LeaseReleased(work=intent.work, holder=self.holder))
+            case chain.TestPoint() | chain.TestAlone():
+                await self.emit(ev.LeaseTaken(work=intent.work, holder=self.holder))
+                run_id = f"run-{self.sha('run')[-8:]}"
+                if isinstance(intent, chain.TestPoint):
+                    commit, keys, alone = intent.commit, list(intent.keys), ""
+                    extra = {"position": intent.position, "size": intent.size}
+                else:
+                    commit, keys, alone = self.sha(intent.key), [intent.key], intent.key
+                    extra = {"position": 1, "size": 1}
+                await self.emit(ev.QueueTestStarted(run_id=run_id, commit=commit, keys=keys,
+                                                    attempt=intent.attempt, alone=alone,
+                                                    **extra))
+                if rnd.random() < 0.15:
+                    return  # still running (a crash may cut it short)
+                passed = rnd.random() < 0.7
+                failing = [] if passed else [f"tests/test_{rnd.choice('abc')}.py::t"]
+                await self.emit(ev.QueueTestFinished(run_id=run_id, commit=commit,
+                                                     passed=passed, failing=failing,
+                                                     reason="" if passed else "red"),
+                                ev.LeaseReleased(work=intent.work, holder=self.holder))
+            case chain.LandChain(commit=commit, main_before=before, keys=keys):
+                await self.emit(ev.LeaseTaken(work=intent.work, holder=self.holder))
+                if rnd.random() < 0.15:
+                    return  # cut short before main moved
+                events: list[ev.Event] = []
+                for key in keys:
+                    task = self.store.get("tasks", key)
+                    assert task is not None
                     assert key not in self.landed, f"{key} lands twice"
                     self.landed.append(key)
-                    await self.emit(ev.BranchLanded(**ids, branch=task["branch"],
-                                                    commit=task["commit_sha"],
-                                                    main_before="0" * 40,
-                                                    main_after="1" * 40))
-                else:
-                    await self.emit(ev.BranchRejected(**ids, branch=task["branch"],
-                                                      gate="tests", reason="red"))
-                await self.emit(ev.LeaseReleased(work="land", holder=self.holder))
+                    events.append(ev.BranchLanded(spec_id=task["spec_id"],
+                                                  task_id=task["task_id"],
+                                                  branch=task["branch"],
+                                                  commit=task["commit_sha"],
+                                                  main_before=before, main_after=commit))
+                await self.emit(*events, ev.MainMoved(main_before=before, main_after=commit,
+                                                      keys=list(keys), window=intent.window),
+                                ev.LeaseReleased(work=intent.work, holder=self.holder))
+            case chain.Evict(key=key, gate=gate, reason=reason):
+                task = self.store.get("tasks", key) or {}
+                await self.emit(ev.BranchRejected(spec_id=task.get("spec_id"),
+                                                  task_id=task.get("task_id"),
+                                                  branch=task.get("branch") or "b",
+                                                  gate=gate, reason=reason or "red"))
+            case chain.Suspect():
+                await self.emit(ev.QueueSuspected(keys=list(intent.keys),
+                                                  run_ids=list(intent.run_ids),
+                                                  failing=list(intent.failing),
+                                                  single=intent.single))
+            case chain.Requeue():
+                await self.emit(ev.QueueRequeued(keys=list(intent.keys), cap=intent.cap,
+                                                 run_ids=list(intent.run_ids),
+                                                 failing=list(intent.failing),
+                                                 window=intent.window, flaky=intent.flaky))
+            case chain.FlakeSeen():
+                await self.emit(ev.FlakeRecorded(run_id=intent.run_id,
+                                                 tests=list(intent.failing)))
+            case chain.Pause():
+                await self.emit(ev.QueuePaused(main=intent.main, reason=intent.reason,
+                                               run_ids=list(intent.run_ids), retry_in=30.0))
             case d.Enqueue(spec_id=spec, task_id=task_id, key=key):
                 task = self.store.get("tasks", key)
                 assert task is not None
@@ -225,8 +290,10 @@ async def check(world: World) -> d.Decision:
     assert replayed.comparable() == world.store.state.comparable()
     tasks = world.store.state.tables["tasks"]
     for intent in live.intents:
-        if isinstance(intent, d.Work | d.Land | d.Enqueue):
+        if isinstance(intent, d.Work | d.Land | d.Enqueue | chain.LinkEntry):
             assert tasks[intent.key]["status"] != "landed", intent
+        if isinstance(intent, chain.LandChain):
+            assert all(tasks[k]["status"] != "landed" for k in intent.keys), intent
     return live
 
 
@@ -245,7 +312,7 @@ async def history(tmp: Path, seed: int, steps: int) -> World:
                 after = await check(world)
                 stale = {w for w, lease in before.items() if lease["holder"]}
                 redone = {i.work for i in after.intents
-                          if isinstance(i, d.Plan | d.Work | d.Land)}
+                          if isinstance(i, d.Plan | d.Work | chain.LandChain)}
                 slots = world.concurrency
                 for work in stale:
                     if work.startswith("work:"):
@@ -258,10 +325,10 @@ async def history(tmp: Path, seed: int, steps: int) -> World:
                                 and not _blocked(world, task):
                             # Redone now, unless every slot went to work that comes first.
                             assert work in redone or starts >= slots, (work, after.intents)
-                    elif work == "land":
-                        assert any(isinstance(i, d.Land) for i in after.intents) or not any(
-                            t["status"] == "landing" for t in
-                            world.store.state.tables["tasks"].values()), after.intents
+                    elif work == "queue:land":
+                        # The point that passed is still there: main is moved to it again.
+                        assert any(isinstance(i, chain.LandChain) for i in after.intents), \
+                            after.intents
             elif roll < 0.25:
                 await world.person()
             elif decision.intents:

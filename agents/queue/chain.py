@@ -169,6 +169,7 @@ class Pause:
 
     main: str
     reason: str
+    run_ids: tuple[str, ...] = ()
 
 
 QueueIntent = (LinkEntry | TestPoint | TestAlone | LandChain | Evict | Suspect | Requeue
@@ -222,40 +223,44 @@ def chain_of(main: str, entries: Sequence[Row], links: Mapping[str, Row]) \
 
 def plan(main: str, entries: Sequence[Row], links: Mapping[str, Row], runs: Iterable[Row],
          window: int, settings: QueueSettings, *, linking: bool = False,
-         landing: bool = False) -> list[QueueIntent]:
+         landing: bool = False, busy: int | None = None,
+         flaky: frozenset[str] = frozenset()) -> list[QueueIntent]:
     """The queue's next intents.
 
     `entries`: the cleared open entries in queue order (key, commit_sha, files, and what the
     queue noted on them: cap, suspect, failed_tests, failures); `links`: each entry's latest
     link (base, entry_commit, merge_commit, ok, gate, reason); `runs`: the test runs (id,
     commit, status, failing, reason, output, handled; `alone` names a suspect's side run);
-    `window`: the batch size now; `linking`, `landing`: that work is under way already."""
+    `window`: the batch size now; `linking`, `landing`: that work is under way already;
+    `busy`: runners taken (by default, the runs still running); `flaky`: tests seen to
+    flake before, whose failures are never evidence against an entry."""
     by_key = {e["key"]: e for e in entries}
     chain, unlinked = chain_of(main, entries, links)
     points: dict[str, Point] = {p.commit: p for p in chain}
     on_main = Point(0, "", main)
     alone: dict[str, list[Row]] = {}
-    busy = 0
+    running = 0
     for run in runs:
-        busy += run["status"] == "running"
+        running += run["status"] == "running"
         if run.get("handled"):
             continue  # a failure already acted on
         if run.get("alone"):
             alone.setdefault(run["alone"], []).append(run)
             continue
-        point = on_main if run["commit"] == main else points.get(run["commit"])
+        point = on_main if run["commit_sha"] == main else points.get(run["commit_sha"])
         if point is not None:
             point.runs.append(run)
     out: list[QueueIntent] = []
-    free = max(0, settings.runners - busy)
+    free = max(0, settings.runners - (running if busy is None else busy))
 
     # Pre-flight: main itself must pass before anything is tested on top of it.
     if settings.preflight and not on_main.passed:
         if on_main.running or not free:
             return out
-        if len(on_main.failures) >= 2:
+        if _reproduced(on_main.failures, flaky):
             run = on_main.failures[-1]
-            return [Pause(main, run.get("reason") or "the tests fail on main")]
+            return [Pause(main, run.get("reason") or "the tests fail on main",
+                          tuple(r["id"] for r in on_main.failures))]
         return [TestPoint(main, 0, (), 0, len(on_main.failures) + 1)]
 
     # Suspects, tested alone on top of main, first: they are cheap and settle a failure.
@@ -268,13 +273,12 @@ def plan(main: str, entries: Sequence[Row], links: Mapping[str, Row], runs: Iter
         passed = [r for r in tried if r["status"] == "passed"]
         failed = [r for r in tried if r["status"] == "failed"]
         if passed:  # it does not fail alone: back in line, on its own (a flake if it failed
-            # alone before)
-            out.append(Requeue((key,), 1, tuple(r["id"] for r in tried), (), window,
-                               flaky=bool(entry.get("suspect_single"))))
-        elif failed and (_same_failure(failed[-1], entry) or len(failed) >= 3 or not (
-                failed[-1].get("failing") or entry.get("failed_tests"))):
-            # It failed alone on a tree known to pass, and the failure came back: the same
-            # tests (or, when the runner names none, the same command) failed again.
+            # alone before: those tests are known to flake from now on)
+            single = bool(entry.get("suspect_single"))
+            out.append(Requeue((key,), 1, tuple(r["id"] for r in tried),
+                               tuple(entry.get("failed_tests") or ()) if single else (),
+                               window, flaky=single))
+        elif failed and _came_back(failed, entry, flaky):
             out.append(_evict(key, failed[-1]))
         elif free:
             free -= 1
@@ -290,14 +294,14 @@ def plan(main: str, entries: Sequence[Row], links: Mapping[str, Row], runs: Iter
             chain = chain[:-1]
 
     highest_pass = max((p.position for p in chain if p.passed), default=0)
+    # Failures below a pass did not come back on a tree holding the same changes (said
+    # before main moves past them).
+    out.extend(FlakeSeen(r["id"], tuple(r.get("failing") or ())) for p in chain[:highest_pass]
+               for r in p.failures)
     if highest_pass and not landing:
         grown = min(settings.max_window, window + 1) if settings.batches else 1
         out.append(LandChain(chain[highest_pass - 1].commit, main,
                              tuple(p.key for p in chain[:highest_pass]), grown))
-
-    # Failures below a pass did not come back on a tree holding the same changes.
-    out.extend(FlakeSeen(r["id"], tuple(r.get("failing") or ())) for p in chain[:highest_pass]
-               for r in p.failures)
 
     above = chain[highest_pass:]
     for index, point in enumerate(above):
@@ -305,13 +309,16 @@ def plan(main: str, entries: Sequence[Row], links: Mapping[str, Row], runs: Iter
             break  # a failure above a point still running waits for it
         if point.failed:
             batch = [by_key[p.key] for p in above[:index + 1]]
-            if len(point.failures) == 1 and len(batch) > 1 and not _hinted(batch, point):
+            failing = set(point.failures[-1].get("failing") or ())
+            only_flaky = bool(failing) and failing <= flaky and len(point.failures) < 3
+            if only_flaky or (len(point.failures) == 1 and len(batch) > 1
+                              and not _hinted(batch, point)):
                 if free:  # no hint: the same tree once more, in a fresh sandbox, first
                     out.append(TestPoint(point.commit, point.position,
                                          tuple(p.key for p in chain[:point.position]),
-                                         len(batch), 2))
+                                         len(batch), len(point.failures) + 1))
                 return out
-            out.extend(_failed_batch(batch, point.failures, window))
+            out.extend(_failed_batch(batch, point.failures, window, flaky))
             return out
 
     size = max(1, min(window, settings.max_window)) if settings.batches else 1
@@ -344,7 +351,8 @@ def plan(main: str, entries: Sequence[Row], links: Mapping[str, Row], runs: Iter
     return out
 
 
-def _failed_batch(batch: list[Row], failures: list[Row], window: int) -> list[QueueIntent]:
+def _failed_batch(batch: list[Row], failures: list[Row], window: int,
+                  flaky: frozenset[str]) -> list[QueueIntent]:
     """What a failed batch (the entries above the highest pass, up to the failed point)
     does: hinted entries become suspects, else the batch goes back in halves."""
     run = failures[-1]
@@ -352,7 +360,7 @@ def _failed_batch(batch: list[Row], failures: list[Row], window: int) -> list[Qu
     failing = tuple(run.get("failing") or ())
     if len(batch) == 1:
         entry = batch[0]
-        if _same_failure(run, entry):
+        if _came_back([run], entry, flaky):
             return [_evict(entry["key"], run)]
         return [Suspect((entry["key"],), ids, failing, single=True)]
     hinted = [e["key"] for e in batch if named_by(failing, e.get("files") or ())]
@@ -361,6 +369,17 @@ def _failed_batch(batch: list[Row], failures: list[Row], window: int) -> list[Qu
     half = (len(batch) + 1) // 2
     return [Requeue(tuple(e["key"] for e in batch), half, ids, failing,
                     max(1, min(window, half)))]
+
+
+def _reproduced(failures: list[Row], flaky: frozenset[str]) -> bool:
+    """Two failures of one tree that agree (a test in common that is not known to flake,
+    or no names from either), or three in all."""
+    if len(failures) >= 3:
+        return True
+    if len(failures) < 2:
+        return False
+    last, before = (set(r.get("failing") or ()) for r in failures[-2:])
+    return bool((last & before) - flaky) or not (last or before)
 
 
 def _hinted(batch: list[Row], point: Point) -> bool:
@@ -374,9 +393,19 @@ def _evict(key: str, run: Row) -> Evict:
                  run["id"])
 
 
-def _same_failure(run: Row, entry: Row) -> bool:
-    """The run failed tests that failed in the batch the entry came back from."""
-    return bool(set(run.get("failing") or ()) & set(entry.get("failed_tests") or ()))
+def _came_back(failed: list[Row], entry: Row, flaky: frozenset[str]) -> bool:
+    """Whether the entry's failures, alone on a tree known to pass, are the one that sent it
+    here and not a flake: the same tests failed again (tests known to flake do not count),
+    and either they are the entry's own (their names point at its files) or they failed
+    alike twice more. When the runner names no tests, the same command failed twice more."""
+    before = set(entry.get("failed_tests") or ()) - flaky
+    names = [set(r.get("failing") or ()) - flaky for r in failed]
+    if not before and not any(names):
+        return len(failed) >= 2
+    agreeing = [n & before for n in names if n & before]
+    if not agreeing:
+        return len(failed) >= 3  # failing otherwise each time: broken all the same
+    return named_by(agreeing[-1], entry.get("files") or ()) or len(agreeing) >= 2
 
 
 def _batch_size(caps: list[int | None], at: int, size: int) -> int:

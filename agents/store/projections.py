@@ -47,7 +47,19 @@ TABLES: dict[str, tuple[str, tuple[str, ...]]] = {
     "gates": ("key", ("key", "task_key", "gate", "passed", "detail", "duration", "updated")),
     "budgets": ("key", ("key", "scope", "owner", "tokens", "cost")),
     "queue": ("key", ("key", "spec_id", "task_id", "branch", "commit_sha", "position", "status",
-                      "risk", "risk_reasons", "approval", "reason", "entered", "updated")),
+                      "risk", "risk_reasons", "approval", "reason", "entered", "updated",
+                      "cap", "suspect", "failed_tests", "suspect_single")),
+    # The queue's chain (agents/queue/chain.py): each entry's latest link, every test run,
+    # the tests seen to flake, and the queue's own row (main as it last saw it, the batch
+    # size, whether main's own tests stop it).
+    "links": ("key", ("key", "spec_id", "task_id", "base", "entry_commit", "merge_commit",
+                      "tree", "ok", "gate", "reason", "updated")),
+    "test_runs": ("id", ("id", "commit_sha", "keys", "position", "size", "attempt", "alone",
+                         "runner", "status", "failing", "reason", "output", "duration",
+                         "handled", "flaky", "started", "updated")),
+    "flaky_tests": ("name", ("name", "flakes", "last_run", "updated")),
+    "queue_state": ("key", ("key", "main", "batch", "paused", "pause_reason", "retry_at",
+                            "runs", "updated")),
     "conflicts": ("key", ("key", "a", "b", "a_head", "b_head", "status", "files", "updated")),
     # Work in progress and the engine process that holds it (see agents/decide.py).
     "leases": ("work", ("work", "holder", "kind", "since", "updated")),
@@ -58,7 +70,7 @@ TABLES: dict[str, tuple[str, tuple[str, ...]]] = {
 }
 
 JSON_COLUMNS = {"specs", "depends_on", "paths", "acceptance", "files", "risk_reasons",
-                "options"}
+                "options", "keys", "failing", "failed_tests"}
 
 Row = dict[str, Any]
 
@@ -455,6 +467,98 @@ def _queue_retried(s: State, e: ev.QueueRetried, ts: float) -> None:
                      approval=Approval.PENDING.value if asked else entry["approval"],
                      position=position, reason="", updated=ts)
     _spec_counts(s, e.spec_id, ts)
+
+
+@on("queue_linked")
+def _queue_linked(s: State, e: ev.QueueLinked, ts: float) -> None:
+    s.row("links", task_key(e.spec_id, e.task_id)).update(
+        spec_id=e.spec_id, task_id=e.task_id, base=e.base, entry_commit=e.commit,
+        merge_commit=e.merge_commit, tree=e.tree, ok=int(e.ok), gate=e.gate, reason=e.reason,
+        updated=ts)
+
+
+def _queue_row(s: State, ts: float) -> Row:
+    row = s.row("queue_state", "queue", batch=None, paused=0, pause_reason="", runs=0)
+    row["updated"] = ts
+    return row
+
+
+@on("queue_test_started")
+def _queue_test_started(s: State, e: ev.QueueTestStarted, ts: float) -> None:
+    s.row("test_runs", e.run_id).update(
+        commit_sha=e.commit, keys=e.keys, position=e.position, size=e.size, attempt=e.attempt,
+        alone=e.alone or None, runner=e.runner, status="running", failing=[], reason="",
+        output="", duration=None, handled=0, flaky=0, started=ts, updated=ts)
+    queue = _queue_row(s, ts)
+    queue["runs"] = (queue["runs"] or 0) + 1
+
+
+@on("queue_test_finished")
+def _queue_test_finished(s: State, e: ev.QueueTestFinished, ts: float) -> None:
+    s.row("test_runs", e.run_id).update(
+        commit_sha=e.commit, status="passed" if e.passed else "failed", failing=e.failing,
+        reason=e.reason, output=e.output, duration=e.duration, updated=ts)
+    queue = s.get("queue_state", "queue")
+    if e.passed and queue is not None and queue["paused"] and queue["main"] == e.commit:
+        queue.update(paused=0, pause_reason="")
+        s.dirty["queue_state"].add("queue")
+
+
+def _settle(s: State, run_ids: list[str], ts: float, flaky: bool = False) -> None:
+    for run_id in run_ids:
+        if run_id in s.tables["test_runs"]:
+            s.row("test_runs", run_id).update(handled=1, updated=ts,
+                                              **({"flaky": 1} if flaky else {}))
+
+
+@on("queue_suspected")
+def _queue_suspected(s: State, e: ev.QueueSuspected, ts: float) -> None:
+    _settle(s, e.run_ids, ts)
+    for key in e.keys:
+        if key in s.tables["queue"]:
+            s.row("queue", key).update(suspect=1, failed_tests=e.failing,
+                                       suspect_single=int(e.single), updated=ts)
+
+
+@on("queue_requeued")
+def _queue_requeued(s: State, e: ev.QueueRequeued, ts: float) -> None:
+    _settle(s, e.run_ids, ts, flaky=e.flaky)
+    if e.flaky:
+        _flakes(s, e.failing, e.run_ids[-1] if e.run_ids else "", ts)
+    queue = s.tables["queue"]
+    last = max((q["position"] or 0 for q in queue.values()), default=0)
+    for offset, key in enumerate(k for k in e.keys if k in queue):
+        entry = s.row("queue", key)
+        entry.update(position=last + 1 + offset, cap=e.cap, suspect=0, suspect_single=0,
+                     failed_tests=e.failing or entry["failed_tests"] or [], updated=ts)
+    _queue_row(s, ts)["batch"] = e.window
+
+
+@on("flake_recorded")
+def _flake_recorded(s: State, e: ev.FlakeRecorded, ts: float) -> None:
+    _settle(s, [e.run_id], ts, flaky=True)
+    _flakes(s, e.tests, e.run_id, ts)
+
+
+def _flakes(s: State, tests: list[str], run_id: str, ts: float) -> None:
+    for name in tests:
+        row = s.row("flaky_tests", name, flakes=0)
+        row.update(flakes=(row["flakes"] or 0) + 1, last_run=run_id, updated=ts)
+
+
+@on("queue_paused")
+def _queue_paused(s: State, e: ev.QueuePaused, ts: float) -> None:
+    _settle(s, e.run_ids, ts)
+    _queue_row(s, ts).update(main=e.main, paused=1, pause_reason=e.reason,
+                             retry_at=ts + e.retry_in)
+
+
+@on("main_moved")
+def _main_moved(s: State, e: ev.MainMoved, ts: float) -> None:
+    queue = _queue_row(s, ts)
+    queue.update(main=e.main_after, paused=0, pause_reason="")
+    if e.window is not None:
+        queue["batch"] = e.window
 
 
 @on("conflict_checked")

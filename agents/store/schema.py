@@ -110,4 +110,30 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE events ADD COLUMN schema INTEGER NOT NULL DEFAULT 1;
     """,
+    # 6: the merge queue's chain (agents/queue/chain.py): links, test runs, flaky tests,
+    # the queue's own row, and what the queue notes on an entry that came back from a
+    # failed batch.
+    """
+    ALTER TABLE queue ADD COLUMN cap INTEGER;
+    ALTER TABLE queue ADD COLUMN suspect INTEGER;
+    ALTER TABLE queue ADD COLUMN failed_tests TEXT;
+    ALTER TABLE queue ADD COLUMN suspect_single INTEGER;
+    CREATE TABLE links (
+        key TEXT PRIMARY KEY, spec_id TEXT, task_id TEXT, base TEXT, entry_commit TEXT,
+        merge_commit TEXT, tree TEXT, ok INTEGER, gate TEXT, reason TEXT, updated REAL
+    );
+    CREATE TABLE test_runs (
+        id TEXT PRIMARY KEY, commit_sha TEXT, keys TEXT, position INTEGER, size INTEGER,
+        attempt INTEGER, alone TEXT, runner INTEGER, status TEXT, failing TEXT, reason TEXT,
+        output TEXT, duration REAL, handled INTEGER, flaky INTEGER, started REAL,
+        updated REAL
+    );
+    CREATE TABLE flaky_tests (
+        name TEXT PRIMARY KEY, flakes INTEGER, last_run TEXT, updated REAL
+    );
+    CREATE TABLE queue_state (
+        key TEXT PRIMARY KEY, main TEXT, batch INTEGER, paused INTEGER, pause_reason TEXT,
+        retry_at REAL, runs INTEGER, updated REAL
+    );
+    """,
 ]

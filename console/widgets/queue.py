@@ -1,15 +1,20 @@
 """Merge queue pane: entries in landing order with each gate's verdict, risk, agent and
-diffstat; and the inbox, every decision waiting for a person, riskiest and oldest first."""
+diffstat, where each stands in the queue's chain and what its last test run said (the batch
+it was tested in, running, flaky); a line above says the runs in flight, the batch size and
+why the queue is paused. And the inbox, every decision waiting for a person, riskiest and
+oldest first."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.widgets import Static
 
 from agents.statuses import Approval, QuestionStatus, QueueStatus
+from agents.textsafe import clean_line
 from console import format as fmt
 from console.widgets.rows import Column, RowsView
 
@@ -31,7 +36,46 @@ def gate_column(model: Any, gate: str) -> Column:
     return Column(gate[:5], 5, lambda r: gate_mark(model, r["key"], gate), "right")
 
 
-def queue_columns(model: Any) -> list[Column]:
+def latest_runs(model: Any) -> dict[str, dict[str, Any]]:
+    """Each entry's latest test run (the runs hold the entries they tested)."""
+    out: dict[str, dict[str, Any]] = {}
+    for run in sorted(model.rows("test_runs").values(), key=lambda r: r["started"] or 0):
+        for key in run["keys"] or []:
+            out[key] = run
+    return out
+
+
+def chain_mark(model: Any, r: dict[str, Any]) -> str:
+    """Where the entry stands: linked onto the chain, tested alone on the side, back from a
+    failed batch, or held by a conflict with the entries ahead."""
+    if r["status"] in CLOSED:
+        return ""
+    if r.get("suspect"):
+        return "alone"
+    link = model.rows("links").get(r["key"])
+    if link is not None and link["ok"] == 0:
+        return "held"
+    mark = "linked" if link is not None and link["merge_commit"] else ""
+    if r.get("cap"):
+        mark += f" ½{r['cap']}" if mark else f"½{r['cap']}"
+    return mark
+
+
+def run_mark(run: dict[str, Any] | None) -> str:
+    """The last test run: ✓ passed, ✗ failed, … running, ~ a failure that was a flake; with
+    the batch it was (entries above what was known to pass)."""
+    if run is None:
+        return ""
+    mark = {"passed": "✓", "failed": "✗", "running": "…"}.get(run["status"] or "", "?")
+    if run.get("flaky"):
+        mark = "~"
+    size = run["size"] or 1
+    return f"{mark} {'alone' if run.get('alone') else f'x{size}'}"
+
+
+def queue_columns(model: Any, latest: dict[str, dict[str, Any]] | None = None) -> list[Column]:
+    runs = latest if latest is not None else {}
+
     def task(r: dict[str, Any]) -> dict[str, Any]:
         return model.rows("tasks").get(r["key"]) or {}
 
@@ -48,6 +92,10 @@ def queue_columns(model: Any) -> list[Column]:
                style=lambda r: fmt.state_style(r["status"])),
         Column("risk", 6, lambda r: r["risk"] or "", style=lambda r: fmt.state_style(r["risk"])),
         *(gate_column(model, g) for g in GATES),
+        Column("chain", 9, lambda r: chain_mark(model, r)),
+        Column("test", 8, lambda r: run_mark(runs.get(r["key"])) if r["status"] not in CLOSED
+               else "", style=lambda r: fmt.state_style((runs.get(r["key"]) or {}).get(
+                   "status") if r["status"] not in CLOSED else None)),
         Column("appr", 5, approval, "right"),
         Column("agent", 20, lambda r: task(r).get("agent_id") or ""),
         Column("diff", 16, lambda r: f"{len(branch(r).get('files') or [])}f "
@@ -63,16 +111,31 @@ def queue_columns(model: Any) -> list[Column]:
 class QueuePane(Vertical):
     DEFAULT_CSS = """
     QueuePane #queue-help { height: 1; color: $text-muted; padding: 0 1; }
+    QueuePane #queue-state { height: 1; padding: 0 1; }
     """
 
     def __init__(self, model: Any, *, id: str | None = None) -> None:
         super().__init__(id=id)
         self.model = model
+        self.latest: dict[str, dict[str, Any]] = {}
 
     def compose(self) -> ComposeResult:
         yield Static("a approve · x reject · [ ] move up/down · r retry · v view diff",
                      id="queue-help")
-        yield RowsView(queue_columns(self.model), id="queue-table")
+        yield Static("", id="queue-state")
+        yield RowsView(queue_columns(self.model, self.latest), id="queue-table")
+
+    def state_line(self) -> str:
+        """Runs in flight, the batch size, tests seen to flake, and a pause with its why."""
+        state = self.model.rows("queue_state").get("queue") or {}
+        running = sum(1 for r in self.model.rows("test_runs").values()
+                      if r["status"] == "running")
+        flaky = len(self.model.rows("flaky_tests"))
+        line = f"{running} test run{'s' if running != 1 else ''} now · batch " \
+            f"{state.get('batch') or '-'} · {flaky} flaky test{'s' if flaky != 1 else ''}"
+        if state.get("paused"):
+            line += f" · PAUSED: {state.get('pause_reason') or ''}"
+        return line
 
     @property
     def table(self) -> RowsView:
@@ -80,8 +143,12 @@ class QueuePane(Vertical):
 
     def refill(self) -> None:
         rows = self.model.rows("queue")
+        self.latest.clear()
+        self.latest.update(latest_runs(self.model))
         open_first = sorted(rows, key=lambda k: (
             rows[k]["status"] in CLOSED, rows[k]["position"] or 0))
+        # The pause's reason quotes the test command's output: made inert, as every row is.
+        self.query_one("#queue-state", Static).update(Text(clean_line(self.state_line())))
         self.table.set_rows(rows, open_first)
 
 

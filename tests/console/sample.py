@@ -115,6 +115,15 @@ def history() -> list[ev.Event]:
                            files=["textkit/slug.py"]),
         ev.ConflictChecked(a="factory/slug/max-length", b="factory/stats/sentences",
                            a_head="a" * 40, b_head="c" * 40, conflicts=False, files=[]),
+        # The queue's own state: main moved by it, the batch size after, a flake seen, and
+        # main's tests running again.
+        ev.MainMoved(main_before="0" * 40, main_after="1" * 40, keys=["stats/sentences"],
+                     window=9),
+        ev.QueueTestStarted(run_id="run-flaky", commit="1" * 40, position=0),
+        ev.QueueTestFinished(run_id="run-flaky", commit="1" * 40, passed=False,
+                             failing=["tests/test_clock.py::test_tick"], reason="red"),
+        ev.FlakeRecorded(run_id="run-flaky", tests=["tests/test_clock.py::test_tick"]),
+        ev.QueueTestStarted(run_id="run-main", commit="1" * 40, position=0, attempt=2),
     ]
     return events
 

@@ -1,0 +1,254 @@
+"""The queue's executors: link an entry onto the chain, test a tree, test a suspect alone,
+move main. Each reports only by appending events; what to do next is agents/queue/chain.py's.
+
+Everything git does here is done by git (`worktree add`, `merge`, `update-ref`), each piece
+of work in its own temporary worktree, and every test run in its own sandbox, where the
+worktree's git metadata is read-only. Main moves only to a commit the chain recorded and a
+run passed on, after its links are read back from the repository (trees, parents, trailers),
+each entry is checked to be still cleared to land, and, once moved, that every landed
+entry's commit is contained in main.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+import uuid
+from pathlib import Path
+
+from agents import events as ev
+from agents import provenance
+from agents.deps import phantom_imports
+from agents.gitcmd import GitError, git, git_bytes, git_ok, paths_z, shown
+from agents.landing import (
+    PROTECTED,
+    LandingRequest,
+    MayLand,
+    TestedLanding,
+    failing_tests,
+    first_failures,
+)
+from agents.queue.chain import LandChain, LinkEntry, TestAlone, TestPoint
+from agents.sandbox.base import SandboxContext
+from agents.sandbox.quota import DiskMeter
+
+
+class ChainExecutor(TestedLanding):
+    """The landing step's gates and checks (TestedLanding's), applied link by link."""
+
+    _names = itertools.count(1)
+
+    async def _scratch(self, commit: str, what: str) -> Path:
+        self.scratch.mkdir(parents=True, exist_ok=True)
+        path = self.scratch / f"{what}-{next(self._names)}-{uuid.uuid4().hex[:6]}"
+        async with self.ws.add_lock:
+            await git("worktree", "add", "-q", "--detach", str(path), commit, cwd=self.ws.root)
+        return path
+
+    # -- links -------------------------------------------------------------------------------
+
+    async def link(self, intent: LinkEntry, request: LandingRequest) -> None:
+        """Merge the entry onto the chain and run the gates it meets on its own."""
+        path = await self._scratch(intent.onto, "link")
+        try:
+            exposed_before = await self._factory_exposed(path)
+            problem = await self._merge(path, request)
+            if problem is not None:
+                gate, reason = problem
+                await self._link(request, intent, ok=False, gate=gate, reason=reason)
+                return
+            merged = (await git("rev-parse", "HEAD", cwd=path)).strip()
+            tree = (await git("rev-parse", f"{merged}^{{tree}}", cwd=path)).strip()
+            started = time.perf_counter()
+            problem = await self._own_gates(request, path, intent.onto, merged, exposed_before)
+            if problem is not None:
+                gate, reason = problem
+                await self._link(request, intent, ok=False, gate=gate, reason=reason,
+                                 merged=merged, tree=tree)
+                return
+            await self._passed(request, "dependencies", "no undeclared imports", started)
+            await self._link(request, intent, ok=True, merged=merged, tree=tree)
+        finally:
+            self.ws.remove(path)
+
+    async def _merge(self, path: Path, request: LandingRequest) -> tuple[str, str] | None:
+        started = time.perf_counter()
+        message = provenance.compose(f"Land {request.branch}: {request.title}", "",
+                                     request.trailers)
+        try:
+            await git("merge", "--no-ff", "--no-edit", "-m", message, request.commit, cwd=path)
+        except GitError as exc:
+            conflicted = paths_z(await git_bytes("diff", "--name-only", "-z",
+                                                 "--diff-filter=U", cwd=path, check=False))
+            await git("merge", "--abort", cwd=path, check=False)
+            reason = (f"conflicts in {', '.join(map(shown, conflicted))}" if conflicted
+                      else f"merge failed: {exc.stderr.strip() or exc.stdout.strip()}")
+            await self._failed(request, "conflicts", reason, started)
+            return "conflicts", reason
+        await self._passed(request, "conflicts", "merges cleanly", started)
+        return None
+
+    async def _own_gates(self, request: LandingRequest, path: Path, base: str, merged: str,
+                         exposed_before: list[str]) -> tuple[str, str] | None:
+        """The paths the engine keeps for itself, and undeclared dependencies."""
+        started = time.perf_counter()
+        changed = paths_z(await git_bytes("diff", "--name-only", "-z", "--no-renames",
+                                          base, merged, cwd=path))
+        touched = [shown(f) for f in changed if f.split("/", 1)[0] in PROTECTED]
+        reason = ""
+        if touched:
+            reason = ("changes paths the engine keeps for itself: " + ", ".join(touched[:5])
+                      + (f" and {len(touched) - 5} more" if len(touched) > 5 else ""))
+        else:
+            exposed = sorted(set(await self._factory_exposed(path)) - set(exposed_before))
+            if exposed:
+                reason = ("changes ignore rules so that the engine's own state is no longer "
+                          "ignored: " + ", ".join(map(shown, exposed[:5])))
+        if reason:
+            await self._failed(request, "protected", reason, started)
+            return "protected", reason
+        await self._passed(request, "protected", "leaves .factory/ and .factory.toml alone",
+                           started)
+        phantom = await asyncio.to_thread(phantom_imports, path, changed)
+        if phantom:
+            reason = "undeclared third-party imports: " + ", ".join(
+                f"{module} (in {', '.join(map(shown, files))})"
+                for module, files in sorted(phantom.items()))
+            await self._failed(request, "dependencies", reason, started)
+            return "dependencies", reason
+        return None
+
+    async def _link(self, request: LandingRequest, intent: LinkEntry, *, ok: bool,
+                    gate: str = "", reason: str = "", merged: str = "", tree: str = "") -> None:
+        await self.emit(ev.QueueLinked(spec_id=request.spec_id, task_id=request.task_id,
+                                       commit=request.commit, base=intent.onto,
+                                       merge_commit=merged, tree=tree, ok=ok, gate=gate,
+                                       reason=reason))
+
+    async def _passed(self, request: LandingRequest, gate: str, detail: str,
+                      started: float) -> None:
+        await self.emit(ev.GateResult(spec_id=request.spec_id, task_id=request.task_id,
+                                      gate=gate, passed=True, detail=detail,
+                                      duration=time.perf_counter() - started))
+
+    async def _failed(self, request: LandingRequest, gate: str, detail: str,
+                      started: float) -> None:
+        await self.emit(ev.GateResult(spec_id=request.spec_id, task_id=request.task_id,
+                                      gate=gate, passed=False, detail=detail[:2000],
+                                      duration=time.perf_counter() - started))
+
+    # -- test runs ---------------------------------------------------------------------------
+
+    async def test(self, intent: TestPoint, runner: int = 0) -> None:
+        """Run the test command on one point of the chain (or on main) in a fresh sandbox."""
+        run_id = f"run-{uuid.uuid4().hex[:12]}"
+        await self.emit(ev.QueueTestStarted(run_id=run_id, commit=intent.commit,
+                                            keys=list(intent.keys), position=intent.position,
+                                            size=intent.size, attempt=intent.attempt,
+                                            runner=runner))
+        await self._run_tests(run_id, intent.commit, f"test-{intent.position}")
+
+    async def alone(self, intent: TestAlone, request: LandingRequest, runner: int = 0) -> None:
+        """Merge a suspect onto main on the side (never part of the chain) and test that."""
+        run_id = f"run-{uuid.uuid4().hex[:12]}"
+        path = await self._scratch(intent.onto, "alone")
+        try:
+            message = provenance.compose(f"Test {request.branch} alone", "", {})
+            merged = intent.onto
+            try:
+                await git("merge", "--no-ff", "--no-edit", "-m", message, request.commit,
+                          cwd=path)
+                merged = (await git("rev-parse", "HEAD", cwd=path)).strip()
+            except GitError as exc:
+                await git("merge", "--abort", cwd=path, check=False)
+                await self.emit(ev.QueueTestStarted(run_id=run_id, commit=intent.onto,
+                                                    keys=[intent.key], attempt=intent.attempt,
+                                                    alone=intent.key, runner=runner))
+                await self.emit(ev.QueueTestFinished(
+                    run_id=run_id, commit=intent.onto, passed=False,
+                    reason=f"conflicts with main: {exc.stderr.strip()[:300]}"))
+                return
+            await self.emit(ev.QueueTestStarted(run_id=run_id, commit=merged,
+                                                keys=[intent.key], position=1, size=1,
+                                                attempt=intent.attempt, alone=intent.key,
+                                                runner=runner))
+            await self._test_at(run_id, merged, path)
+        finally:
+            self.ws.remove(path)
+
+    async def _run_tests(self, run_id: str, commit: str, what: str) -> None:
+        path = await self._scratch(commit, what)
+        try:
+            await self._test_at(run_id, commit, path)
+        finally:
+            self.ws.remove(path)
+
+    async def _test_at(self, run_id: str, commit: str, path: Path) -> None:
+        started = time.perf_counter()
+        meter = DiskMeter(path, self.quota) if self.quota is not None else None
+        sandbox = await self.backend.open(SandboxContext(
+            worktree=path, agent_id=f"queue-{run_id}", read_only=[path / ".git"], meter=meter))
+        try:
+            result = await sandbox.run(["sh", "-c", self.test_command], cwd=path,
+                                       limits=self.limits)
+        finally:
+            await sandbox.close()
+        output = (result.stdout + result.stderr)[-8000:]
+        reason = ""
+        failing: list[str] = []
+        if not result.ok:
+            why = f"exit code {result.exit_code}" if result.stop == "exit" else result.detail
+            failing = failing_tests(output)
+            named = first_failures(output)
+            reason = f"tests failed ({why})" + (f": {named}" if named else "")
+            if result.stop == "exit" and result.exit_code in (126, 127):
+                reason += " (the test command could not run: " + _first_line(output) + ")"
+        await self.emit(ev.QueueTestFinished(run_id=run_id, commit=commit, passed=result.ok,
+                                             failing=failing, reason=reason,
+                                             output=output if not result.ok else "",
+                                             duration=time.perf_counter() - started))
+
+    # -- landing -----------------------------------------------------------------------------
+
+    async def land_chain(self, intent: LandChain, requests: list[LandingRequest],
+                         links: dict[str, dict[str, object]],
+                         may_land: MayLand | None) -> tuple[list[LandingRequest], str]:
+        """Move main to the tested point: (the entries landed, why not when none did)."""
+        async with self._lock:
+            main = self.ws.main_head()
+            if main != intent.main_before:
+                return [], f"main moved to {main[:12]} while the chain was tested"
+            base = intent.main_before
+            for request in requests:
+                link = links[f"{request.spec_id}/{request.task_id}"]
+                problem = await self._recheck(request, str(link["merge_commit"]),
+                                              str(link["tree"]), base)
+                if problem is None and may_land is not None:
+                    problem = await may_land(request)
+                if problem is not None:
+                    return [], f"{request.spec_id}/{request.task_id}: {problem}"
+                base = str(link["merge_commit"])
+            if base != intent.commit:
+                return [], "the chain's links do not lead to the tested commit"
+            try:
+                await self._advance_main(intent.commit, intent.main_before)
+            except GitError as exc:
+                return [], f"could not advance {self.ws.main_branch}: {exc.stderr.strip()}"
+        landed = []
+        for request in requests:
+            if await git_ok("merge-base", "--is-ancestor", request.commit, intent.commit,
+                            cwd=self.ws.root):
+                landed.append(request)
+            else:
+                await self.emit(ev.WorkLost(spec_id=request.spec_id, task_id=request.task_id,
+                                            branch=request.branch, commit=request.commit,
+                                            main=intent.commit))
+        return landed, ""
+
+
+def _first_line(output: str) -> str:
+    for line in output.splitlines():
+        if line.strip():
+            return line.strip()[:200]
+    return "no output"
