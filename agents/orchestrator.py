@@ -193,6 +193,8 @@ class Orchestrator:
             for task in executors:
                 task.cancel()
             await asyncio.gather(*executors, return_exceptions=True)
+            if isinstance(self.lander, ChainExecutor):
+                self.lander.close()
             await asyncio.shield(self.emit(ev.LeaseReleased(work=run_lease,
                                                             holder=self.holder)))
         return self.summary()

@@ -83,9 +83,10 @@ async def test_a_pair_that_fails_only_together_rejects_the_second(tmp_path: Path
     configure(root, mode="speculative-batch", runners=2)
     start = git(root, "rev-parse", "main").strip()
     summary, _ = await land(root, branches)
+    # Whichever of the two comes second in the queue fails on top of the other.
     (rejected, reason), = summary.rejected
-    assert rejected == key(4) and "test_pair_0" in reason
-    assert sorted(summary.landed) == [key(i) for i in range(6) if i != 4]
+    assert rejected in (key(1), key(4)) and "test_pair_0" in reason
+    assert sorted(summary.landed) == [key(i) for i in range(6) if key(i) != rejected]
     assert main_trees_green(root, start, kinds, [(1, 4)]) == []
 
 

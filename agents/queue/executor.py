@@ -38,6 +38,12 @@ class ChainExecutor(TestedLanding):
     """The landing step's gates and checks (TestedLanding's), applied link by link."""
 
     _names = itertools.count(1)
+    _link_path: Path | None = None
+
+    def close(self) -> None:
+        if self._link_path is not None:
+            self.ws.remove(self._link_path)
+            self._link_path = None
 
     async def _scratch(self, commit: str, what: str) -> Path:
         self.scratch.mkdir(parents=True, exist_ok=True)
@@ -48,9 +54,24 @@ class ChainExecutor(TestedLanding):
 
     # -- links -------------------------------------------------------------------------------
 
+    async def _link_tree(self, onto: str) -> Path:
+        """The one worktree links are made in (links are made one at a time), checked out
+        at `onto`: kept between links, since adding and removing a worktree for each took
+        longer than the merge, and waited behind the test runs' worktrees."""
+        path = self._link_path
+        if path is not None and path.is_dir():
+            try:
+                await git("checkout", "-q", "--detach", "--force", onto, cwd=path)
+                await git("clean", "-q", "-d", "-f", "-x", cwd=path)
+                return path
+            except GitError:
+                self.ws.remove(path)
+        self._link_path = await self._scratch(onto, "link")
+        return self._link_path
+
     async def link(self, intent: LinkEntry, request: LandingRequest) -> None:
         """Merge the entry onto the chain and run the gates it meets on its own."""
-        path = await self._scratch(intent.onto, "link")
+        path = await self._link_tree(intent.onto)
         try:
             exposed_before = await self._factory_exposed(path)
             problem = await self._merge(path, request)
@@ -69,8 +90,10 @@ class ChainExecutor(TestedLanding):
                 return
             await self._passed(request, "dependencies", "no undeclared imports", started)
             await self._link(request, intent, ok=True, merged=merged, tree=tree)
-        finally:
-            self.ws.remove(path)
+        except BaseException:
+            self.ws.remove(path)  # in an unknown state: the next link starts afresh
+            self._link_path = None
+            raise
 
     async def _merge(self, path: Path, request: LandingRequest) -> tuple[str, str] | None:
         started = time.perf_counter()
