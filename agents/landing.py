@@ -153,24 +153,80 @@ class TestedLanding:
         outcome.gate, outcome.reason, outcome.output = gate, reason, output
         return outcome
 
-    async def _gates(self, request: LandingRequest, path: Path, main_before: str,
-                     may_land: MayLand | None) -> LandingOutcome:
-        outcome = LandingOutcome(False, main_before=main_before)
+    async def _merge(self, path: Path, request: LandingRequest,
+                     onto: str = "with main ") -> tuple[str, str] | None:
+        """Merge the branch into the worktree at path: (why not, git's output) when it does
+        not merge (aborted, so the worktree is as before)."""
         message = provenance.compose(f"Land {request.branch}: {request.title}", "",
                                      request.trailers)
-        started = time.perf_counter()
-        exposed_before = await self._factory_exposed(path)
         try:
             await git("merge", "--no-ff", "--no-edit", "-m", message, request.commit, cwd=path)
         except GitError as exc:
             conflicted = paths_z(await git_bytes("diff", "--name-only", "-z",
                                                  "--diff-filter=U", cwd=path, check=False))
             await git("merge", "--abort", cwd=path, check=False)
-            reason = (f"conflicts with main in {', '.join(map(shown, conflicted))}"
-                      if conflicted
+            reason = (f"conflicts {onto}in {', '.join(map(shown, conflicted))}" if conflicted
                       else f"merge failed: {exc.stderr.strip() or exc.stdout.strip()}")
-            return await self._refuse(request, outcome, "conflicts", reason, started,
-                                      exc.stdout)
+            return reason, exc.stdout
+        return None
+
+    async def _protected(self, path: Path, changed: list[str],
+                         exposed_before: list[str]) -> str:
+        """Why the change touches what the engine keeps for itself ("" when it does not):
+        its paths, or ignore rules that stop `.factory/` being ignored."""
+        touched = [shown(f) for f in changed if f.split("/", 1)[0] in PROTECTED]
+        if touched:
+            return ("changes paths the engine keeps for itself: " + ", ".join(touched[:5])
+                    + (f" and {len(touched) - 5} more" if len(touched) > 5 else ""))
+        exposed = sorted(set(await self._factory_exposed(path)) - set(exposed_before))
+        if exposed:
+            return ("changes ignore rules so that the engine's own state is no longer "
+                    "ignored: " + ", ".join(map(shown, exposed[:5])))
+        return ""
+
+    @staticmethod
+    async def _undeclared(path: Path, changed: list[str]) -> str:
+        """Why the change imports what the project never declared ("" when it does not)."""
+        phantom = await asyncio.to_thread(phantom_imports, path, changed)
+        if not phantom:
+            return ""
+        return "undeclared third-party imports: " + ", ".join(
+            f"{module} (in {', '.join(map(shown, files))})"
+            for module, files in sorted(phantom.items()))
+
+    async def _run_tests(self, path: Path, agent_id: str) -> tuple[bool, str, str, list[str]]:
+        """The test command in a fresh sandbox over path (its .git read-only): (passed,
+        output, why not, the failing tests' names; the why says when the command itself
+        could not run, exit 126 or 127)."""
+        meter = DiskMeter(path, self.quota) if self.quota is not None else None
+        sandbox = await self.backend.open(SandboxContext(
+            worktree=path, agent_id=agent_id, read_only=[path / ".git"], meter=meter))
+        try:
+            result = await sandbox.run(["sh", "-c", self.test_command], cwd=path,
+                                       limits=self.limits)
+        finally:
+            await sandbox.close()
+        output = (result.stdout + result.stderr)[-8000:]
+        if result.ok:
+            return True, output, "", []
+        why = f"exit code {result.exit_code}" if result.stop == "exit" else result.detail
+        named = first_failures(output)
+        reason = f"tests failed ({why})" + (f": {named}" if named else "")
+        if result.stop == "exit" and result.exit_code in (126, 127):
+            first = next((line.strip()[:200] for line in output.splitlines() if line.strip()),
+                         "no output")
+            reason += f" (the test command could not run: {first})"
+        return False, output, reason, failing_tests(output)
+
+    async def _gates(self, request: LandingRequest, path: Path, main_before: str,
+                     may_land: MayLand | None) -> LandingOutcome:
+        outcome = LandingOutcome(False, main_before=main_before)
+        started = time.perf_counter()
+        exposed_before = await self._factory_exposed(path)
+        refused = await self._merge(path, request)
+        if refused is not None:
+            return await self._refuse(request, outcome, "conflicts", refused[0], started,
+                                      refused[1])
         # What lands, if anything does: recorded now, before the tests can touch anything.
         merged = (await git("rev-parse", "HEAD", cwd=path)).strip()
         tree = (await git("rev-parse", f"{merged}^{{tree}}", cwd=path)).strip()
@@ -183,45 +239,22 @@ class TestedLanding:
         started = time.perf_counter()
         changed = paths_z(await git_bytes("diff", "--name-only", "-z", "--no-renames",
                                           main_before, merged, cwd=path))
-        touched = [shown(f) for f in changed if f.split("/", 1)[0] in PROTECTED]
-        if touched:
-            reason = ("changes paths the engine keeps for itself: " + ", ".join(touched[:5])
-                      + (f" and {len(touched) - 5} more" if len(touched) > 5 else ""))
+        reason = await self._protected(path, changed, exposed_before)
+        if reason:
             return await self._refuse(request, outcome, "protected", reason, started)
-        exposed = sorted(set(await self._factory_exposed(path)) - set(exposed_before))
-        if exposed:
-            return await self._refuse(
-                request, outcome, "protected",
-                "changes ignore rules so that the engine's own state is no longer ignored: "
-                + ", ".join(map(shown, exposed[:5])), started)
         await self._gate(request, outcome, "protected", True,
                          "leaves .factory/ and .factory.toml alone", started)
 
         started = time.perf_counter()
-        phantom = await asyncio.to_thread(phantom_imports, path, changed)
-        if phantom:
-            reason = "undeclared third-party imports: " + ", ".join(
-                f"{module} (in {', '.join(map(shown, files))})"
-                for module, files in sorted(phantom.items()))
+        reason = await self._undeclared(path, changed)
+        if reason:
             return await self._refuse(request, outcome, "dependencies", reason, started)
         await self._gate(request, outcome, "dependencies", True, "no undeclared imports",
                          started)
 
         started = time.perf_counter()
-        meter = DiskMeter(path, self.quota) if self.quota is not None else None
-        sandbox = await self.backend.open(SandboxContext(
-            worktree=path, agent_id=f"land-{request.task_id}",
-            read_only=[path / ".git"], meter=meter))
-        try:
-            result = await sandbox.run(["sh", "-c", self.test_command], cwd=path,
-                                       limits=self.limits)
-        finally:
-            await sandbox.close()
-        output = (result.stdout + result.stderr)[-8000:]
-        if not result.ok:
-            why = f"exit code {result.exit_code}" if result.stop == "exit" else result.detail
-            failing = first_failures(output)
-            reason = f"tests failed ({why})" + (f": {failing}" if failing else "")
+        passed, output, reason, _ = await self._run_tests(path, f"land-{request.task_id}")
+        if not passed:
             await self._gate(request, outcome, "tests", False, reason + "\n" + output, started)
             outcome.gate, outcome.reason, outcome.output = "tests", reason, output
             return outcome

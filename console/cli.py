@@ -399,13 +399,11 @@ def queue_view(store: Any) -> dict[str, Any]:
     """The queue as the store has it: open entries in order (with their chain link, latest
     test run and what the queue noted on them), the runs in flight, the queue's own state
     (main, batch size, paused and why), the tests seen to flake, and the approvals asked."""
+    from agents.queue.merge_queue import latest_runs
     from agents.statuses import QUEUE_OPEN, Approval
 
     runs = sorted(store.rows("test_runs"), key=lambda r: r["started"] or 0)
-    latest: dict[str, dict[str, Any]] = {}
-    for run in runs:
-        for key in run["keys"] or []:
-            latest[key] = run
+    latest = latest_runs(runs)
     entries = []
     for row in sorted(store.rows("queue"), key=lambda r: r["position"] or 0):
         if row["status"] not in QUEUE_OPEN:

@@ -11,7 +11,6 @@ entry's commit is contained in main.
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import time
 import uuid
@@ -19,19 +18,13 @@ from pathlib import Path
 
 from agents import events as ev
 from agents import provenance
-from agents.deps import phantom_imports
-from agents.gitcmd import GitError, git, git_bytes, git_ok, paths_z, shown
+from agents.gitcmd import GitError, git, git_bytes, git_ok, paths_z
 from agents.landing import (
-    PROTECTED,
     LandingRequest,
     MayLand,
     TestedLanding,
-    failing_tests,
-    first_failures,
 )
 from agents.queue.chain import LandChain, LinkEntry, TestAlone, TestPoint
-from agents.sandbox.base import SandboxContext
-from agents.sandbox.quota import DiskMeter
 
 
 class ChainExecutor(TestedLanding):
@@ -74,7 +67,7 @@ class ChainExecutor(TestedLanding):
         path = await self._link_tree(intent.onto)
         try:
             exposed_before = await self._factory_exposed(path)
-            problem = await self._merge(path, request)
+            problem = await self._link_merge(path, request)
             if problem is not None:
                 gate, reason = problem
                 await self._link(request, intent, ok=False, gate=gate, reason=reason)
@@ -95,20 +88,12 @@ class ChainExecutor(TestedLanding):
             self._link_path = None
             raise
 
-    async def _merge(self, path: Path, request: LandingRequest) -> tuple[str, str] | None:
+    async def _link_merge(self, path: Path, request: LandingRequest) -> tuple[str, str] | None:
         started = time.perf_counter()
-        message = provenance.compose(f"Land {request.branch}: {request.title}", "",
-                                     request.trailers)
-        try:
-            await git("merge", "--no-ff", "--no-edit", "-m", message, request.commit, cwd=path)
-        except GitError as exc:
-            conflicted = paths_z(await git_bytes("diff", "--name-only", "-z",
-                                                 "--diff-filter=U", cwd=path, check=False))
-            await git("merge", "--abort", cwd=path, check=False)
-            reason = (f"conflicts in {', '.join(map(shown, conflicted))}" if conflicted
-                      else f"merge failed: {exc.stderr.strip() or exc.stdout.strip()}")
-            await self._failed(request, "conflicts", reason, started)
-            return "conflicts", reason
+        refused = await self._merge(path, request, onto="")
+        if refused is not None:
+            await self._failed(request, "conflicts", refused[0], started)
+            return "conflicts", refused[0]
         await self._passed(request, "conflicts", "merges cleanly", started)
         return None
 
@@ -118,26 +103,14 @@ class ChainExecutor(TestedLanding):
         started = time.perf_counter()
         changed = paths_z(await git_bytes("diff", "--name-only", "-z", "--no-renames",
                                           base, merged, cwd=path))
-        touched = [shown(f) for f in changed if f.split("/", 1)[0] in PROTECTED]
-        reason = ""
-        if touched:
-            reason = ("changes paths the engine keeps for itself: " + ", ".join(touched[:5])
-                      + (f" and {len(touched) - 5} more" if len(touched) > 5 else ""))
-        else:
-            exposed = sorted(set(await self._factory_exposed(path)) - set(exposed_before))
-            if exposed:
-                reason = ("changes ignore rules so that the engine's own state is no longer "
-                          "ignored: " + ", ".join(map(shown, exposed[:5])))
+        reason = await self._protected(path, changed, exposed_before)
         if reason:
             await self._failed(request, "protected", reason, started)
             return "protected", reason
         await self._passed(request, "protected", "leaves .factory/ and .factory.toml alone",
                            started)
-        phantom = await asyncio.to_thread(phantom_imports, path, changed)
-        if phantom:
-            reason = "undeclared third-party imports: " + ", ".join(
-                f"{module} (in {', '.join(map(shown, files))})"
-                for module, files in sorted(phantom.items()))
+        reason = await self._undeclared(path, changed)
+        if reason:
             await self._failed(request, "dependencies", reason, started)
             return "dependencies", reason
         return None
@@ -170,7 +143,7 @@ class ChainExecutor(TestedLanding):
                                             keys=list(intent.keys), position=intent.position,
                                             size=intent.size, attempt=intent.attempt,
                                             runner=runner))
-        await self._run_tests(run_id, intent.commit, f"test-{intent.position}")
+        await self._test_commit(run_id, intent.commit, f"test-{intent.position}")
 
     async def alone(self, intent: TestAlone, request: LandingRequest, runner: int = 0) -> None:
         """Merge a suspect onto main on the side (never part of the chain) and test that."""
@@ -200,7 +173,7 @@ class ChainExecutor(TestedLanding):
         finally:
             self.ws.remove(path)
 
-    async def _run_tests(self, run_id: str, commit: str, what: str) -> None:
+    async def _test_commit(self, run_id: str, commit: str, what: str) -> None:
         path = await self._scratch(commit, what)
         try:
             await self._test_at(run_id, commit, path)
@@ -209,27 +182,10 @@ class ChainExecutor(TestedLanding):
 
     async def _test_at(self, run_id: str, commit: str, path: Path) -> None:
         started = time.perf_counter()
-        meter = DiskMeter(path, self.quota) if self.quota is not None else None
-        sandbox = await self.backend.open(SandboxContext(
-            worktree=path, agent_id=f"queue-{run_id}", read_only=[path / ".git"], meter=meter))
-        try:
-            result = await sandbox.run(["sh", "-c", self.test_command], cwd=path,
-                                       limits=self.limits)
-        finally:
-            await sandbox.close()
-        output = (result.stdout + result.stderr)[-8000:]
-        reason = ""
-        failing: list[str] = []
-        if not result.ok:
-            why = f"exit code {result.exit_code}" if result.stop == "exit" else result.detail
-            failing = failing_tests(output)
-            named = first_failures(output)
-            reason = f"tests failed ({why})" + (f": {named}" if named else "")
-            if result.stop == "exit" and result.exit_code in (126, 127):
-                reason += " (the test command could not run: " + _first_line(output) + ")"
-        await self.emit(ev.QueueTestFinished(run_id=run_id, commit=commit, passed=result.ok,
+        passed, output, reason, failing = await self._run_tests(path, f"queue-{run_id}")
+        await self.emit(ev.QueueTestFinished(run_id=run_id, commit=commit, passed=passed,
                                              failing=failing, reason=reason,
-                                             output=output if not result.ok else "",
+                                             output=output if not passed else "",
                                              duration=time.perf_counter() - started))
 
     # -- landing -----------------------------------------------------------------------------
@@ -269,9 +225,3 @@ class ChainExecutor(TestedLanding):
                                             main=intent.commit))
         return landed, ""
 
-
-def _first_line(output: str) -> str:
-    for line in output.splitlines():
-        if line.strip():
-            return line.strip()[:200]
-    return "no output"

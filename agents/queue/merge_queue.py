@@ -13,6 +13,7 @@ the reconciler decides again when it is recorded.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any, Protocol
 
 from agents import events as ev
@@ -91,6 +92,16 @@ class MergeQueue:
             return
         waiting.insert(to, waiting.pop(at))
         await self.store.append(ev.QueueReordered(order=waiting))
+
+
+def latest_runs(runs: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Each entry's latest test run, by the entry's key (a run holds the entries it tested):
+    what `factory queue` and the console's queue pane show for an entry."""
+    out: dict[str, dict[str, Any]] = {}
+    for run in sorted(runs, key=lambda r: r["started"] or 0):
+        for key in run["keys"] or []:
+            out[key] = run
+    return out
 
 
 def retry_event(store: QueueStore, key: str) -> ev.QueueRetried:

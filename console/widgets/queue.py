@@ -13,6 +13,7 @@ from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.widgets import Static
 
+from agents.queue.merge_queue import latest_runs
 from agents.statuses import Approval, QuestionStatus, QueueStatus
 from agents.textsafe import clean_line
 from console import format as fmt
@@ -34,15 +35,6 @@ def gate_mark(model: Any, key: str, gate: str) -> str:
 
 def gate_column(model: Any, gate: str) -> Column:
     return Column(gate[:5], 5, lambda r: gate_mark(model, r["key"], gate), "right")
-
-
-def latest_runs(model: Any) -> dict[str, dict[str, Any]]:
-    """Each entry's latest test run (the runs hold the entries they tested)."""
-    out: dict[str, dict[str, Any]] = {}
-    for run in sorted(model.rows("test_runs").values(), key=lambda r: r["started"] or 0):
-        for key in run["keys"] or []:
-            out[key] = run
-    return out
 
 
 def chain_mark(model: Any, r: dict[str, Any]) -> str:
@@ -144,7 +136,7 @@ class QueuePane(Vertical):
     def refill(self) -> None:
         rows = self.model.rows("queue")
         self.latest.clear()
-        self.latest.update(latest_runs(self.model))
+        self.latest.update(latest_runs(self.model.rows("test_runs").values()))
         open_first = sorted(rows, key=lambda k: (
             rows[k]["status"] in CLOSED, rows[k]["position"] or 0))
         # The pause's reason quotes the test command's output: made inert, as every row is.
