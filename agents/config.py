@@ -10,10 +10,10 @@ from __future__ import annotations
 import re
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import tomlkit
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, Strict, ValidationError
 
 from agents.errors import FactoryError, LocatedError
 
@@ -22,6 +22,13 @@ CONFIG_NAME = ".factory.toml"
 
 class ConfigError(LocatedError):
     pass
+
+
+# Numbers are strict: `usd = "20"`, `concurrency = true` or `runners = 2.0` is an error that
+# names the key and what was expected, never a value quietly converted into one nobody wrote.
+# Only the numbers: pydantic's lax mode converts nothing else this configuration holds.
+Int = Annotated[int, Strict()]
+Number = Annotated[float, Strict()]  # an integer is a number too: `usd = 20` is fine
 
 
 class _Section(BaseModel):
@@ -35,23 +42,23 @@ class ModelsConfig(_Section):
     fallbacks: dict[str, list[str]] = {}
     api_base: str = ""
     api_key_env: str = ""
-    max_retries: int = Field(4, ge=0, le=20)
-    timeout_seconds: float = Field(120, gt=0)
+    max_retries: Int = Field(4, ge=0, le=20)
+    timeout_seconds: Number = Field(120, gt=0)
 
 
 class RunConfig(_Section):
-    concurrency: int = Field(4, ge=1, le=10_000)
-    max_steps: int = Field(40, ge=1)
-    task_retries: int = Field(1, ge=0, le=10)
-    stuck_repeats: int = Field(3, ge=2)
-    stuck_idle_steps: int = Field(12, ge=1)
+    concurrency: Int = Field(4, ge=1, le=10_000)
+    max_steps: Int = Field(40, ge=1)
+    task_retries: Int = Field(1, ge=0, le=10)
+    stuck_repeats: Int = Field(3, ge=2)
+    stuck_idle_steps: Int = Field(12, ge=1)
     # How long an agent waits for a person to answer its question before the engine answers.
-    question_timeout_seconds: float = Field(600, gt=0)
+    question_timeout_seconds: Number = Field(600, gt=0)
 
 
 class BudgetLimit(_Section):
-    tokens: int | None = Field(None, ge=0)
-    usd: float | None = Field(None, ge=0)
+    tokens: Int | None = Field(None, ge=0)
+    usd: Number | None = Field(None, ge=0)
 
 
 class BudgetsConfig(_Section):
@@ -64,14 +71,14 @@ class SandboxConfig(_Section):
     backend: Literal["auto", "bwrap", "docker", "none"] = "auto"
     image: str = ""
     env_allow: list[str] = []
-    wall_seconds: float = Field(300, gt=0)
-    memory_mb: int = Field(2048, ge=64)
-    max_processes: int = Field(256, ge=8)
-    output_bytes: int = Field(1_000_000, ge=1024)
+    wall_seconds: Number = Field(300, gt=0)
+    memory_mb: Int = Field(2048, ge=64)
+    max_processes: Int = Field(256, ge=8)
+    output_bytes: Int = Field(1_000_000, ge=1024)
     # What one agent's worktree may hold, and the largest single write of its file tools.
-    quota_disk_mb: int = Field(2048, ge=1)
-    quota_files: int = Field(100_000, ge=100)
-    quota_write_mb: float = Field(10, gt=0)
+    quota_disk_mb: Int = Field(2048, ge=1)
+    quota_files: Int = Field(100_000, ge=100)
+    quota_write_mb: Number = Field(10, gt=0)
     # Whom commands run as: "auto" (uid and gid 65533 when the engine is root, else the
     # engine's own user) or "UID:GID".
     run_as: str = "auto"
@@ -93,7 +100,11 @@ class QueueConfig(_Section):
     # "speculative-batch" (batches, several at once, each on top of the ones ahead).
     mode: Literal["serial", "batch", "speculative", "speculative-batch"] = "speculative-batch"
     # Test runs at once, each in its own sandbox.
-    runners: int = Field(default=2, ge=1, le=64)
+    runners: Int = Field(default=2, ge=1, le=64)
+    # How many times a rejected entry goes back to its agent with the gate's findings (its
+    # conversation continues; for a conflict, with the new main merged in) before the
+    # rejection is final. 0: a rejection is final at once.
+    resubmits: Int = Field(default=2, ge=0, le=10)
 
 
 class StoreConfig(_Section):
@@ -314,6 +325,9 @@ approval = "never"
 mode = "speculative-batch"
 # Test runs at once, each in its own sandbox.
 runners = 2
+# How many times a rejected entry goes back to its agent with the gate's findings before
+# its rejection is final (0: at once).
+resubmits = 2
 
 [store]
 # The SQLite store (event log and projections); keep it out of git.

@@ -3,9 +3,13 @@ expected."""
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Annotated, get_args, get_origin
 
 import pytest
+from pydantic import BaseModel, Strict
 
 from agents.config import (
     ConfigError,
@@ -59,6 +63,55 @@ def test_nested_wrong_type(tmp_path: Path) -> None:
     path = write(tmp_path, "[models]\nplanner = 'x'\n\n[budgets.agent]\nusd = 'ten'\n")
     with pytest.raises(ConfigError, match=r":5: budgets.agent.usd: expected a number"):
         load_config(path)
+
+
+def test_a_quoted_number_is_an_error_not_a_number(tmp_path: Path) -> None:
+    path = write(tmp_path, '[budgets.run]\ntokens = 1000\nusd = "20"\n')
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert caught.value.line == 3 and caught.value.key == "budgets.run.usd"
+    assert str(caught.value) == f"{path}:3: budgets.run.usd: expected a number, got '20'"
+
+
+@pytest.mark.parametrize(("line", "expected"), [
+    ("concurrency = true", "run.concurrency: expected an integer, got True"),
+    ("concurrency = '4'", "run.concurrency: expected an integer, got '4'"),
+    ("concurrency = 4.0", "run.concurrency: expected an integer, got 4.0"),
+    ("question_timeout_seconds = '60'",
+     "run.question_timeout_seconds: expected a number, got '60'"),
+])
+def test_numbers_are_not_converted(tmp_path: Path, line: str, expected: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(f":2: {expected}")):
+        load_config(write(tmp_path, f"[run]\n{line}\n"))
+
+
+def test_an_integer_is_a_number(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, "[budgets.run]\nusd = 20\n\n[sandbox]\n"
+                               "wall_seconds = 60\n"))
+    assert config.budgets.run.usd == 20.0 and config.sandbox.wall_seconds == 60.0
+    assert load_config(write(tmp_path, '[repo]\ntest_command = "make test"\n')) \
+        .repo.test_command == "make test"
+
+
+def _numbers(model: type[BaseModel], prefix: str = "") -> Iterator[tuple[str, bool]]:
+    """(dotted key, strict) for every number in the configuration's models."""
+    for name, info in model.model_fields.items():
+        strict = any(isinstance(m, Strict) for m in info.metadata)
+        for kind in get_args(info.annotation) or (info.annotation,):
+            if get_origin(kind) is Annotated:  # `Int | None`: Strict sits inside the union
+                kind, *marks = get_args(kind)
+                strict = strict or any(isinstance(m, Strict) for m in marks)
+            if isinstance(kind, type) and issubclass(kind, BaseModel):
+                yield from _numbers(kind, f"{prefix}{name}.")
+            elif kind in (int, float):
+                yield f"{prefix}{name}", strict
+
+
+def test_every_number_in_the_configuration_is_strict() -> None:
+    """A number key added later as a plain int or float would take "20" silently again."""
+    numbers = dict(_numbers(FactoryConfig))
+    assert {"queue.runners", "queue.resubmits", "budgets.run.usd"} <= set(numbers)
+    assert [key for key, strict in numbers.items() if not strict] == []
 
 
 def test_bad_choice_lists_the_choices(tmp_path: Path) -> None:
