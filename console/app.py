@@ -20,13 +20,14 @@ from textual.binding import Binding
 from textual.lazy import Lazy
 from textual.message import Message
 from textual.screen import Screen
-from textual.widgets import Footer, Input, OptionList, TabbedContent, TabPane
+from textual.widgets import Footer, Input, OptionList, TabbedContent, TabPane, TextArea
 
 from agents.errors import FactoryError
 from agents.textsafe import clean, clean_line
 from console.compositor import FactoryScreen
 from console.screens import DiffScreen, HelpScreen, QuitScreen, ReasonScreen
-from console.themes import DEFAULT_THEME, load_themes, remember_theme, remembered_theme
+from console.settings import remember_theme, remembered_theme, screenshot_dir
+from console.themes import DEFAULT_THEME, load_themes
 from console.widgets.agents import AgentsPane
 from console.widgets.conflicts import ConflictsPane
 from console.widgets.queue import QUESTION, InboxPane, QueuePane, is_question
@@ -59,21 +60,31 @@ PANE_ACTIONS = {"save_spec": ("specs",), "run_spec": ("specs",), "pause": ("agen
 # Moving through the agents with a held arrow key loads only the agent it stops on.
 TIMELINE_DELAY = 0.12
 TABS = ("specs", "agents", "conflicts", "queue", "inbox")
+# Where each pane's keys act: a pane key lands here, never in an editor or an input, and
+# Escape from an editor or an input comes back here.
+PANE_HOME = {"specs": "#spec-list", "agents": "#agents-table", "conflicts": "#pairs-table",
+             "queue": "#queue-table", "inbox": "#inbox-table"}
 
 
 class FactoryApp(App[None]):
     CSS_PATH = "app.tcss"
     TITLE = "Factory"
+    # The screen's class says how wide the terminal is; app.tcss lays the panes out for it.
+    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (100, "-medium"), (150, "-wide")]
     BINDINGS = [
-        Binding("1", "tab('specs')", "Specs", id="tab.specs"),
-        Binding("2", "tab('agents')", "Agents", id="tab.agents"),
-        Binding("3", "tab('conflicts')", "Conflicts", id="tab.conflicts"),
-        Binding("4", "tab('queue')", "Queue", id="tab.queue"),
-        Binding("5", "tab('inbox')", "Inbox", id="tab.inbox"),
+        # The tabs say their keys ("Specs [1]"): the footer keeps its width for the others.
+        Binding("1", "tab('specs')", "Specs", id="tab.specs", show=False),
+        Binding("2", "tab('agents')", "Agents", id="tab.agents", show=False),
+        Binding("3", "tab('conflicts')", "Conflicts", id="tab.conflicts", show=False),
+        Binding("4", "tab('queue')", "Queue", id="tab.queue", show=False),
+        Binding("5", "tab('inbox')", "Inbox", id="tab.inbox", show=False),
         Binding("ctrl+s", "save_spec", "Save", id="spec.save", priority=True),
         Binding("ctrl+r", "run_spec", "Run spec", id="spec.run"),
         Binding("question_mark", "help", "Help", id="help"),
         Binding("q", "quit_safely", "Quit", id="quit"),
+        # Not a priority binding: a dialog's own Escape comes first; an editor and an input
+        # let it through, and it brings the focus back to the pane's table.
+        Binding("escape", "leave_input", "Leave", id="leave", show=False),
         Binding("ctrl+q", "quit_safely", "Quit", show=False, priority=True),
         Binding("p", "pause", "Pause", id="timeline.pause", show=False),
         Binding("slash", "filter", "Filter", id="agents.filter", show=False),
@@ -191,6 +202,11 @@ class FactoryApp(App[None]):
         if self.start_run:
             await self._command(self.client.run(), "run started")
 
+    def on_resize(self, event: events.Resize) -> None:
+        """A narrow terminal gets the compact footer: every key still fits, none is cut."""
+        for footer in self.query(Footer):
+            footer.compact = event.size.width < 100
+
     def _first_frame(self) -> None:
         self.first_frame_at = time.perf_counter()
         self.first_frame_wall = time.time()
@@ -199,11 +215,14 @@ class FactoryApp(App[None]):
         self.data_frame_wall = time.time()
 
     def _pick_theme(self, names: list[str]) -> None:
+        """--theme wins and is remembered for next time; else the remembered one."""
         wanted = self.requested_theme or remembered_theme() or DEFAULT_THEME
         if wanted not in self.available_themes:
             self.notify(f"no theme {wanted!r}; available: {', '.join(sorted(names))}",
                         severity="warning")
             wanted = DEFAULT_THEME if DEFAULT_THEME in self.available_themes else "textual-dark"
+        elif self.requested_theme:
+            remember_theme(wanted)
         self.theme = wanted
 
     def watch_theme(self, name: str) -> None:
@@ -369,12 +388,18 @@ class FactoryApp(App[None]):
         return str(self.query_one(TabbedContent).active)
 
     def action_tab(self, tab: str) -> None:
+        """Show a pane with the focus on its list, never in its editor or input: the next
+        digit or Tab then acts as a key, it is not typed into a spec or a filter."""
         self.query_one(TabbedContent).active = tab
-        focus = {"specs": "#spec-editor", "agents": "#agents-table",
-                 "conflicts": "#pairs-table", "queue": "#queue-table",
-                 "inbox": "#inbox-table"}[tab]
-        for widget in self.query(focus):  # absent for a moment after start (Lazy)
+        self._focus_home(tab)
+
+    def _focus_home(self, tab: str) -> None:
+        for widget in self.query(PANE_HOME[tab]):  # absent for a moment after start (Lazy)
             widget.focus()
+
+    def action_leave_input(self) -> None:
+        if isinstance(self.focused, (Input, TextArea)) and self.screen is self.screen_stack[0]:
+            self._focus_home(self._tab())
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         """Show each pane's keys in the footer only where they apply. The footer asks for
@@ -422,6 +447,7 @@ class FactoryApp(App[None]):
             self.notify("save (ctrl+s) before opening another spec", severity="warning")
             return
         pane.open(path)
+        pane.editor.focus()  # enter on a spec: to edit it (escape comes back to the list)
 
     @on(OptionList.OptionSelected, "#lint")
     def _jump(self, event: OptionList.OptionSelected) -> None:
@@ -505,6 +531,11 @@ class FactoryApp(App[None]):
     def _filter_done(self) -> None:
         self.query_one(AgentsPane).table.focus()
 
+    @on(RowsView.Activated, "#agents-table")
+    def _agent_activated(self, event: RowsView.Activated) -> None:
+        if event.key is not None:
+            self.load_timeline(event.key)
+
     # -- queue and inbox ---------------------------------------------------------------------
 
     def _selected_entry(self) -> str | None:
@@ -545,7 +576,7 @@ class FactoryApp(App[None]):
                                     f"answered {row['agent_id']}")
 
         self.push_screen(ReasonScreen(
-            f"{row['agent_id']} ({row['task_key']}) asks: {row['question']}",
+            f"{row['agent_id']} ({row['task_key']}) asks:\n{row['question']}",
             placeholder="your answer, or an option's number", ok="Answer",
             empty="an answer cannot be empty", choices=list(row["options"] or [])), answered)
 
@@ -586,6 +617,19 @@ class FactoryApp(App[None]):
             return
         self.push_screen(DiffScreen(f"diff of {key} (esc closes)", diff))
 
+    @on(RowsView.Selected, "#inbox-table")
+    def _inbox_selected(self) -> None:
+        self.query_one(InboxPane).show_detail()
+
+    @on(RowsView.Activated, "#inbox-table")
+    @on(RowsView.Activated, "#queue-table")
+    async def _entry_activated(self, event: RowsView.Activated) -> None:
+        """Enter: answer the highlighted question, or show the highlighted entry's diff."""
+        if is_question(event.key):
+            self._ask_answer(str(event.key))
+        elif event.key is not None:
+            await self.action_diff()
+
     def action_mark(self) -> None:
         table = self.query_one(InboxPane).table
         key = table.selected_key
@@ -598,7 +642,8 @@ class FactoryApp(App[None]):
     # -- conflicts ---------------------------------------------------------------------------
 
     @on(RowsView.Selected, "#pairs-table")
-    def _pair_selected(self, event: RowsView.Selected) -> None:
+    @on(RowsView.Activated, "#pairs-table")
+    def _pair_selected(self, event: RowsView.Selected | RowsView.Activated) -> None:
         if event.key is not None:
             self.load_hunks(event.key)
 
@@ -650,6 +695,29 @@ class FactoryApp(App[None]):
             await self.client.close()
         finally:
             self.exit()
+
+    def deliver_screenshot(self, filename: str | None = None, path: str | None = None,
+                           time_format: str | None = None) -> str | None:
+        """Screenshots go to the configured folder or the current one (Textual's default,
+        ~/Downloads, is missing on many machines and the save then fails)."""
+        folder = Path(path) if path else screenshot_dir()
+        self._screenshot_folder = folder
+        return super().deliver_screenshot(filename, str(folder), time_format)
+
+    @on(events.DeliveryComplete)
+    def _on_delivery_complete(self, event: events.DeliveryComplete) -> None:
+        if event.name == "screenshot":
+            event.prevent_default()  # Textual's own note quotes the path as markup
+            where = event.path or getattr(self, "_screenshot_folder", Path.cwd())
+            self.notify(f"saved to {where}", title="Screenshot", timeout=8)
+
+    @on(events.DeliveryFailed)
+    def _on_delivery_failed(self, event: events.DeliveryFailed) -> None:
+        if event.name == "screenshot":
+            event.prevent_default()
+            folder = getattr(self, "_screenshot_folder", Path.cwd())
+            self.notify(f"could not save in {folder}: {event.exception}", title="Screenshot",
+                        severity="error", timeout=10)
 
     def get_system_commands(self, screen: Screen[Any]) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Horizontal, Vertical
+from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
-from textual.widgets import Button, Input, Label, TextArea
+from textual.widgets import Button, Input, Label, Static, TextArea
 
 from agents.textsafe import clean, clean_line
 
@@ -39,8 +39,9 @@ class HelpScreen(ModalScreen[None]):
     BINDINGS = [Binding("escape,q,question_mark", "dismiss", "Close")]
     DEFAULT_CSS = """
     HelpScreen { align: center middle; }
-    HelpScreen > Vertical { width: 72; height: auto; max-height: 90%; border: thick $primary;
-                            background: $surface; padding: 0 1; }
+    HelpScreen > Vertical { width: 72; max-width: 100%; height: auto; max-height: 100%;
+                            border: thick $primary; background: $surface; padding: 0 1; }
+    HelpScreen Markdown { height: auto; max-height: 80vh; overflow-y: auto; }
     """
 
     def compose(self) -> ComposeResult:
@@ -57,14 +58,17 @@ class HelpScreen(ModalScreen[None]):
 class ReasonScreen(ModalScreen[str | None]):
     """Ask for a line of text that may not be empty: why a rejection, or an agent's answer.
 
-    The title and the choices quote an agent (its question, its options): shown as plain
-    text, made inert, never as markup."""
+    The title and the choices quote an agent (its question, its options): shown whole,
+    wrapped, and scrolled when longer than the screen; plain text, made inert, never markup.
+    The input keeps the focus, so the first Enter sends what was typed."""
 
     BINDINGS = [Binding("escape", "cancel", "Cancel")]
     DEFAULT_CSS = """
     ReasonScreen { align: center middle; }
-    ReasonScreen > Vertical { width: 70; height: auto; border: thick $error;
-                              background: $surface; padding: 1 2; }
+    ReasonScreen > Vertical { width: 76; max-width: 100%; height: auto; max-height: 100%;
+                              border: thick $error; background: $surface; padding: 0 1; }
+    ReasonScreen #question { height: auto; max-height: 60vh; }
+    ReasonScreen #question Static { width: 1fr; color: $foreground; }
     ReasonScreen Horizontal { height: auto; }
     """
 
@@ -80,9 +84,10 @@ class ReasonScreen(ModalScreen[str | None]):
 
     def compose(self) -> ComposeResult:
         with Vertical():
-            yield Label(clean(self.title_text), markup=False)
-            for number, choice in enumerate(self.choices, start=1):
-                yield Label(f"  {number}. {clean_line(choice)}", markup=False)
+            with VerticalScroll(id="question", can_focus=False):
+                yield Static(clean(self.title_text), markup=False, id="question-text")
+                for number, choice in enumerate(self.choices, start=1):
+                    yield Static(f"  {number}. {clean(choice)}", markup=False)
             yield Input(placeholder=self.placeholder, id="reason")
             with Horizontal():
                 yield Button(self.ok, variant="error" if self.ok == "Reject" else "primary",
@@ -119,6 +124,7 @@ class DiffScreen(ModalScreen[None]):
     DiffScreen { align: center middle; }
     DiffScreen > Vertical { width: 95%; height: 90%; border: thick $primary;
                             background: $surface; }
+    DiffScreen.-narrow > Vertical { width: 100%; height: 100%; }
     """
 
     def __init__(self, title: str, diff: str) -> None:
@@ -136,7 +142,7 @@ class QuitScreen(ModalScreen[bool]):
     BINDINGS = [Binding("escape", "stay", "Stay")]
     DEFAULT_CSS = """
     QuitScreen { align: center middle; }
-    QuitScreen > Vertical { width: 60; height: auto; border: thick $warning;
+    QuitScreen > Vertical { width: 60; max-width: 100%; height: auto; border: thick $warning;
                             background: $surface; padding: 1 2; }
     QuitScreen Horizontal { height: auto; }
     """

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import os
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -67,28 +65,3 @@ def load_themes(folder: Path = THEMES_DIR) -> tuple[list[Theme], list[str]]:
         except (OSError, ThemeFileError) as exc:
             errors.append(str(exc))
     return themes, errors
-
-
-def settings_path() -> Path:
-    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
-    return Path(base) / "factory" / "console.json"
-
-
-def remembered_theme() -> str | None:
-    try:
-        return json.loads(settings_path().read_text()).get("theme")
-    except (OSError, ValueError, AttributeError):
-        return None
-
-
-def remember_theme(name: str) -> None:
-    path = settings_path()
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        settings = json.loads(path.read_text()) if path.exists() else {}
-        settings["theme"] = name
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(settings, indent=2))
-        os.replace(tmp, path)
-    except (OSError, ValueError):
-        pass  # a read-only home must not break the console; the choice is just not kept

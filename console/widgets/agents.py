@@ -18,21 +18,25 @@ if TYPE_CHECKING:
 
 LIVE = (AgentStatus.RUNNING, AgentStatus.WAITING)
 
+# Narrow terminals keep agent, task, state and USD; the others go, highest `drop` first.
 AGENT_COLUMNS = [
-    Column("agent", 26, lambda r: r["id"] or ""),
-    Column("role", 11, lambda r: r["role"] or ""),
-    Column("task", 22, lambda r: f"{r['spec_id'] or ''}/{r['task_id'] or '-'}"),
-    Column("model", 18, lambda r: r["model"] or ""),
+    Column("agent", 26, lambda r: r["id"] or "", min=14),
+    Column("role", 11, lambda r: r["role"] or "", drop=6),
+    Column("task", 22, lambda r: f"{r['spec_id'] or ''}/{r['task_id'] or '-'}", min=14),
+    Column("model", 18, lambda r: r["model"] or "", drop=8),
     Column("state", 10, lambda r: r["status"] or "", style=lambda r: fmt.state_style(
         r["status"])),
-    Column("step", 5, lambda r: str(r["step"] or 0), "right"),
+    Column("step", 5, lambda r: str(r["step"] or 0), "right", drop=5),
     Column("tokens", 7, lambda r: fmt.tokens((r["tokens_in"] or 0) + (r["tokens_out"] or 0)),
-           "right"),
+           "right", drop=4),
     Column("USD", 9, lambda r: fmt.usd(r["cost"]), "right"),
     Column("elapsed", 8, lambda r: fmt.elapsed(r["started"], r["finished"]), "right",
-           live=True),
-    Column("last tool", 14, lambda r: r["last_tool"] or ""),
+           live=True, drop=3),
+    Column("last tool", 14, lambda r: r["last_tool"] or "", drop=7, grow=True),
 ]
+NO_AGENTS = ("No agents yet. Each task of a running spec gets an agent, listed here with "
+             "its state and cost: start a run with ctrl+r on a spec (pane 1), or ctrl+p and "
+             "\"Run all specs\".")
 
 
 def matches(row: dict[str, Any], words: list[str]) -> bool:
@@ -62,7 +66,7 @@ class AgentsPane(Vertical):
         with Horizontal(id="agent-filter-row"):
             yield Input(placeholder="filter: state:running spec:stats text…", id="agent-filter")
             yield Label("following", id="timeline-state")
-        yield RowsView(AGENT_COLUMNS, id="agents-table")
+        yield RowsView(AGENT_COLUMNS, id="agents-table", empty=NO_AGENTS)
         # Imported here: RichLog pulls in rich.pretty and attrs (30 ms), and this pane is
         # composed after the console's first frame.
         from console.widgets.timeline import Timeline

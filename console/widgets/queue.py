@@ -15,7 +15,7 @@ from textual.widgets import Static
 
 from agents.queue.merge_queue import latest_runs
 from agents.statuses import Approval, QuestionStatus, QueueStatus
-from agents.textsafe import clean_line
+from agents.textsafe import clean, clean_line
 from console import format as fmt
 from console.widgets.rows import Column, RowsView
 
@@ -33,8 +33,8 @@ def gate_mark(model: Any, key: str, gate: str) -> str:
     return "✓" if row["passed"] else "✗"
 
 
-def gate_column(model: Any, gate: str) -> Column:
-    return Column(gate[:5], 5, lambda r: gate_mark(model, r["key"], gate), "right")
+def gate_column(model: Any, gate: str, drop: int) -> Column:
+    return Column(gate[:5], 5, lambda r: gate_mark(model, r["key"], gate), "right", drop=drop)
 
 
 def chain_mark(model: Any, r: dict[str, Any]) -> str:
@@ -77,32 +77,41 @@ def queue_columns(model: Any, latest: dict[str, dict[str, Any]] | None = None) -
     def approval(r: dict[str, Any]) -> str:
         return APPROVAL_MARK.get(r["approval"] or "", "")
 
+    # At 80 columns: position, entry, state, chain, last test, approval and USD.
     return [
-        Column("#", 4, lambda r: str(r["position"] or ""), "right"),
-        Column("entry", 26, lambda r: r["key"]),
+        Column("#", 4, lambda r: str(r["position"] or ""), "right", drop=3),
+        Column("entry", 26, lambda r: r["key"], min=16),
         Column("state", 17, lambda r: r["status"] or "",
                style=lambda r: fmt.state_style(r["status"])),
-        Column("risk", 6, lambda r: r["risk"] or "", style=lambda r: fmt.state_style(r["risk"])),
-        *(gate_column(model, g) for g in GATES),
+        Column("risk", 6, lambda r: r["risk"] or "", drop=5,
+               style=lambda r: fmt.state_style(r["risk"])),
+        *(gate_column(model, g, drop) for g, drop in zip(GATES, (7, 8, 6), strict=True)),
         Column("chain", 9, lambda r: chain_mark(model, r)),
         Column("test", 8, lambda r: run_mark(runs.get(r["key"])) if r["status"] not in CLOSED
                else "", style=lambda r: fmt.state_style((runs.get(r["key"]) or {}).get(
                    "status") if r["status"] not in CLOSED else None)),
-        Column("appr", 5, approval, "right"),
-        Column("agent", 20, lambda r: task(r).get("agent_id") or ""),
+        Column("appr", 5, approval, "right", drop=4),
+        Column("agent", 20, lambda r: task(r).get("agent_id") or "", drop=11),
         Column("diff", 16, lambda r: f"{len(branch(r).get('files') or [])}f "
                f"+{branch(r).get('insertions') or 0} -{branch(r).get('deletions') or 0}",
-               "right"),
-        Column("tokens", 7, lambda r: fmt.tokens(task(r).get("tokens")), "right"),
+               "right", drop=10),
+        Column("tokens", 7, lambda r: fmt.tokens(task(r).get("tokens")), "right", drop=9),
         Column("USD", 9, lambda r: fmt.usd(task(r).get("cost")), "right"),
         Column("reason", 60, lambda r: (r["reason"] or "; ".join(r["risk_reasons"] or []))
-               .split("\n", 1)[0]),
+               .split("\n", 1)[0], drop=12, min=20, grow=True),
     ]
+
+
+NO_ENTRIES = ("The merge queue is empty. When an agent finishes its task, its branch queues "
+              "here and goes through the gates (conflicts, dependencies, tests) to land on main.")
+NOTHING_WAITS = ("Nothing waits for you. Branches that need a person's approval and agents' "
+                 "questions appear here; approve with a, answer with a, reject with x.")
 
 
 class QueuePane(Vertical):
     DEFAULT_CSS = """
-    QueuePane #queue-help { height: 1; color: $text-muted; padding: 0 1; }
+    QueuePane #queue-help { height: 1; color: $text-muted; padding: 0 1;
+                            text-overflow: ellipsis; text-wrap: nowrap; }
     QueuePane #queue-state { height: 1; padding: 0 1; }
     """
 
@@ -112,10 +121,11 @@ class QueuePane(Vertical):
         self.latest: dict[str, dict[str, Any]] = {}
 
     def compose(self) -> ComposeResult:
-        yield Static("a approve · x reject · [ ] move up/down · r retry · v view diff",
+        yield Static("a approve · x reject · [ ] move up/down · r retry · v diff",
                      id="queue-help")
         yield Static("", id="queue-state")
-        yield RowsView(queue_columns(self.model, self.latest), id="queue-table")
+        yield RowsView(queue_columns(self.model, self.latest), id="queue-table",
+                       empty=NO_ENTRIES)
 
     def state_line(self) -> str:
         """Runs in flight, the batch size, tests seen to flake, and a pause with its why."""
@@ -169,19 +179,50 @@ def inbox_columns(model: Any) -> list[Column]:
         Column("risk", 6, lambda r: "ask" if asked(r) else r["risk"] or "",
                style=lambda r: "bold magenta" if asked(r) else fmt.state_style(r["risk"])),
         Column("age", 7, lambda r: fmt.age(r["asked"] if asked(r) else r["entered"]), "right",
-               live=True),
-        Column("kind", 9, lambda r: "question" if asked(r) else "approval"),
-        Column("entry", 26, lambda r: r["task_key"] if asked(r) else r["key"]),
-        Column("title", 34, lambda r: r["question"] if asked(r) else task(r).get("title") or ""),
-        Column("tokens", 7, lambda r: fmt.tokens(task(r).get("tokens")), "right"),
+               live=True, drop=2),
+        Column("kind", 9, lambda r: "question" if asked(r) else "approval", drop=3),
+        Column("entry", 26, lambda r: r["task_key"] if asked(r) else r["key"], min=16),
+        Column("title", 34, lambda r: r["question"] if asked(r) else task(r).get("title") or "",
+               min=20, grow=True),
+        Column("tokens", 7, lambda r: fmt.tokens(task(r).get("tokens")), "right", drop=4),
         Column("USD", 9, lambda r: fmt.usd(task(r).get("cost")), "right"),
-        Column("why", 60, why),
+        Column("why", 60, why, drop=5, min=24, grow=True),
     ]
+
+
+def detail(model: Any, key: str | None, row: dict[str, Any] | None) -> Text:
+    """The selected inbox row in full: the whole question and its options, or the entry's
+    title and every reason, wrapped (the table's cells are cut to fit the width)."""
+    if key is None or row is None:
+        return Text("")
+    if is_question(key):
+        text = Text()
+        text.append(f"{clean_line(row['agent_id'] or '')} ({clean_line(row['task_key'] or '')}) "
+                    "asks:\n", style="bold")
+        text.append(clean(row["question"] or ""))
+        for number, option in enumerate(row["options"] or [], start=1):
+            text.append(f"\n  {number}. {clean_line(option)}")
+        text.append("\na: answer", style="dim")
+        return text
+    task = model.rows("tasks").get(key) or {}
+    text = Text()
+    text.append(clean_line(key), style="bold")
+    if task.get("title"):
+        text.append(f" · {clean_line(task['title'])}")
+    text.append(f"\nrisk {row['risk'] or '-'}: "
+                f"{clean('; '.join(row['risk_reasons'] or []) or 'policy: always')}")
+    text.append("\na: approve · x: reject · v: diff · space: mark", style="dim")
+    return text
 
 
 class InboxPane(Vertical):
     DEFAULT_CSS = """
-    InboxPane #inbox-help { height: 1; color: $text-muted; padding: 0 1; }
+    InboxPane #inbox-help { height: 1; color: $text-muted; padding: 0 1;
+                            text-overflow: ellipsis; text-wrap: nowrap; }
+    InboxPane #inbox-table { height: 1fr; }
+    InboxPane #inbox-detail { height: auto; max-height: 8; padding: 0 1;
+                              border-top: solid $primary; background: $surface;
+                              color: $foreground; overflow-y: auto; }
     """
 
     def __init__(self, model: Any, *, id: str | None = None) -> None:
@@ -189,13 +230,21 @@ class InboxPane(Vertical):
         self.model = model
 
     def compose(self) -> ComposeResult:
-        yield Static("space mark · a approve (marked, or the selected) or answer a question · "
-                     "x reject · v view diff", id="inbox-help")
-        yield RowsView(inbox_columns(self.model), id="inbox-table")
+        yield Static("space mark · a approve (the marked) or answer · x reject · v diff",
+                     id="inbox-help")
+        yield RowsView(inbox_columns(self.model), id="inbox-table", empty=NOTHING_WAITS,
+                       markable=True)
+        yield Static("", id="inbox-detail")
 
     @property
     def table(self) -> RowsView:
         return self.query_one("#inbox-table", RowsView)
+
+    def show_detail(self) -> None:
+        key = self.table.selected_key
+        detail_view = self.query_one("#inbox-detail", Static)
+        detail_view.update(detail(self.model, key, self.table.rows.get(key) if key else None))
+        detail_view.display = key is not None
 
     def refill(self) -> None:
         """Questions first (an agent is stopped until one is answered), oldest first; then
@@ -211,3 +260,4 @@ class InboxPane(Vertical):
         rows.update(questions)
         self.table.marked &= set(waiting)
         self.table.set_rows(rows, asked + waiting)
+        self.show_detail()

@@ -13,6 +13,7 @@ from textual.widgets import Label, OptionList, TextArea
 from textual.widgets.option_list import Option
 
 from agents.textsafe import clean, clean_line
+from console.widgets.editor import SpecEditor
 
 if TYPE_CHECKING:
     from agents.specs import LintFinding
@@ -23,13 +24,20 @@ LOCKED = "read-only: this spec holds control characters (shown as ␛ and the li
     "outside the console"
 
 
+NO_SPECS = "No specs yet: a spec is a Markdown file in specs/ (see specs/README.md)"
+
+
 class SpecsPane(Horizontal):
+    """Side by side when there is room; at 80 columns or so the list, the editor and the
+    findings are stacked, so that the editor keeps the whole width."""
+
     DEFAULT_CSS = """
     SpecsPane #spec-list { width: 26; }
     SpecsPane #spec-editor { width: 1fr; }
     SpecsPane #spec-side { width: 48; }
     SpecsPane #lint { height: 1fr; }
-    SpecsPane Label { color: $text-muted; padding: 0 1; }
+    SpecsPane Label { color: $text-muted; padding: 0 1; text-wrap: nowrap;
+                      text-overflow: ellipsis; }
     """
 
     def __init__(self, *, id: str | None = None) -> None:
@@ -43,8 +51,7 @@ class SpecsPane(Horizontal):
 
     def compose(self) -> ComposeResult:
         yield OptionList(id="spec-list")
-        yield TextArea.code_editor("", language="markdown", id="spec-editor",
-                                   soft_wrap=True)
+        yield SpecEditor(id="spec-editor")
         with Vertical(id="spec-side"):
             yield Label("lint", id="lint-title")
             yield OptionList(id="lint")
@@ -64,7 +71,7 @@ class SpecsPane(Horizontal):
         listing.clear_options()
         # A branch that landed may have named a spec file: plain text, never markup.
         listing.add_options([Option(Content(clean_line(f.path.name)), id=str(f.path))
-                             for f in files])
+                             for f in files] or [Option(NO_SPECS, disabled=True)])
 
     def open(self, path: Path) -> None:
         for spec in self.files:
@@ -81,6 +88,8 @@ class SpecsPane(Horizontal):
                 self.editor.border_title = LOCKED if self.locked else None
                 self.editor.load_text(self.saved_text)
                 self.show_findings(spec.findings)
+                # The list highlights the open spec: enter there acts on it, not on nothing.
+                self.query_one("#spec-list", OptionList).highlighted = self.files.index(spec)
                 return
 
     def saved(self, text: str, findings: list[LintFinding]) -> None:

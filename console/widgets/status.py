@@ -1,7 +1,14 @@
-"""The header line: what the run is doing and what it has cost, against its budget."""
+"""The header line: what the run is doing and what it has cost, against its budget.
+
+It is one line at any width. Each item has a full and a short form; when the full line does
+not fit, the short forms are used, and if that is still too wide the least important items
+go (the engine's place, the sandbox's name, the merge rate...), never the run's state, its
+counts, what waits for a person or the money.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from rich.text import Text
@@ -14,49 +21,104 @@ if TYPE_CHECKING:
     from console.model import Totals
 
 
+@dataclass(frozen=True)
+class Item:
+    full: str
+    short: str
+    style: str = ""
+    rank: int = 0  # 0: always shown; otherwise dropped when narrow, highest first
+
+
+def items(t: Totals, budget_tokens: int | None, budget_usd: float | None, sandbox: str,
+          engine: str, lag: float) -> list[Item]:
+    # The run's status and where the engine runs come from the store or a daemon: made inert.
+    status = clean_line(t.run_status.upper())
+    tok = fmt.tokens(t.tokens) + (f"/{fmt.tokens(budget_tokens)}" if budget_tokens else "")
+    cost = fmt.usd(t.usd) + (f"/{fmt.usd(budget_usd)}" if budget_usd else "")
+    short_cost = f"${t.usd or 0:.2f}" + (f"/${budget_usd:.2f}" if budget_usd else "")
+    out = [Item(f" {status} ", f" {status} ", "bold reverse")]
+    if engine:
+        out.append(Item(clean_line(engine), clean_line(engine), "dim", rank=9))
+    rate = t.merge_rate
+    out += [
+        Item(f"agents {t.agents_active} active/{t.agents_total}",
+             f"agents {t.agents_active}/{t.agents_total}"),
+        Item(f"tasks {t.tasks_done}/{t.tasks_total}", f"tasks {t.tasks_done}/{t.tasks_total}"),
+        Item(f"tokens {tok}", f"tok {tok}", rank=4),
+        Item(cost, short_cost),
+        Item(f"landed {t.landed}", f"✓{t.landed}", "green", rank=3),
+        Item(f"rejected {t.rejected}", f"✗{t.rejected}", "red", rank=3),
+        Item(f"merge rate {rate:.0%}" if rate is not None else "merge rate -",
+             f"merge {rate:.0%}" if rate is not None else "merge -", rank=6),
+    ]
+    if t.awaiting:
+        out.append(Item(f"approvals {t.awaiting}", f"appr {t.awaiting}", "bold yellow"))
+    if t.questions:
+        out.append(Item(f"questions {t.questions}", f"ask {t.questions}", "bold magenta"))
+    if sandbox == "none":
+        out.append(Item("UNSANDBOXED", "UNSANDBOXED", "bold red reverse"))
+    elif sandbox:
+        out.append(Item(f"sandbox {clean_line(sandbox)}", clean_line(sandbox), "dim", rank=8))
+    if lag > 1:
+        out.append(Item(f"lag {lag:.1f}s", f"lag {lag:.0f}s", "yellow", rank=2))
+    return out
+
+
+def fit(all_items: list[Item], width: int) -> Text:
+    """The fullest line that fits in `width`."""
+    def line(chosen: list[Item], short: bool, gap: str) -> Text:
+        text = Text()
+        for n, item in enumerate(chosen):
+            if n:
+                text.append(gap)
+            text.append(item.short if short else item.full, style=item.style)
+        return text
+
+    chosen = list(all_items)
+    for short, gap in ((False, "  "), (True, "  "), (True, " ")):
+        if line(chosen, short, gap).cell_len <= width:
+            return line(chosen, short, gap)
+    while any(i.rank for i in chosen):
+        chosen.remove(max(reversed(chosen), key=lambda i: i.rank))
+        if line(chosen, True, " ").cell_len <= width:
+            break
+    return line(chosen, True, " ")
+
+
 class RunStatus(Static):
     DEFAULT_CSS = """
-    RunStatus { height: 1; background: $panel; color: $text; padding: 0 1; }
+    RunStatus { height: 1; background: $panel; color: $text; padding: 0 1;
+                text-wrap: nowrap; text-overflow: ellipsis; }
     """
 
+    _items: list[Item] | None = None
+
     def connecting(self) -> None:
+        self._items = None
         self.update(Text.assemble((" CONNECTING ", "bold reverse"), "  opening the factory…"),
                     layout=False)
 
     def stopping(self) -> None:
+        self._items = None
         self.update(Text.assemble((" STOPPING ", "bold reverse"), "  the engine finishes its "
                                   "agents' current steps; every committed step is kept…"),
                     layout=False)
 
     def detached(self, reason: str) -> None:
+        self._items = None
         self.update(Text.assemble((" DETACHED ", "bold reverse red"), f"  {clean_line(reason)}"),
                     layout=False)
 
     def show(self, t: Totals, budget_tokens: int | None, budget_usd: float | None,
              sandbox: str, engine: str, lag: float) -> None:
-        text = Text()
-        # The run's status and where the engine runs come from the store or a daemon:
-        # made inert too (a few strings, at most four times a second).
-        text.append(f" {clean_line(t.run_status.upper())} ", style="bold reverse")
-        if engine:
-            text.append(f"  {clean_line(engine)}", style="dim")
-        text.append(f"  agents {t.agents_active} active/{t.agents_total}")
-        text.append(f"  tasks {t.tasks_done}/{t.tasks_total}")
-        tok = fmt.tokens(t.tokens) + (f"/{fmt.tokens(budget_tokens)}" if budget_tokens else "")
-        cost = fmt.usd(t.usd) + (f"/{fmt.usd(budget_usd)}" if budget_usd else "")
-        text.append(f"  tokens {tok}  {cost}")
-        text.append(f"  landed {t.landed}", style="green")
-        text.append(f"  rejected {t.rejected}", style="red")
-        rate = t.merge_rate
-        text.append(f"  merge rate {rate:.0%}" if rate is not None else "  merge rate -")
-        if t.awaiting:
-            text.append(f"  approvals {t.awaiting}", style="bold yellow")
-        if t.questions:
-            text.append(f"  questions {t.questions}", style="bold magenta")
-        if sandbox == "none":
-            text.append("  UNSANDBOXED", style="bold red reverse")
-        elif sandbox:
-            text.append(f"  sandbox {clean_line(sandbox)}", style="dim")
-        if lag > 1:
-            text.append(f"  lag {lag:.1f}s", style="yellow")
-        self.update(text, layout=False)  # one line, always: no layout pass
+        self._items = items(t, budget_tokens, budget_usd, sandbox, engine, lag)
+        self._paint()
+
+    def on_resize(self) -> None:
+        if self._items is not None:
+            self._paint()
+
+    def _paint(self) -> None:
+        assert self._items is not None
+        width = self.content_region.width or self.app.size.width - 2
+        self.update(fit(self._items, width), layout=False)  # one line, always: no layout

@@ -51,7 +51,7 @@ async def test_question_waits_in_inbox_and_the_answer_reaches_the_agent(
         await pilot.press("a")
         assert isinstance(app.screen, ReasonScreen)
         assert "letters and digits only" in " ".join(
-            str(label.render()) for label in app.screen.query("Label"))
+            str(label.render()) for label in app.screen.query("Static"))
         await pilot.press("enter")  # empty: refused, the dialog stays
         assert isinstance(app.screen, ReasonScreen)
         await pilot.press("1", "enter")  # the first option, by its number
