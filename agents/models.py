@@ -21,7 +21,7 @@ import re
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -381,12 +381,14 @@ class ModelRouter:
         tools: list[dict[str, Any]] | None = None,
         metadata: dict[str, Any] | None = None,
         on_retry: RetryHook | None = None,
+        max_tokens: int | None = None,
     ) -> Completion:
         """One completion for `role`, under the retry and fallback policy of the class.
 
         Raises `ModelError` naming the cause; `on_retry(model, retry number, status, wait,
         cause)` is awaited before each wait.
         """
+        limit = {"max_tokens": max_tokens} if max_tokens is not None else {}
         # The first call pays litellm's import (seconds): do it off the event loop so that
         # everything else keeps moving meanwhile.
         litellm = _litellm if _litellm is not None else await asyncio.to_thread(litellm_module)
@@ -401,7 +403,7 @@ class ModelRouter:
                 try:
                     response = await litellm.acompletion(
                         model=model, messages=messages, tools=tools or None,
-                        metadata=metadata or {}, **self._kwargs(model),
+                        metadata=metadata or {}, **limit, **self._kwargs(model),
                     )
                 except Exception as exc:
                     failure = self.error_for(exc, model, attempt)
@@ -422,6 +424,15 @@ class ModelRouter:
             if failures[-1].kind not in FALLBACK_KINDS:
                 break
         raise self._final(failures) from last
+
+    async def probe(self, model: str) -> Completion:
+        """One call for one token to `model` itself (`factory doctor --online`): with the
+        router's endpoint, key and timeout, but no retry and no fallback, since a fallback
+        that answered would hide that this model does not. Raises `ModelError`, worded as a
+        run's would be."""
+        alone = replace(self, roles={"probe": model}, fallbacks={}, max_retries=0)
+        return await alone.complete("probe", [{"role": "user", "content": "Say OK."}],
+                                    max_tokens=1)
 
     @staticmethod
     def _final(failures: list[ModelError]) -> ModelError:
@@ -596,6 +607,16 @@ def check_models(config: FactoryConfig) -> list[str]:
     (`litellm.validate_environment`) must find what the provider needs. litellm is imported
     only when a model other than `replay/` is configured.
     """
+    problems: list[str] = []
+    for model, keys in model_uses(config).items():
+        for problem in model_problems(config, model):
+            problems.append(f"{', '.join(keys)} = {model!r}: {problem}")
+    return problems
+
+
+def model_uses(config: FactoryConfig) -> dict[str, list[str]]:
+    """Each model the configuration names, once, with the keys that name it (roles first,
+    then fallbacks, in order): what `check_models` and `factory doctor` check."""
     models = config.models
     where: dict[str, list[str]] = {}
     for role in ROLES:
@@ -605,14 +626,51 @@ def check_models(config: FactoryConfig) -> list[str]:
             key = f"models.fallbacks[{primary!r}][{i}]"
             if key not in where.setdefault(fallback, []):
                 where[fallback].append(key)
-    problems: list[str] = []
-    for model, keys in where.items():
-        for problem in _model_problems(config, model):
-            problems.append(f"{', '.join(keys)} = {model!r}: {problem}")
-    return problems
+    return where
 
 
-def _model_problems(config: FactoryConfig, model: str) -> list[str]:
+@dataclass(frozen=True)
+class ModelCheck:
+    """One model as `factory doctor` found it: what stops it offline, and, when it was
+    called (`--online`), whether it answered (`answered` None: not called; `said` why)."""
+
+    model: str
+    keys: tuple[str, ...]
+    problems: tuple[str, ...]
+    answered: bool | None = None
+    said: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems and self.answered is not False
+
+
+async def check_each_model(config: FactoryConfig,
+                           router: ModelRouter | None = None) -> list[ModelCheck]:
+    """Every model the configuration names (`model_uses`), checked offline as a run's start
+    checks it; with a router, each that passes is then called once for one token (a model
+    several keys name is called once). Replayed models are offline by nature: not called."""
+    found = []
+    for model, keys in model_uses(config).items():
+        problems = tuple(await asyncio.to_thread(model_problems, config, model))
+        answered, said = None, ""
+        if router is not None and problems:
+            said = "not called: fix the problems found offline first"
+        elif router is not None and model.startswith("replay/"):
+            said = "not called: a replayed model plays its trajectory, offline"
+        elif router is not None:
+            try:
+                await router.probe(model)
+            except ModelError as exc:
+                answered, said = False, str(exc)
+            else:
+                answered, said = True, "answered a one-token request"
+        found.append(ModelCheck(model, tuple(keys), problems, answered, said))
+    return found
+
+
+def model_problems(config: FactoryConfig, model: str) -> list[str]:
+    """What stops one model from working, offline (`check_models` says how it is checked)."""
     models = config.models
     if not model.strip():
         return ["no model named; set a litellm model name, e.g. 'openai/gpt-4o-mini'"]

@@ -1,11 +1,13 @@
-"""`factory doctor`: which sandbox backends work on this machine, tried for real, and the
-trust boundary in force (who the engine is, who commands run as, how worktree paths are
-opened, the quotas)."""
+"""`factory doctor`: which sandbox backends work on this machine, tried for real, the trust
+boundary in force (who the engine is, who commands run as, how worktree paths are opened,
+the quotas), and whether the repository's test command passes on main in its sandbox: a
+repository whose tests cannot pass there lands nothing, however good the agents' work."""
 
 from __future__ import annotations
 
 import asyncio
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -29,6 +31,9 @@ class BackendStatus:
     reason: str
 
 
+NONE = BackendStatus("none", True, "always available; confines nothing")
+
+
 async def _probe(sandbox: Sandbox, tmp: Path) -> tuple[RunResult, RunResult]:
     """A write in the worktree and a look at the network devices and at who the command is,
     then close the sandbox."""
@@ -46,9 +51,11 @@ def _net_and_user(net: RunResult) -> tuple[str, str]:
     return lines, user or "?"
 
 
-def _config() -> FactoryConfig:
-    """The configuration `.factory.toml` here gives, so the doctor checks what a run would
-    use (the defaults where there is none, or it does not load)."""
+def _config(config: FactoryConfig | None = None) -> FactoryConfig:
+    """`config`, else the configuration `.factory.toml` here gives, so the doctor checks what
+    a run would use (the defaults where there is none, or it does not load)."""
+    if config is not None:
+        return config
     from agents.config import FactoryConfig, load_config
     from agents.errors import FactoryError
 
@@ -61,11 +68,11 @@ def _config() -> FactoryConfig:
     return FactoryConfig()
 
 
-async def _try_bwrap() -> BackendStatus:
+async def _try_bwrap(config: FactoryConfig) -> BackendStatus:
     from agents.sandbox.bwrap import BwrapBackend
 
     try:
-        backend = BwrapBackend(Limits(wall_seconds=20), run_as=resolve(_config().sandbox.run_as))
+        backend = BwrapBackend(Limits(wall_seconds=20), run_as=resolve(config.sandbox.run_as))
     except (SandboxError, FactoryError) as exc:
         return BackendStatus("bwrap", False, str(exc))
     with tempfile.TemporaryDirectory(prefix="factory-doctor-") as tmp:
@@ -79,18 +86,13 @@ async def _try_bwrap() -> BackendStatus:
                          "/proc/net/dev), pids and memory cgroups")
 
 
-def _configured_image() -> str | None:
-    """The image `.factory.toml` here names, so the doctor checks what a run would use."""
-    return _config().sandbox.image or None
-
-
-async def _try_docker(image: str | None) -> BackendStatus:
+async def _try_docker(image: str | None, config: FactoryConfig) -> BackendStatus:
     """Daemon, image, then a real container: each step says why it failed, if it does."""
     try:
         from agents.sandbox.docker import LOCAL_IMAGE, DockerBackend, DockerUnavailable, connect
     except ImportError as exc:
         return BackendStatus("docker", False, f"the docker SDK is not installed ({exc})")
-    image = image or _configured_image() or LOCAL_IMAGE
+    image = image or config.sandbox.image or LOCAL_IMAGE
     try:
         client = await asyncio.to_thread(connect, 10.0)
         version = (await asyncio.to_thread(client.version)).get("Version", "?")
@@ -99,7 +101,7 @@ async def _try_docker(image: str | None) -> BackendStatus:
     with tempfile.TemporaryDirectory(prefix="factory-doctor-") as tmp:
         try:
             backend = DockerBackend(Limits(wall_seconds=20), image=image, root=Path(tmp),
-                                    client=client, run_as=resolve(_config().sandbox.run_as))
+                                    client=client, run_as=resolve(config.sandbox.run_as))
             sandbox = await backend.open(SandboxContext(worktree=Path(tmp),
                                                         agent_id="doctor"))
         except DockerUnavailable as exc:
@@ -115,10 +117,9 @@ async def _try_docker(image: str | None) -> BackendStatus:
                          f"({lines} lines of /proc/net/dev), pids and memory limits")
 
 
-def trust() -> list[tuple[str, str]]:
+def trust(config: FactoryConfig | None = None) -> list[tuple[str, str]]:
     """The trust boundary in force here, as (what, how) lines."""
-    config = _config()
-    sb = config.sandbox
+    sb = _config(config).sandbox
     engine = f"uid {os.geteuid()}, gid {os.getegid()}" + \
         (" (root)" if os.geteuid() == 0 else "")
     try:
@@ -141,18 +142,29 @@ def trust() -> list[tuple[str, str]]:
             ("worktree paths opened by", paths), ("quotas", quota)]
 
 
-def diagnose(only: list[str] | None = None, image: str | None = None) -> list[BackendStatus]:
-    """`image` defaults to the one .factory.toml here names, else the local image."""
+async def backends(config: FactoryConfig | None = None, only: list[str] | None = None,
+                   image: str | None = None) -> list[BackendStatus]:
+    """Each backend (or those in `only`) tried for real with `config`'s identity and image
+    (`image` in place of the image it names, else the local image)."""
+    config = _config(config)
     found = []
     if only is None or "bwrap" in only:
-        found.append(asyncio.run(_try_bwrap()) if not _in_loop() else
-                     BackendStatus("bwrap", False, "diagnose() called inside an event loop"))
+        found.append(await _try_bwrap(config))
     if only is None or "docker" in only:
-        found.append(asyncio.run(_try_docker(image)) if not _in_loop() else
-                     BackendStatus("docker", False, "diagnose() called inside an event loop"))
+        found.append(await _try_docker(image, config))
     if only is None or "none" in only:
-        found.append(BackendStatus("none", True, "always available; confines nothing"))
+        found.append(NONE)
     return found
+
+
+def diagnose(only: list[str] | None = None, image: str | None = None) -> list[BackendStatus]:
+    """`backends` for code that has no event loop running (inside one, it says so instead of
+    trying), with the configuration .factory.toml here gives."""
+    if not _in_loop():
+        return asyncio.run(backends(None, only, image))
+    found = [BackendStatus(name, False, "diagnose() called inside an event loop")
+             for name in ("bwrap", "docker") if only is None or name in only]
+    return [*found, NONE] if only is None or "none" in only else found
 
 
 def _in_loop() -> bool:
@@ -161,3 +173,83 @@ def _in_loop() -> bool:
     except RuntimeError:
         return False
     return True
+
+
+@dataclass(frozen=True)
+class TestCheck:
+    """The test command's run on main: `reason` says why it did not pass ("" when it did)."""
+
+    command: str
+    commit: str
+    backend: str
+    passed: bool
+    reason: str = ""
+    output: str = ""
+    failing: tuple[str, ...] = ()
+
+
+# The shell's "command not found" (127) and "found but not executable" (126).
+_NOT_THERE = {127: "is not present in the sandbox", 126: "cannot be executed in the sandbox"}
+
+
+async def check_tests(config: FactoryConfig) -> TestCheck:
+    """`[repo] test_command` on main's head, run as the landing step runs it (its own code,
+    agents/landing.py): in a fresh sandbox of the configured backend, with its limits and
+    quota, over a worktree of main whose git metadata is read-only. Nothing is recorded."""
+    from agents.engine import make_sandbox_backend, sandbox_limits, sandbox_quota
+    from agents.gitcmd import GitError, git
+    from agents.landing import TestedLanding
+    from agents.private import exclude_factory, private_dir
+    from agents.workspace import Workspace
+
+    command, root = config.repo.test_command, config.root
+    try:
+        ws = Workspace(root, root / ".factory" / "worktrees", config.repo.main_branch)
+    except FactoryError as exc:
+        return TestCheck(command, "", config.sandbox.backend, False, str(exc))
+    try:
+        try:
+            commit = ws.main_head()
+            backend = make_sandbox_backend(config)
+        except (FactoryError, SandboxError) as exc:
+            return TestCheck(command, "", config.sandbox.backend, False, str(exc))
+        private_dir(root / ".factory")
+        exclude_factory(ws.common_dir)
+        scratch = root / ".factory" / "landing"  # where a run sweeps what a crash left
+        lander = TestedLanding(ws, backend, command, sandbox_limits(config), scratch,
+                               _record_nothing, sandbox_quota(config))
+        scratch.mkdir(parents=True, exist_ok=True)
+        path = scratch / f"doctor-{os.getpid()}-{commit[:12]}"
+        try:
+            async with ws.add_lock:
+                await git("worktree", "add", "-q", "--detach", str(path), commit, cwd=root)
+        except GitError as exc:
+            return TestCheck(command, commit, backend.name, False,
+                             f"cannot check out {config.repo.main_branch}: "
+                             f"{exc.stderr.strip()}")
+        try:
+            passed, output, reason, failing = await lander._run_tests(path, "doctor")
+        finally:
+            await ws.remove_async(path)
+    finally:
+        ws.close()
+    if not passed:
+        reason = _explained(reason, command)
+    return TestCheck(command, commit, backend.name, passed, reason, output, tuple(failing))
+
+
+def _explained(reason: str, command: str) -> str:
+    """The landing step's reason, with what an exit of 126 or 127 means here: the command
+    (or the interpreter it starts, such as python) is missing from the sandbox, which is not
+    the person's machine (docker runs the image's toolchain)."""
+    code = re.search(r"\(exit code (\d+)\)", reason)
+    said = _NOT_THERE.get(int(code.group(1))) if code else None
+    if said is None:
+        return reason
+    return (f"{reason}; the command {command!r}, or the interpreter it starts, {said}: "
+            "install it there (in the docker image, for the docker backend) or change "
+            "[repo] test_command")
+
+
+async def _record_nothing(_: object) -> None:
+    """The doctor's test run is no landing: it records no events."""
