@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import importlib
 import json
 import logging
@@ -55,10 +56,18 @@ def _headless(args: argparse.Namespace) -> bool:
 # -- commands --------------------------------------------------------------------------------
 
 
+def _place(args: argparse.Namespace, default: str) -> Path:
+    """PATH or --root (they mean the same for `init` and `demo`), said once."""
+    if args.path is not None and args.root is not None and \
+            Path(args.path).resolve() != Path(args.root).resolve():
+        raise FactoryError(f"two places given ({args.path} and --root {args.root}): give one")
+    return Path(args.root or args.path or default)
+
+
 def cmd_init(args: argparse.Namespace) -> int:
     from agents.config import init_project
 
-    root = Path(args.path).resolve()
+    root = _place(args, ".").resolve()
     written = init_project(root)
     for path in written:
         shown = path.relative_to(root) if path.is_relative_to(root) else path
@@ -67,30 +76,65 @@ def cmd_init(args: argparse.Namespace) -> int:
     return 0
 
 
+def _spec_files(args: argparse.Namespace) -> list[Path]:
+    """The files `factory spec lint` reads: each PATH, or each spec in a PATH that is a
+    folder (its *.md but README.md, as a run reads a specs folder); with no PATH, the
+    configured specs folder's."""
+    names = [Path(name) for name in args.paths]
+    if not names:
+        from agents.config import load_config
+
+        config = load_config(_root(args.root) / CONFIG_NAME)
+        folder = config.specs_path
+        if not folder.is_dir():
+            raise FactoryError(f"{folder}: no specs folder ([repo] specs_dir = "
+                               f"{config.repo.specs_dir!r}); `factory init` writes one")
+        names = [folder.relative_to(Path.cwd()) if folder.is_relative_to(Path.cwd())
+                 else folder]
+    files: list[Path] = []
+    for path in names:
+        if not path.is_dir():
+            files.append(path)
+            continue
+        found = sorted(p for p in path.glob("*.md") if p.name != "README.md")
+        if not found:
+            raise FactoryError(f"{path}: no spec files (*.md) in this folder")
+        files.extend(found)
+    return files
+
+
 def cmd_spec_lint(args: argparse.Namespace) -> int:
     from agents.specs import lint_score, lint_spec
 
     worst = 0
-    for name in args.paths:
-        path = Path(name)
+    linted = []
+    for path in _spec_files(args):
         try:
             text = path.read_text()
         except OSError as exc:
             raise FactoryError(f"{path}: cannot read: {exc.strerror}") from None
         findings = lint_spec(text, path)
-        score = lint_score(findings)
+        # A spec that does not parse cannot be run at all: nothing in it is precise yet.
+        parsed = not any(f.code == "parse" for f in findings)
+        score = lint_score(findings) if parsed else 0
+        worst = max(worst, int(any(f.severity == "error" for f in findings)))
+        linted.append({"path": str(path), "score": score, "parses": parsed,
+                       "findings": [f.model_dump(exclude={"path"}) for f in findings]})
+        if args.json:
+            continue
         name = clean_line(str(path))  # a spec a branch landed may be named by an agent
         out.print(Text.assemble((name, "bold"), f": precision {score}/100"))
         for f in findings:
             style = {"error": "red", "warning": "yellow"}.get(f.severity, "dim")
             out.print(Text.assemble(f"  {name}:{f.line}: ", (f.severity, style),
                                     f" {f.code}: {clean_line(f.message)}"))
-            if f.severity == "error":
-                worst = max(worst, 1)
+    if args.json:
+        print(json.dumps({"specs": linted, "ok": worst == 0}))
     return worst
 
 
-async def _run(root: Path, specs: list[str] | None, headless: bool) -> int:
+async def _run(root: Path, specs: list[str] | None, headless: bool,
+               as_json: bool = False) -> int:
     from agents.daemon import Daemon
     from agents.engine import Factory
     from console.progress import Progress
@@ -117,10 +161,15 @@ async def _run(root: Path, specs: list[str] | None, headless: bool) -> int:
             err.print("[bold red]WARNING: sandbox backend is 'none': agents run commands "
                       "UNSANDBOXED on this machine[/]")
         budget = factory.config.budgets.run
+        # With --json, stdout holds the summary alone: progress lines go to stderr.
         console = out if not headless else Console(highlight=False, force_terminal=False,
-                                                   soft_wrap=True)
+                                                   soft_wrap=True, stderr=as_json)
         with Progress(factory.store, console, budget.usd, budget.tokens) as progress:
             summary = await factory.run(specs or None)
+        if as_json:
+            print(json.dumps({**dataclasses.asdict(summary), "complete": summary.complete,
+                              "peak_agents": progress.peak_active}, default=str))
+            return 0 if summary.complete else 1
         out.print()
         out.print(Text.assemble((f"Run {clean_line(summary.run_id)}", "bold"),
                                 f": {clean_line(summary.status)}; peak "
@@ -150,7 +199,8 @@ async def _run(root: Path, specs: list[str] | None, headless: bool) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    return _stoppable(_run(_root(args.root), args.specs, _headless(args)))
+    return _stoppable(_run(_root(args.root), args.specs, _headless(args) or args.json,
+                           args.json))
 
 
 def _stoppable(work: Coroutine[Any, Any, int]) -> int:
@@ -179,7 +229,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from agents import demo
 
     backend = args.sandbox or _demo_backend()
-    path = demo.build(Path(args.path), backend)
+    path = demo.build(_place(args, "factory-demo"), backend)
     out.print(Text(f"demo project at {clean_line(str(path))} (sandbox: {backend})"))
     if _headless(args):
         # The demo rejects three branches by design: a run that went to its end is a 0.
@@ -531,6 +581,12 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     root = _root(args.root)
     config = load_config(root / CONFIG_NAME)
     report = verify(config.store_path)
+    if args.json:
+        print(json.dumps({"ok": report.ok, "events": report.events,
+                          "problems": report.problems,
+                          "drift": [dataclasses.asdict(d) for d in report.drift or []],
+                          "store": str(config.store_path)}, default=str))
+        return 0 if report.ok else 1
     if report.ok:
         out.print(Text.assemble(("ok", "green"), f": {report.events} events, hash chain intact, "
                                 "projections match a replay of the log "
@@ -574,6 +630,14 @@ def cmd_store_rebuild(args: argparse.Namespace) -> int:
         report = rebuild(config.store_path)
     finally:
         lock.release()
+    if args.json:
+        print(json.dumps({"events": report.events, "store": str(config.store_path),
+                          "counts": {table: dict(zip(("added", "changed", "removed"), n,
+                                                     strict=True))
+                                     for table, n in report.counts.items()},
+                          "drift": [dataclasses.asdict(d) for d in report.drift]},
+                         default=str))
+        return 0
     where = clean_line(str(config.store_path))
     if not report.drift:
         out.print(Text.assemble(("ok", "green"), f": {report.events} events replayed; every "
@@ -591,82 +655,197 @@ def cmd_store_rebuild(args: argparse.Namespace) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from agents.sandbox.doctor import diagnose, trust
+    from agents.config import find_config, load_config
 
+    found = (Path(args.root).resolve() / CONFIG_NAME) if args.root else find_config(Path.cwd())
+    config = load_config(found) if found is not None else None
+    return asyncio.run(_doctor(config, args.online, args.json))
+
+
+async def _doctor(config: Any, online: bool, as_json: bool) -> int:
+    """Backends and the trust boundary always; with a configuration, its models (offline,
+    then called when `online`) and its test command on main, in its sandbox. 0 when a
+    confining backend works and, configured, every model and the tests pass."""
+    from agents.models import check_each_model
+    from agents.sandbox.doctor import backends, check_tests, trust
+
+    statuses = await backends(config)
+    boundary = trust(config)
+    models, tests = [], None
+    if config is not None:
+        from agents.engine import make_router
+
+        models = await check_each_model(config, make_router(config) if online else None)
+        tests = await check_tests(config)
+    ok = any(s.works and s.name != "none" for s in statuses) and \
+        all(m.ok for m in models) and (tests is None or tests.passed)
+    if as_json:
+        print(json.dumps({
+            "ok": ok, "config": str(config.root / CONFIG_NAME) if config else None,
+            "backends": [dataclasses.asdict(s) for s in statuses],
+            "trust": [{"what": what, "how": how} for what, how in boundary],
+            "models": [{**dataclasses.asdict(m), "ok": m.ok} for m in models],
+            "tests": dataclasses.asdict(tests) if tests is not None else None}))
+        return 0 if ok else 1
     table = Table("backend", "works", "why")
-    ok = False
-    for status in diagnose():
-        ok = ok or (status.works and status.name != "none")
+    for status in statuses:
         table.add_row(status.name, "[green]yes[/]" if status.works else "[red]no[/]",
                       Text(clean(status.reason)))  # quotes what a backend printed
     out.print(table)
-    boundary = Table("trust boundary", "")
-    for what, how in trust():
-        boundary.add_row(what, Text(clean(how)))
-    out.print(boundary)
+    table = Table("trust boundary", "")
+    for what, how in boundary:
+        table.add_row(what, Text(clean(how)))
+    out.print(table)
+    if config is None:
+        out.print(Text(f"no {CONFIG_NAME} here or above: models and the test command were "
+                       "not checked (run `factory doctor` in a repository, or give --root)",
+                       style="yellow"))
+        return 0 if ok else 1
+    _print_models(models, online)
+    _print_tests(tests)
     return 0 if ok else 1
+
+
+def _print_models(models: list[Any], online: bool) -> None:
+    headers = ["model", "named by", "offline"] + (["online"] if online else [])
+    table = Table(*headers)
+    for m in models:
+        offline = Text("; ".join(m.problems), style="red") if m.problems \
+            else Text("ok", style="green")
+        row = [Text(clean_line(m.model)), Text(", ".join(m.keys)), offline]
+        if online:
+            style = {True: "green", False: "red"}.get(m.answered, "dim")
+            row.append(Text(clean_line(m.said), style=style))  # quotes the provider
+        table.add_row(*row)
+    out.print(table)
+
+
+def _print_tests(tests: Any) -> None:
+    where = f" on main ({tests.commit[:12]})" if tests.commit else ""
+    head = Text.assemble("test command ", (clean_line(tests.command), "bold"), where,
+                         f" in the {tests.backend} sandbox: ")
+    if tests.passed:
+        out.print(Text.assemble(head, ("passes", "green")))
+        return
+    # The reason and the output are what the repository's own tests printed.
+    out.print(Text.assemble(head, (clean_line(tests.reason), "red")))
+    tail = [line for line in tests.output.splitlines() if line.strip()][-15:]
+    for line in tail:
+        out.print(Text(f"  {clean_line(line)}", style="dim"))
 
 
 # -- parser ----------------------------------------------------------------------------------
 
 
+ROOT_HELP = "repository root (default: the folder holding .factory.toml, here or above)"
+JSON_HELP = "print the result as one JSON document (for scripts)"
+
+
+def _root_option(p: argparse.ArgumentParser, help: str = ROOT_HELP) -> None:
+    p.add_argument("--root", metavar="DIR", help=help)
+
+
+def _json_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
+
+
+def _group(sub: Any, name: str, help: str) -> Any:
+    """A command of commands (`factory spec`, ...): alone, it prints its own help."""
+    p = sub.add_parser(name, help=help, description=help)
+    p.set_defaults(fn=lambda args: _print_help(p))
+    return p.add_subparsers(dest=f"{name}_command", metavar="COMMAND")
+
+
+def _print_help(parser: argparse.ArgumentParser) -> int:
+    parser.print_help()
+    return 0
+
+
+def version() -> str:
+    """The installed package's version; from pyproject.toml when run from a checkout that
+    was never installed (`python -m console.cli`)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("factory-console")
+    except metadata.PackageNotFoundError:
+        import tomllib
+
+        try:
+            text = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
+            return str(tomllib.loads(text)["project"]["version"])
+        except (OSError, KeyError, tomllib.TOMLDecodeError):
+            return "unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
+    """Every command takes --root, every argument has a help string, and what a script
+    would read takes --json (tests/test_cli_conventions.py holds all three)."""
     parser = argparse.ArgumentParser(prog="factory", description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser.add_argument("--version", action="version", version=f"factory {version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("init", help="write a commented .factory.toml and an example spec")
-    p.add_argument("path", nargs="?", default=".")
+    p.add_argument("path", nargs="?", metavar="PATH",
+                   help="the repository to set up (default: here)")
+    _root_option(p, "the repository to set up, as PATH (give one of them)")
     p.set_defaults(fn=cmd_init)
 
     p = sub.add_parser("run", help="run specs: plan, work, test and land")
     p.add_argument("specs", nargs="*", metavar="SPEC", help="spec ids (default: all)")
-    p.add_argument("--root", help="repository root (default: found from here)")
+    _root_option(p)
     p.add_argument("--headless", action="store_true", help="never open a screen")
+    p.add_argument("--json", action="store_true", help="print the run's summary as JSON "
+                   "(progress goes to stderr; implies --headless)")
     p.set_defaults(fn=cmd_run)
 
     p = sub.add_parser("status", help="what the store says now (safe while a run goes on)")
-    p.add_argument("--root")
-    p.add_argument("--json", action="store_true")
+    _root_option(p)
+    _json_option(p)
     p.set_defaults(fn=cmd_status)
 
     p = sub.add_parser("queue", help="the merge queue: entries, batches, test runs, flaky "
                        "tests (safe while a run goes on)")
-    p.add_argument("--root", help="repository root (default: found from here)")
-    p.add_argument("--json", action="store_true", help="print the queue as JSON")
+    _root_option(p)
+    _json_option(p)
     p.set_defaults(fn=cmd_queue, queue_command=None)
     queue = p.add_subparsers(dest="queue_command", metavar="move")
     q = queue.add_parser("move", help="move a waiting entry up or down the queue")
     q.add_argument("key", metavar="ID", help="the entry's task, as spec/task")
-    q.add_argument("direction", choices=["up", "down"])
-    q.add_argument("--root", help="repository root (default: found from here)")
+    q.add_argument("direction", choices=["up", "down"],
+                   help="up: nearer the front (tested and landed sooner); down: further back")
+    _root_option(q)
 
     p = sub.add_parser("approve", help="let a queue entry that waits for a person land")
     p.add_argument("key", metavar="ID", help="the entry's task, as spec/task")
-    p.add_argument("--root", help="repository root (default: found from here)")
+    _root_option(p)
     p.set_defaults(fn=cmd_approve)
 
     p = sub.add_parser("reject", help="refuse a queue entry, with a reason its agent and "
                        "the log keep")
     p.add_argument("key", metavar="ID", help="the entry's task, as spec/task")
     p.add_argument("--reason", required=True, help="why (recorded, shown to the agent)")
-    p.add_argument("--root", help="repository root (default: found from here)")
+    _root_option(p)
     p.set_defaults(fn=cmd_reject)
 
     p = sub.add_parser("retry", help="put a rejected branch back in the queue")
     p.add_argument("key", metavar="ID", help="the entry's task, as spec/task")
-    p.add_argument("--root", help="repository root (default: found from here)")
+    _root_option(p)
     p.set_defaults(fn=cmd_retry)
 
     p = sub.add_parser("demo", help="build the demo project and run the factory on it")
-    p.add_argument("path", nargs="?", default="factory-demo")
-    p.add_argument("--headless", action="store_true")
+    p.add_argument("path", nargs="?", metavar="PATH",
+                   help="where to build the demo project (default: factory-demo)")
+    _root_option(p, "where to build the demo project, as PATH (give one of them)")
+    p.add_argument("--headless", action="store_true",
+                   help="run it to the end without a screen (branches land unapproved)")
     p.add_argument("--sandbox", choices=["bwrap", "docker", "none"],
                    help="sandbox backend for the demo (default: bwrap if it works)")
     p.add_argument("--theme", help="console theme (see themes/)")
     p.set_defaults(fn=cmd_demo)
 
     p = sub.add_parser("console", help="open the supervisory console over this repository")
-    p.add_argument("--root", help="repository root (default: found from here)")
+    _root_option(p)
     p.add_argument("--theme", help="console theme (see themes/)")
     p.add_argument("--attach", metavar="SOCKET",
                    help="attach to the daemon listening on SOCKET (by default a console "
@@ -674,7 +853,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_console)
 
     p = sub.add_parser("daemon", help="serve the factory to consoles that attach and detach")
-    p.add_argument("--root", help="repository root (default: found from here)")
+    _root_option(p)
     p.add_argument("--socket", help="unix socket to listen on (default: .factory/daemon.sock)")
     p.add_argument("--run", action="store_true", help="start a run of every spec at once")
     p.add_argument("--approval", choices=["never", "high", "medium", "always"],
@@ -685,34 +864,47 @@ def build_parser() -> argparse.ArgumentParser:
                         "uses 10: on a busy machine the console's screen comes first)")
     p.set_defaults(fn=cmd_daemon)
 
-    spec = sub.add_parser("spec", help="spec tools").add_subparsers(dest="spec_command",
-                                                                    required=True)
+    spec = _group(sub, "spec", "spec tools")
     p = spec.add_parser("lint", help="report how precise specs are")
-    p.add_argument("paths", nargs="+", metavar="PATH")
+    p.add_argument("paths", nargs="*", metavar="PATH",
+                   help="spec files, or folders whose *.md specs are all linted (default: "
+                   "the configured specs folder, [repo] specs_dir)")
+    _root_option(p, "the repository whose specs folder is linted when no PATH is given "
+                 "(default: found from here)")
+    _json_option(p)
     p.set_defaults(fn=cmd_spec_lint)
 
-    audit = sub.add_parser("audit", help="audit the store").add_subparsers(
-        dest="audit_command", required=True)
+    audit = _group(sub, "audit", "audit the store")
     p = audit.add_parser("verify", help="check the event log's hash chain, and the "
                          "projections against a replay of the log")
-    p.add_argument("--root")
+    _root_option(p)
+    _json_option(p)
     p.set_defaults(fn=cmd_audit_verify)
 
-    store = sub.add_parser("store", help="maintain the store").add_subparsers(
-        dest="store_command", required=True)
+    store = _group(sub, "store", "maintain the store")
     p = store.add_parser("rebuild", help="recompute every projection from the event log "
                          "(refused while the factory runs)")
-    p.add_argument("--root")
+    _root_option(p)
+    _json_option(p)
     p.set_defaults(fn=cmd_store_rebuild)
 
-    p = sub.add_parser("doctor", help="which sandbox backends work on this machine")
+    p = sub.add_parser("doctor", help="what works here: sandbox backends, the trust "
+                       "boundary, each role's model, the test command on main")
+    _root_option(p, "the repository to check (default: the one here or above; without "
+                 "one, only the sandbox backends are checked)")
+    p.add_argument("--online", action="store_true",
+                   help="also call each model once, for one token (costs that token)")
+    _json_option(p)
     p.set_defaults(fn=cmd_doctor)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "fn", None) is None:  # `factory` alone: what it can do
+        return _print_help(parser)
     try:
         return int(args.fn(args) or 0)
     except FactoryError as exc:
