@@ -120,7 +120,10 @@ def _fits() -> bool:
 
 
 class FactoryScreen(Screen[None]):
-    """The console's main screen, painted by a LineCompositor."""
+    """The console's main screen, painted by a LineCompositor. It starts with the focus on
+    the list of specs (not the tab bar): arrows pick one and Enter opens it."""
+
+    AUTO_FOCUS = "#spec-list"
 
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id)
