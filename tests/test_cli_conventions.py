@@ -19,6 +19,7 @@ from agents.store import Store
 from console.cli import build_parser
 from tests.conftest import make_repo
 from tests.test_cli import factory
+from tests.test_engine import build_demo
 
 ROOT = Path(__file__).resolve().parents[1]
 COLOUR = re.compile(r"\x1b\[[0-9;]*(3[0-7]|9[0-7]|38;[25];[0-9;]+)m")  # a foreground colour
@@ -185,3 +186,15 @@ def test_a_quoted_number_in_the_configuration_is_an_error(tmp_path: Path) -> Non
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert f"{repo / '.factory.toml'}:2: budgets.run.usd: expected a number, got '20'" in \
         done.stderr.replace("\n", "")
+
+
+def test_run_json_is_the_summary_alone(tmp_path: Path) -> None:
+    root = build_demo(tmp_path)
+    done = factory("run", "--json", cwd=root)
+    summary = json.loads(done.stdout)  # progress went to stderr: stdout is one document
+    assert done.returncode == (0 if summary["complete"] else 1), done.stderr
+    assert summary["status"] in ("done", "failed") and summary["landed"]
+    assert f"run {summary['run_id']}" in done.stderr
+    status = json.loads(factory("status", "--json", cwd=root).stdout)
+    landed = sorted(t["key"] for t in status["tasks"] if t["status"] == "landed")
+    assert sorted(summary["landed"]) == landed
