@@ -103,12 +103,12 @@ class RowsView(ScrollView, can_focus=True):
         Binding("enter", "activate", "Open", show=False),
     ]
     COMPONENT_CLASSES = {"rows--header", "rows--cursor", "rows--marked", "rows--empty"}
-    # Focus shows twice, not by one colour alone: the header turns the primary colour and
-    # the cursor row goes from a tint to the accent itself.
+    # Focus shows twice, not by one colour alone: the header is underlined in the primary
+    # colour and the cursor row goes from a tint to the accent itself.
     DEFAULT_CSS = """
     RowsView { height: 1fr; background: $surface; color: $foreground; }
     RowsView > .rows--header { text-style: bold; background: $panel; color: $foreground; }
-    RowsView:focus > .rows--header { background: $primary; color: $background; }
+    RowsView:focus > .rows--header { color: $primary; text-style: bold underline; }
     RowsView > .rows--cursor { background: $accent 30%; color: $foreground; }
     RowsView:focus > .rows--cursor { background: $accent; color: $background;
                                      text-style: bold; }

@@ -138,6 +138,12 @@ class Timeline(RichLog):
         self.last_id = 0
         self._written_at = 0.0
 
+    def on_mount(self) -> None:
+        if self.agent_id is None:  # an empty pane says what would appear here, and how
+            self.write(Text("The selected agent's story shows here: its model turns, tool "
+                            "calls and results, as they happen (p pauses it).",
+                            style="dim italic"))
+
     def show_history(self, agent_id: str, history: list[StoredEvent]) -> None:
         self.clear()
         self.agent_id = agent_id

@@ -128,8 +128,9 @@ def history() -> list[ev.Event]:
     return events
 
 
-async def open_sample(root: Path, monkeypatch: Any) -> InProcessClient:
-    """Build the demo repository at root and a store holding `history()`."""
+async def open_sample(root: Path, monkeypatch: Any, *, empty: bool = False) -> InProcessClient:
+    """Build the demo repository at root and a store holding `history()` (none if `empty`:
+    a factory before its first run)."""
     import agents.store.store as store_module
     import console.format as fmt
 
@@ -138,7 +139,7 @@ async def open_sample(root: Path, monkeypatch: Any) -> InProcessClient:
     if not root.exists():
         demo.build(root, "bwrap")
     factory = await Factory.open(root, load_config(root / ".factory.toml"))
-    if factory.store.last_id == 0:
+    if factory.store.last_id == 0 and not empty:
         for event in history():
             await factory.store.append(event)
     return InProcessClient(factory)
