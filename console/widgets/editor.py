@@ -48,6 +48,10 @@ class SpecEditor(TextArea):
     DEFAULT_CSS = """
     SpecEditor { background: $surface; color: $foreground; border: tall $border-blurred; }
     SpecEditor:focus { border: tall $primary; }
+    /* The cursor's line stands out in any theme, also where a terminal has 256 colours. */
+    SpecEditor .text-area--cursor-gutter { background: $primary 45%; color: $foreground;
+                                           text-style: bold; }
+    SpecEditor .text-area--cursor-line { background: $primary 12%; }
     """
 
     def __init__(self, *, id: str | None = None) -> None:

@@ -47,9 +47,9 @@ class Terminal:
         return subprocess.run([self.tmux, "-L", self.socket, *args], capture_output=True,
                               text=True, check=check, timeout=30, env=env)
 
-    def start(self, command: str) -> None:
+    def start(self, command: str, width: int = WIDTH, height: int = HEIGHT) -> None:
         self.run("-f", os.devnull, "new-session", "-d", "-s", self.session,
-                 "-x", str(WIDTH), "-y", str(HEIGHT), command)
+                 "-x", str(width), "-y", str(height), command)
         self.socket_path = self.run("display-message", "-p", "#{socket_path}").stdout.strip()
 
     def keys(self, *keys: str) -> None:
@@ -96,17 +96,20 @@ class Terminal:
 
 
 def header(screen: str) -> dict[str, int]:
-    """The numbers on the header line (approvals is absent, so 0, when nothing waits)."""
+    """The numbers on the header line, in its full or its short form (`agents 1/5`, `✓2`,
+    `appr 3`, `ask 1`); approvals is absent, so 0, when nothing waits."""
     line = screen.splitlines()[0] if screen else ""
     found: dict[str, int] = {}
-    for name, pattern in (("active", r"agents (\d+) active/"), ("agents", r"active/(\d+)"),
+    for name, pattern in (("active", r"agents (\d+)(?: active)?/"),
+                          ("agents", r"agents \d+(?: active)?/(\d+)"),
                           ("done", r"tasks (\d+)/"), ("tasks", r"tasks \d+/(\d+)"),
-                          ("landed", r"landed (\d+)"), ("rejected", r"rejected (\d+)"),
-                          ("approvals", r"approvals (\d+)"), ("questions", r"questions (\d+)")):
+                          ("landed", r"(?:landed |✓)(\d+)"), ("rejected", r"(?:rejected |✗)(\d+)"),
+                          ("approvals", r"(?:approvals|appr) (\d+)"),
+                          ("questions", r"(?:questions|ask) (\d+)")):
         match = re.search(pattern, line)
         if match:
             found[name] = int(match.group(1))
-    if "landed" in found:  # the line is drawn; a missing approvals count means none wait
+    if "tasks" in found:  # the line is drawn; a missing approvals count means none wait
         found.setdefault("approvals", 0)
     return found
 
@@ -117,17 +120,23 @@ def footer(screen: str) -> str:
 
 
 def editor_focused(screen: str) -> bool:
-    """The footer drops the 1-5 pane keys while a text editor holds the focus (it takes
-    printable keys itself) and shows the spec keys only on the specs pane."""
+    """The footer drops the keys that are printable (q Quit, ? Help) while a text editor holds
+    the focus (it takes them itself) and shows the spec keys only on the specs pane."""
     line = footer(screen)
-    return "^s Save" in line and "1 Specs" not in line
+    return "^s Save" in line and "q Quit" not in line
+
+
+def keys_are_keys(screen: str) -> bool:
+    """No editor or input has the focus: q quits, it is not typed."""
+    return "q Quit" in footer(screen)
 
 
 def table_rows(screen: str, heading: str) -> list[tuple[int, str]]:
-    """(screen line index, line) of the table rows under the header line starting `heading`."""
+    """(screen line index, line) of the table rows under the header line starting `heading`
+    (after the gutter of marks, if the table has one)."""
     lines = screen.splitlines()
     for at, line in enumerate(lines):
-        if line.startswith(heading):
+        if line.lstrip().startswith(heading.strip()):
             rows = []
             for index in range(at + 1, len(lines)):
                 if not lines[index].strip() or lines[index].lstrip().startswith("▎"):
@@ -137,18 +146,34 @@ def table_rows(screen: str, heading: str) -> list[tuple[int, str]]:
     return []
 
 
-INBOX_HEADING = "risk       age kind      entry"
+INBOX_HEADING = "risk"
 QUEUE_HEADING = "   # entry"
 
 
+def heading_line(screen: str, heading: str) -> str:
+    return next((line for line in screen.splitlines()
+                 if line.lstrip().startswith(heading.strip())), "")
+
+
+def cell(line: str, head: str, name: str) -> str:
+    """The text of column `name` on a row: from where its title starts on the header line to
+    where the next title starts (the columns the width has room for change)."""
+    at = head.index(name)
+    after = re.search(r" \S", head[at + len(name):])
+    end = at + len(name) + after.start() + 1 if after else len(line)
+    return line[at:end].strip()
+
+
 def inbox_keys(screen: str) -> list[str]:
-    return [line[25:51].strip() for _, line in table_rows(screen, INBOX_HEADING)]
+    head = heading_line(screen, INBOX_HEADING)
+    return [cell(line, head, "entry") for _, line in table_rows(screen, INBOX_HEADING)]
 
 
 def queue_state(screen: str, key: str) -> str | None:
+    head = heading_line(screen, QUEUE_HEADING)
     for _, line in table_rows(screen, QUEUE_HEADING):
-        if line[5:31].strip() == key:
-            return line[32:49].strip()
+        if cell(line, head, "entry") == key:
+            return cell(line, head, "state")
     return None
 
 
@@ -310,11 +335,13 @@ def test_demo_in_a_real_terminal(tmp_path: Path) -> None:
         term.wait_for(lambda s: header(s).get("approvals", 0) > 0, 120,
                       "the header to show pending approvals")
 
-        # Specs pane: cli.md is open; 1 puts the focus in the editor.
+        # Specs pane: cli.md is open and highlighted in the list; 1 focuses the list, and
+        # Enter there puts the focus in the editor.
         spec = demo / "specs" / "cli.md"
         original = spec.read_text()
         term.wait_for("cli.md", 10)
         term.keys("1")
+        term.keys("Enter")
         term.wait_for(editor_focused, 10, "the spec editor to have the focus")
         term.wait_for(lambda s: " 1  +++" in s, 10, "cli.md in the editor")
         # The editor has no ctrl+end: page down past the end of this short spec, then End.
@@ -340,10 +367,10 @@ def test_demo_in_a_real_terminal(tmp_path: Path) -> None:
         expected = original + ("" if original.endswith("\n") else "\n") + ADDED + "\n"
         assert spec.read_text() == expected
 
-        # Leave the editor (escape moves the focus on), or the pane keys would be typed in.
+        # Leave the editor (escape goes back to the list), or the pane keys would be typed in.
         term.keys("Escape")
-        term.wait_for(lambda s: " 5 Inbox " in footer(s), 10,
-                      "the focus to leave the editor (pane keys back in the footer)")
+        term.wait_for(keys_are_keys, 10,
+                      "the focus to leave the editor (q Quit back in the footer)")
 
         # Inbox: an agent's question comes first (its agent waits); answer it by picking
         # the first option by its number.
