@@ -58,6 +58,8 @@ class Settings:
     # Someone supervised this run earlier and has gone (said in the engine's answers).
     left: bool = False
     queue: chain.QueueSettings = field(default_factory=chain.QueueSettings)
+    # Times a refused entry goes back to its agent before its rejection is final.
+    resubmits: int = 0
 
 
 # -- intents -----------------------------------------------------------------------------------
@@ -120,6 +122,20 @@ class Refuse:
 
 
 @dataclass(frozen=True)
+class Return:
+    """The entry was refused (by a gate, its tests or a person) and goes back to its agent,
+    which continues its conversation with the findings and submits again."""
+
+    key: str
+    spec_id: str
+    task_id: str
+    gate: str
+    reason: str
+    output: str = ""
+    round: int = 1
+
+
+@dataclass(frozen=True)
 class Block:
     key: str
     spec_id: str
@@ -173,8 +189,8 @@ class Finish:
     status: str
 
 
-Intent = (Plan | Work | Land | Enqueue | Refuse | Block | BlockSpec | FinishSpec | EngineAnswer
-          | Stop | Cancel | Finish | chain.QueueIntent)
+Intent = (Plan | Work | Land | Enqueue | Refuse | Return | Block | BlockSpec | FinishSpec
+          | EngineAnswer | Stop | Cancel | Finish | chain.QueueIntent)
 
 
 @dataclass(frozen=True)
@@ -272,7 +288,7 @@ def decide(state: State, now: float, settings: Settings) -> Decision:
 
     paused = False
     if landing:
-        paused = _queue(tables, landing, mine, now, settings, out)
+        paused = _queue(tables, landing, mine, now, settings, budget_stop, out)
 
     if not out.intents and not (mine - {f"run:{settings.run_id}"}):
         if all((specs.get(s) or {}).get("status") in SPEC_DONE for s in settings.specs):
@@ -283,9 +299,10 @@ def decide(state: State, now: float, settings: Settings) -> Decision:
 
 
 def _queue(tables: Tables, landing: list[Row], mine: set[str], now: float,
-           settings: Settings, out: _Scratch) -> bool:
+           settings: Settings, budget_stop: str | None, out: _Scratch) -> bool:
     """The merge queue's intents (agents/queue/chain.py) over the cleared entries; whether
-    the queue is paused because main's own tests fail."""
+    the queue is paused because main's own tests fail. An eviction of an entry its agent
+    may still revise becomes a return to that agent."""
     queue, branches = tables["queue"], tables["branches"]
     state = tables["queue_state"].get("queue") or {}
     main = state.get("main")
@@ -303,11 +320,34 @@ def _queue(tables: Tables, landing: list[Row], mine: set[str], now: float,
             if r["status"] != "running" or _run_work(r) in mine]
     busy = sum(1 for work in mine if work.startswith(("queue:test:", "queue:alone:")))
     window = state.get("batch") or (chain.START_WINDOW if settings.queue.batches else 1)
+    tests = tables["flaky_tests"]
     intents = chain.plan(main, entries, tables["links"], runs, window, settings.queue,
                          linking="queue:link" in mine, landing="queue:land" in mine,
-                         busy=busy, flaky=frozenset(tables["flaky_tests"]))
-    out.intents.extend(intents)
+                         busy=busy, flaky=frozenset(n for n, t in tests.items() if t["flakes"]),
+                         quarantined=frozenset(n for n, t in tests.items()
+                                               if t["quarantined"]))
+    for intent in intents:
+        if isinstance(intent, chain.Evict):
+            task = tables["tasks"][intent.key]
+            back = _returned(task, tables, settings, budget_stop, intent.gate, intent.reason,
+                             intent.output)
+            out.intents.append(back or intent)
+        else:
+            out.intents.append(intent)
     return any(isinstance(i, chain.Pause) for i in intents)
+
+
+def _returned(task: Row, tables: Tables, settings: Settings, budget_stop: str | None,
+              gate: str, reason: str, output: str = "") -> Return | None:
+    """The return to its agent of a refused entry, if it may go back: an agent made it (a
+    conversation to continue), it has not gone back `resubmits` times, and the budget
+    still runs."""
+    rounds = task["returns"] or 0
+    agent = tables["agents"].get(task["agent_id"] or "")
+    if agent is None or budget_stop or rounds >= settings.resubmits:
+        return None
+    return Return(task["key"], task["spec_id"], task["task_id"], gate, reason, output,
+                  rounds + 1)
 
 
 def _run_work(run: Row) -> str:
@@ -373,8 +413,9 @@ def _task(task: Row, tables: Tables, mine: set[str], now: float, settings: Setti
     if entry is None or entry["commit_sha"] != task["commit_sha"]:
         out.intents.append(Enqueue(key, spec_id, task_id))
     elif entry["approval"] == Approval.REJECTED:
-        out.intents.append(Refuse(key, spec_id, task_id,
-                                  entry["reason"] or "rejected by a person"))
+        reason = entry["reason"] or "rejected by a person"
+        out.intents.append(_returned(task, tables, settings, budget_stop, "approval", reason)
+                           or Refuse(key, spec_id, task_id, reason))
     elif entry["status"] not in QUEUE_OPEN:
         out.intents.append(Enqueue(key, spec_id, task_id))  # landed or rejected before
     elif entry["approval"] != Approval.PENDING:

@@ -1,9 +1,14 @@
 """`factory demo`: a small real project, three specs and a recorded trajectory, run for real.
 
 The project is a tiny text-utilities package with its own unittest suite. The trajectory is
-written so that the run shows what a factory meets in practice: several agents at once, two
-branches that conflict, one that imports a package the project never declared, one that
-breaks an existing test, an agent that asks the supervisor a question, and work that lands.
+written so that the run shows what a factory meets in practice: several agents at once, an
+agent that asks the supervisor a question, and the merge queue at work: entries tested
+together in batches, each on top of the ones ahead (a speculative chain), a batch that fails
+and whose culprit is found by testing it alone, a flaky test re-run instead of blamed, two
+branches that conflict (the loser goes back to its agent with main merged in, and it
+resolves the conflict), one that breaks an existing test (back to its agent, which fixes
+it), and one that imports a package the project never declared (back to its agent, which
+cannot fix it within its task: rejected).
 """
 
 from __future__ import annotations
@@ -54,6 +59,20 @@ def char_count(text: str, ignore_spaces: bool = False) -> int:
     return len(text.replace(" ", "")) if ignore_spaces else len(text)
 ''',
     "tests/__init__.py": "",
+    # A test written to be flaky, so the demo shows the queue re-running it: it fails on the
+    # first run of any tree the queue tests with cli/main's entry in it (the queue names a
+    # run's attempt and entries in FACTORY_TEST_ATTEMPT and FACTORY_TEST_ENTRIES).
+    "tests/test_flaky.py": '''\
+import os
+import unittest
+
+
+class FlakyTest(unittest.TestCase):
+    def test_service_answers(self) -> None:
+        first = os.environ.get("FACTORY_TEST_ATTEMPT") == "1"
+        with_cli = "cli/main" in os.environ.get("FACTORY_TEST_ENTRIES", "").split(",")
+        self.assertFalse(first and with_cli, "the service timed out (a simulated flake)")
+''',
     "tests/test_slug.py": '''\
 import unittest
 
@@ -222,6 +241,16 @@ def _task(id_: str, title: str, paths: list[str], instructions: str,
             "acceptance": ["python -m unittest discover -s tests -q"]}
 
 
+def _revise(*edits: tuple[str, dict[str, Any]], summary: str) -> list[dict[str, Any]]:
+    """The turns an agent plays when its entry comes back from the queue (none are played
+    when it lands the first time): its edits, the tests, finish. No edit: it gives up."""
+    turns = [_turn(4200, 140, edit) for edit in edits]
+    if edits:
+        turns.append(_turn(4600, 60, ("run_tests", {})))
+    turns.append(_turn(4800, 90, ("finish", {"summary": summary})))
+    return turns
+
+
 def _work(read: str, *edits: tuple[str, dict[str, Any]], summary: str,
           pad: int = 0, ask: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     turns = [_turn(1800, 90, ("list_files", {"path": "."}))]
@@ -251,6 +280,21 @@ def slugify(text: str, separator: str = "-") -> str:
     """Lower-case words joined by the separator."""
     words = re.findall(r"[a-z0-9]+", text.lower())
     return separator.join(words)
+'''
+SLUG_BOTH = '''\
+"""URL slugs."""
+
+import re
+
+
+def slugify(text: str, max_length: int | None = None, separator: str = "-") -> str:
+    """Lower-case words joined by the separator, cut to max_length without a trailing
+    separator."""
+    words = re.findall(r"[a-z0-9]+", text.lower())
+    slug = separator.join(words)
+    if max_length is not None:
+        slug = slug[:max_length].rstrip(separator)
+    return slug
 '''
 SLUG_OLD = '''\
 def slugify(text: str) -> str:
@@ -313,6 +357,9 @@ def word_count(text: str) -> int:
 FAST_COUNT_OLD = '''    return len(text.split())'''
 FAST_COUNT_NEW = '''    # Faster: count separators instead of building a list.
     return sum(1 for ch in text.replace("-", " ").split(" ") if ch)'''
+FAST_COUNT_FIXED = '''    # Faster: count the starts of words instead of building a list.
+    return sum(1 for i, ch in enumerate(text)
+               if not ch.isspace() and (i == 0 or text[i - 1].isspace()))'''
 CLI_MAIN = '''\
 """python -m textkit slug TEXT | count TEXT"""
 
@@ -356,6 +403,13 @@ class CliTest(unittest.TestCase):
 '''
 
 
+# Whichever slug task lands second conflicts with the first; back with main merged in, it
+# keeps both options.
+SLUG_RESOLVED = _revise(("write_file", {"path": "textkit/slug.py", "content": SLUG_BOTH}),
+                        summary="Resolved the conflict with main: slugify takes both "
+                        "max_length and separator.")
+
+
 def trajectory() -> dict[str, Any]:
     agents: dict[str, list[dict[str, Any]]] = {
         "plan:stats": _plan(
@@ -392,13 +446,16 @@ def trajectory() -> dict[str, Any]:
                             "content": UNICODE_WORDS + FILES["textkit/stats.py"].split(
                                 "return len(text.split())\n", 1)[1]}),
             summary="word_count now uses the regex module's Unicode classes.",
-        ),
+        ) + _revise(summary="Unicode classes need the regex package, and this task may not "
+                    "add a dependency (the spec forbids one): leaving it to a person."),
         "stats/fast-count": _work(
             "textkit/stats.py",
             ("edit_file", {"path": "textkit/stats.py", "search": FAST_COUNT_OLD,
                            "replace": FAST_COUNT_NEW}),
             summary="word_count avoids building a list.", pad=1,
-        ),
+        ) + _revise(("edit_file", {"path": "textkit/stats.py", "search": FAST_COUNT_NEW,
+                                   "replace": FAST_COUNT_FIXED}),
+                    summary="word_count counts word starts: hyphenated words stay one word."),
         "slug/max-length": _work(
             "textkit/slug.py",
             ("edit_file", {"path": "textkit/slug.py", "search": SLUG_OLD, "replace": SLUG_MAX}),
@@ -408,13 +465,13 @@ def trajectory() -> dict[str, Any]:
             ask={"question": "Should max_length count the whole slug, hyphens included, or "
                  "only its letters and digits?",
                  "options": ["the whole slug", "letters and digits only"]},
-        ),
+        ) + SLUG_RESOLVED,
         "slug/separator": _work(
             "textkit/slug.py",
             ("edit_file", {"path": "textkit/slug.py", "search": SLUG_OLD, "replace": SLUG_SEP}),
             ("write_file", {"path": "tests/test_slug_separator.py", "content": TEST_SLUG_SEP}),
             summary="slugify takes a separator.", pad=4,
-        ),
+        ) + SLUG_RESOLVED,
         "cli/main": _work(
             "textkit/stats.py",
             ("write_file", {"path": "textkit/__main__.py", "content": CLI_MAIN}),

@@ -222,6 +222,35 @@ class BranchRejected(_Event):
     output: str = ""
 
 
+class BranchReturned(_Event):
+    """The queue refused the entry, and it goes back to its agent instead of being rejected
+    for good: the task is worked again, by the same agent, whose conversation continues
+    with the findings (`round` counts the returns, up to `[queue] resubmits`)."""
+
+    kind: Literal["branch_returned"] = "branch_returned"
+    branch: str
+    commit: str  # the refused commit: the branch's head, where the revision starts
+    gate: str
+    reason: str
+    output: str = ""
+    round: int = 1
+
+
+class RevisionStarted(_Event):
+    """The returned branch is checked out again and its agent told the findings (in an
+    agent_note of the same batch). `base_commit` is what the branch's changes are counted
+    from from now on: main as it was merged in, when the engine merged it, else the task's
+    old base; `since` is the refused commit (a commit after it is the revision's)."""
+
+    kind: Literal["revision_started"] = "revision_started"
+    round: int
+    worktree: str
+    base_commit: str
+    since: str
+    merged_main: str = ""
+    conflicts: list[str] = Field(default_factory=list)
+
+
 class WorktreeRemoved(_Event):
     kind: Literal["worktree_removed"] = "worktree_removed"
     path: str
@@ -472,6 +501,23 @@ class QueuePaused(_Event):
     run_ids: list[str] = []  # main's failed runs this settles
 
 
+class TestsQuarantined(_Event):
+    """Main's own tests fail by name, twice: those tests are set aside (reported, never
+    blamed on an entry) until a tree the queue lands passes them."""
+
+    kind: Literal["tests_quarantined"] = "tests_quarantined"
+    main: str
+    tests: list[str]
+    reason: str = ""
+    run_ids: list[str] = Field(default_factory=list)
+
+
+class TestsReleased(_Event):
+    kind: Literal["tests_released"] = "tests_released"
+    tests: list[str]
+    run_id: str = ""
+
+
 class MainMoved(_Event):
     """Main moved: by the queue to a tested point of its chain (keys landed, the window
     after it), or by someone else (`by` says who; keys empty)."""
@@ -541,6 +587,8 @@ Event = Annotated[
     | GateResult
     | BranchLanded
     | BranchRejected
+    | BranchReturned
+    | RevisionStarted
     | WorktreeRemoved
     | AgentStarted
     | AgentTurn
@@ -565,6 +613,8 @@ Event = Annotated[
     | QueueRequeued
     | FlakeRecorded
     | QueuePaused
+    | TestsQuarantined
+    | TestsReleased
     | MainMoved
     | WorkLost
     | ConflictChecked

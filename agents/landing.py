@@ -194,15 +194,17 @@ class TestedLanding:
             f"{module} (in {', '.join(map(shown, files))})"
             for module, files in sorted(phantom.items()))
 
-    async def _run_tests(self, path: Path, agent_id: str) -> tuple[bool, str, str, list[str]]:
+    async def _run_tests(self, path: Path, agent_id: str, env: dict[str, str] | None = None) \
+            -> tuple[bool, str, str, list[str]]:
         """The test command in a fresh sandbox over path (its .git read-only): (passed,
         output, why not, the failing tests' names; the why says when the command itself
-        could not run, exit 126 or 127)."""
+        could not run, exit 126 or 127). `env` is added to the sandbox's scrubbed
+        environment (the queue names the run and its attempt: a suite can vary its seed)."""
         meter = DiskMeter(path, self.quota) if self.quota is not None else None
         sandbox = await self.backend.open(SandboxContext(
             worktree=path, agent_id=agent_id, read_only=[path / ".git"], meter=meter))
         try:
-            result = await sandbox.run(["sh", "-c", self.test_command], cwd=path,
+            result = await sandbox.run(["sh", "-c", self.test_command], cwd=path, env=env,
                                        limits=self.limits)
         finally:
             await sandbox.close()

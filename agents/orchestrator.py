@@ -164,7 +164,8 @@ class Orchestrator:
             question_timeout=self.questions.timeout, supervised=self.questions.supervised,
             left=self.questions.ever_supervised and not self.questions.supervised,
             queue=chain.QueueSettings(mode=self.config.queue.mode,
-                                      runners=self.config.queue.runners))
+                                      runners=self.config.queue.runners),
+            resubmits=self.config.queue.resubmits)
 
     async def run(self, specs: list[Spec], texts: dict[str, str]) -> RunSummary:
         for spec in specs:
@@ -280,12 +281,29 @@ class Orchestrator:
                                     f"({intent.reason}); nothing is blamed on an entry. "
                                     f"Fix the test command or main; main is tested again "
                                     f"in a minute")))
+            case chain.Quarantine():
+                await self.emit(ev.TestsQuarantined(main=intent.main, tests=list(intent.tests),
+                                                    reason=intent.reason,
+                                                    run_ids=list(intent.run_ids)),
+                                ev.Notice(level="error", message=(
+                                    f"main's own tests fail: {', '.join(intent.tests[:5])} "
+                                    f"({intent.reason}). Quarantined: their failures are "
+                                    f"blamed on nobody until a tree the queue lands passes "
+                                    f"them; fix them on main")))
+            case chain.Release():
+                await self.emit(ev.TestsReleased(tests=list(intent.tests),
+                                                 run_id=intent.run_id),
+                                ev.Notice(level="info", message=(
+                                    f"quarantined tests pass again and count: "
+                                    f"{', '.join(intent.tests[:5])}")))
             case plan_of.Stop(work=work):
                 executor = self._executors.get(work)
                 if executor is not None:
                     executor.cancel()
             case plan_of.Enqueue():
                 await self._enqueue(intent)
+            case plan_of.Return():
+                await self._return(intent)
             case plan_of.Refuse():
                 row = self.store.get("tasks", intent.key) or {}
                 await self.emit(ev.BranchRejected(
@@ -483,8 +501,12 @@ class Orchestrator:
         ids = {"spec_id": spec.id, "task_id": task_id}
         wt = None
         agent_id = row["agent_id"]
-        if row["status"] == TaskStatus.RUNNING and agent_id and row["base_commit"]:
-            wt = self.ws.attach(spec.id, task_id, row["base_commit"])
+        if row["revising"] and agent_id:
+            wt = await self._revise(spec, row, agent_id)
+            if wt is None:
+                return
+        elif row["status"] == TaskStatus.RUNNING and agent_id and row["base_commit"]:
+            wt = self.ws.attach(spec.id, task_id, row["base_commit"], row["since"] or "")
             if wt is None:
                 await self.emit(ev.TaskFailed(**ids, reason="worktree lost while interrupted; "
                                               "starting again", will_retry=True))
@@ -515,7 +537,13 @@ class Orchestrator:
             result = await self._run_agent(spec, row, agent_id, wt.path)
         if result.status == AgentStatus.WAITING:
             return  # its worktree stays; it resumes once the question is answered
-        attempt = (self.store.get("tasks", task_key(spec.id, task_id)) or row)["attempt"] or 1
+        current = self.store.get("tasks", task_key(spec.id, task_id)) or row
+        attempt = current["attempt"] or 1
+        if current["since"] and result.status not in (AgentStatus.FINISHED,
+                                                      AgentStatus.CANCELLED):
+            await self._revision_ended(spec, current, wt.path, f"agent {result.status}: "
+                                       f"{result.summary}")
+            return
         if result.status != AgentStatus.FINISHED:
             retry = attempt <= self.config.run.task_retries and result.status not in (
                 AgentStatus.BUDGET, AgentStatus.CANCELLED)
@@ -530,6 +558,9 @@ class Orchestrator:
         try:
             info = await self._commit(spec, row, agent_id, wt)
         except WorkspaceError as exc:
+            if current["since"]:
+                await self._revision_ended(spec, current, wt.path, str(exc))
+                return
             self.ws.remove(wt.path)
             await self.emit(ev.WorktreeRemoved(**ids, path=str(wt.path)))
             await self.emit(ev.TaskFailed(**ids, reason=f"could not commit: {exc}",
@@ -537,9 +568,85 @@ class Orchestrator:
             return
         self.ws.remove(wt.path)
         await self.emit(ev.WorktreeRemoved(**ids, path=str(wt.path)))
-        if info is None:
+        if info is None and current["since"]:
+            await self._revision_ended(spec, current, None, "its revision changed nothing")
+        elif info is None:
             await self.emit(ev.TaskFailed(**ids, reason="the agent finished without changing "
                                           "any file"))
+
+    async def _revision_ended(self, spec: Spec, row: dict[str, Any], path: Path | None,
+                              why: str) -> None:
+        """A revision that brought no new commit: the refusal it answered is final, with
+        the gate's own reason (what the queue found stays what the entry is rejected for)."""
+        ids = {"spec_id": spec.id, "task_id": row["task_id"]}
+        if path is not None:
+            self.ws.remove(path)
+            await self.emit(ev.WorktreeRemoved(**ids, path=str(path)))
+        branch = self.store.get("branches", row["branch"] or "") or {}
+        await self.emit(ev.BranchRejected(
+            **ids, branch=row["branch"] or "", gate=branch.get("gate") or "queue",
+            reason=f"{branch.get('reason') or 'refused'} (after revision "
+            f"{row['returns'] or 1}: {why})"))
+        await self.forecast()
+
+    async def _return(self, intent: plan_of.Return) -> None:
+        """A refused entry goes back to its agent: the findings join its conversation now
+        (so a crash before the revision starts loses nothing), and the task is worked
+        again."""
+        row = self.store.get("tasks", intent.key) or {}
+        agent = self.store.get("agents", row.get("agent_id") or "") or {}
+        ids = {"spec_id": intent.spec_id, "task_id": intent.task_id}
+        events: list[ev.Event] = []
+        if intent.gate == "tests":
+            events.append(ev.GateResult(**ids, gate="tests", passed=False,
+                                        detail=(intent.reason + "\n" + intent.output)[:2000]))
+        note = {"role": "user", "content": findings_message(
+            intent, row.get("commit_sha") or "", self.config.queue.resubmits)}
+        branch = row.get("branch") or branch_name(intent.spec_id, intent.task_id)
+        await self.emit(*events, ev.BranchReturned(
+            **ids, agent_id=agent.get("id"), branch=branch, commit=row.get("commit_sha") or "",
+            gate=intent.gate, reason=intent.reason, output=intent.output[-4000:],
+            round=intent.round),
+            ev.AgentNote(**ids, agent_id=agent.get("id"), step=agent.get("step") or 0,
+                         message=note),
+            ev.Notice(**ids, level="info", message=(
+                f"{intent.key} goes back to its agent ({intent.gate}: {intent.reason}); "
+                f"revision {intent.round} of at most {self.config.queue.resubmits}")))
+        await self.forecast()
+
+    async def _revise(self, spec: Spec, row: dict[str, Any], agent_id: str) -> Any:
+        """The returned branch checked out again, main merged in where it moved; the agent
+        told what the merge did. None when git could not (the task is tried afresh)."""
+        ids = {"spec_id": spec.id, "task_id": row["task_id"]}
+        main = self.ws.main_head()
+        try:
+            wt, merged_in, conflicts = await self.ws.reopen(
+                spec.id, row["task_id"], row["base_commit"] or main, main)
+        except WorkspaceError as exc:
+            await self.emit(ev.TaskFailed(**ids, reason=f"cannot revise: {exc}",
+                                          will_retry=(row["attempt"] or 1)
+                                          <= self.config.run.task_retries))
+            return None
+        events: list[ev.Event] = []
+        merged = main if merged_in else ""
+        if merged:
+            agent = self.store.get("agents", agent_id) or {}
+            text = (f"The engine merged the current {self.ws.main_branch} "
+                    f"({main[:12]}) into your worktree.")
+            if conflicts:
+                text += (" It conflicts in: " + ", ".join(conflicts[:20]) + ". Resolve "
+                         "the conflict markers (<<<<<<< ======= >>>>>>>) in those files, "
+                         "keeping both sides' intent; a file left with markers is not "
+                         "committed.")
+            else:
+                text += " It merged cleanly; make your change work on top of it."
+            events.append(ev.AgentNote(**ids, agent_id=agent_id, step=agent.get("step") or 0,
+                                       message={"role": "user", "content": text}))
+        await self.emit(*events, ev.RevisionStarted(
+            **ids, agent_id=agent_id, round=row["returns"] or 1, worktree=str(wt.path),
+            base_commit=wt.base_commit, since=wt.since, merged_main=merged,
+            conflicts=conflicts))
+        return wt
 
     async def _run_agent(self, spec: Spec, row: dict[str, Any], agent_id: str,
                          worktree: Path) -> AgentResult:
@@ -723,6 +830,18 @@ class Orchestrator:
                                               reason=outcome.reason,
                                               output=outcome.output[-4000:]))
         await self.forecast()
+
+
+def findings_message(intent: plan_of.Return, commit: str, most: int) -> str:
+    """What a returned agent is told: which gate refused which commit, why, and the output
+    it gave (the tests' tail), then what to do."""
+    text = (f"The merge queue refused your commit {commit[:12]} at the `{intent.gate}` "
+            f"gate: {intent.reason}")
+    if intent.output.strip():
+        text += "\n\nOutput (its end):\n" + intent.output[-3000:]
+    return text + (f"\n\nFix what the findings point at, run the acceptance checks again, "
+                   f"then call finish(summary). This is revision {intent.round} of at most "
+                   f"{most}.")
 
 
 def task_messages(spec: Spec, row: dict[str, Any]) -> list[dict[str, Any]]:

@@ -81,6 +81,9 @@ class TaskRow(TypedDict):
     updated: float | None
     cancel: str | None  # who asked for it to stop
     ordinal: int | None
+    returns: int | None  # times a refused entry went back to its agent
+    revising: int | None  # returned, and its revision not started yet
+    since: str | None  # the refused commit a revision starts from
 
 
 class AgentRow(TypedDict):
@@ -197,6 +200,8 @@ class FlakyTestRow(TypedDict):
     flakes: int | None
     last_run: str | None
     updated: float | None
+    quarantined: float | None  # since when main itself fails it (None: it counts)
+    reason: str | None
 
 
 class QueueStateRow(TypedDict):

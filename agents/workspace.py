@@ -72,7 +72,10 @@ class WorkspaceError(FactoryError):
 class Worktree:
     path: Path
     branch: str
-    base_commit: str
+    base_commit: str  # what the branch's changes are counted from
+    # For a revision, the refused commit it starts from (a commit after it is the
+    # revision's); else empty: the branch was cut at base_commit.
+    since: str = ""
 
 
 @dataclass(frozen=True)
@@ -181,7 +184,8 @@ class Workspace:
                                  f"{_said(done)}")
         return path
 
-    def attach(self, spec_id: str, task_id: str, base: str) -> Worktree | None:
+    def attach(self, spec_id: str, task_id: str, base: str, since: str = "") \
+            -> Worktree | None:
         """The existing worktree of an interrupted task, if git finished making it and it
         survived on its branch (None: missing, or its `git worktree add` was cut short).
 
@@ -199,8 +203,45 @@ class Workspace:
             return None
         if points_back and head == f"ref: refs/heads/{branch}" and \
                 (admin / "index").is_file() and self.branch_exists(branch):
-            return Worktree(path, branch, base)
+            return Worktree(path, branch, base, since)
         return None
+
+    async def reopen(self, spec_id: str, task_id: str, base: str, main: str) \
+            -> tuple[Worktree, bool, list[str]]:
+        """The task's branch checked out again, for a revision of refused work, with main
+        merged in when main has moved past the branch (so the agent sees, and its tests
+        meet, what the queue met).
+
+        The merge is git's (`merge --no-commit`): a clean merge is staged, a conflicted one
+        leaves git's markers and its unmerged index for the agent to resolve; the agent's
+        commit then records the merge (git commits with MERGE_HEAD). Returns the worktree,
+        whether main was merged in, and the paths that conflict. Raises WorkspaceError
+        when git refuses."""
+        path = self.worktree_path(spec_id, task_id)
+        branch = branch_name(spec_id, task_id)
+        head = self.ref_sha(f"refs/heads/{branch}")
+        if head is None:
+            raise WorkspaceError(f"cannot revise {branch}: the branch is gone")
+        await self.remove_async(path)  # a reopen cut short: start it again
+        async with self.add_lock:
+            done = await _to_the_end(_git_sync, "worktree", "add", "-q", str(path), branch,
+                                     cwd=self.root)
+        if done.returncode != 0:
+            raise WorkspaceError(f"cannot check out {branch} again: {_said(done)}")
+        contained = await asyncio.to_thread(_git_sync, "merge-base", "--is-ancestor", main,
+                                            head, cwd=self.root)
+        if contained.returncode == 0:
+            return Worktree(path, branch, base, head), False, []
+        merged = await asyncio.to_thread(
+            _git_sync, "-c", "merge.conflictStyle=merge", "merge", "--no-commit", "--no-ff",
+            "-q", main, cwd=path, timeout=COMMIT_SECONDS)
+        conflicts = await self._unmerged(path)
+        if merged.returncode != 0 and not conflicts:
+            await asyncio.to_thread(_git_sync, "merge", "--abort", cwd=path)
+            raise WorkspaceError(f"cannot merge {self.main_branch} into {branch}: "
+                                 f"{_said(merged)}")
+        return Worktree(path, branch, main, head), True, conflicts
+
 
     def _admin_dir(self, path: Path) -> Path | None:
         """The record a worktree's `.git` pointer names (None: no pointer)."""
@@ -335,7 +376,7 @@ class Workspace:
         quota or git refuses (a tracked file replaced by a FIFO, say), with git's reason.
         """
         head = self.ref_sha(f"refs/heads/{wt.branch}")
-        if head is not None and head != wt.base_commit:
+        if head is not None and head != (wt.since or wt.base_commit):
             # Committed already, and the record of it was lost to a crash: reuse it.
             files, insertions, deletions = await self.changes(wt.base_commit, head)
             return CommitInfo(head, files, insertions, deletions)
@@ -343,10 +384,17 @@ class Workspace:
             over = await meter.measure_async()
             if over is not None:
                 raise WorkspaceError(f"not committed: {over.message}")
+        # The paths a merge the engine started left conflicted (the agent cannot stage, so
+        # they are unmerged until git add below).
+        conflicted = await self._unmerged(wt.path) if wt.since else []
+        if wt.since and not conflicted and await self._untouched(wt.path):
+            return None  # the revision changed nothing (main merged in is not a change)
         added = await asyncio.to_thread(_git_sync, "add", "-A", cwd=wt.path,
                                         timeout=COMMIT_SECONDS)
         if added.returncode != 0:
             raise WorkspaceError(f"git refused the commit: {_said(added)}")
+        if conflicted:
+            await self._no_markers_left(wt, conflicted)
         # The message exactly as composed (no clean-up of '#' lines), never signed (a prompt
         # nobody answers), no hook, no automatic gc in the middle of a run.
         committed, counted = await asyncio.gather(
@@ -364,13 +412,43 @@ class Workspace:
                 return None
             raise WorkspaceError(f"git refused the commit: {_said(committed)}")
         sha = self.ref_sha(f"refs/heads/{wt.branch}")
-        if sha is None or sha == wt.base_commit:
+        if sha is None or sha == (wt.since or wt.base_commit):
             raise WorkspaceError(f"git committed, but {wt.branch} did not move")
         if counted.returncode != 0:
             files, insertions, deletions = await self.changes(wt.base_commit, sha)
         else:
             files, insertions, deletions = _numstat(counted.stdout)
         return CommitInfo(sha, files, insertions, deletions)
+
+
+    async def _untouched(self, path: Path) -> bool:
+        """Whether the worktree holds nothing beyond what the index has (what a revision
+        found: the refused commit, and main's merge staged by git)."""
+        done = await asyncio.to_thread(_git_sync, "status", "--porcelain=v1", "-z",
+                                       "--untracked-files=all", cwd=path)
+        if done.returncode != 0:
+            return False  # let add and commit say what is wrong
+        # Each record: XY, a space, the path; Y is the worktree's side ("?" untracked).
+        return all(record[1:2] == b" " for record in done.stdout.split(b"\0") if record)
+
+    async def _unmerged(self, path: Path) -> list[str]:
+        done = await asyncio.to_thread(_git_sync, "diff", "--name-only", "-z",
+                                       "--diff-filter=U", cwd=path)
+        return [p.decode(errors="replace") for p in done.stdout.split(b"\0") if p]
+
+    async def _no_markers_left(self, wt: Worktree, conflicted: list[str]) -> None:
+        """A conflicted merge must not be committed with git's markers still in it: git's
+        own check (`diff --check`, every whitespace rule off, so only leftover markers
+        count) over the paths that conflicted."""
+        done = await asyncio.to_thread(
+            _git_sync, "-c", "core.whitespace=-blank-at-eol,-blank-at-eof,-space-before-tab,"
+            "-indent-with-non-tab,-tab-in-indent,-cr-at-eol", "diff", "--cached", "--check",
+            wt.since, "--", *conflicted, cwd=wt.path, timeout=COMMIT_SECONDS)
+        left = [line for line in done.stdout.decode(errors="replace").splitlines()
+                if "conflict marker" in line]
+        if left:
+            raise WorkspaceError("not committed: conflict markers left in "
+                                 + ", ".join(line.split(": ")[0] for line in left[:5]))
 
 
 def _numstat(out: bytes) -> tuple[list[str], int, int]:

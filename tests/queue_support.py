@@ -72,6 +72,7 @@ test_command = "{test_command}"
 mode = "{mode}"
 runners = {runners}
 approval = "{approval}"
+resubmits = 0
 """
 
 

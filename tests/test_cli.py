@@ -57,7 +57,7 @@ def test_no_config_anywhere(tmp_path: Path) -> None:
 def test_run_status_and_audit(tmp_path: Path) -> None:
     root = build_demo(tmp_path)
     run = factory("run", cwd=root)
-    # The demo's gates reject three branches: not everything planned landed, so 1, and the
+    # The demo's gates reject one branch for good: not everything planned landed, so 1, and the
     # summary says what and why.
     assert run.returncode == 1, run.stdout + run.stderr
     assert "LANDED on main" in run.stdout and "REJECTED at dependencies" in run.stdout
@@ -66,7 +66,7 @@ def test_run_status_and_audit(tmp_path: Path) -> None:
     assert "sandbox backend is 'none'" in run.stderr  # said loudly
     status = factory("status", "--json", cwd=root)
     data = json.loads(status.stdout)
-    assert sum(t["status"] == "landed" for t in data["tasks"]) == 3
+    assert sum(t["status"] == "landed" for t in data["tasks"]) == 5
     assert "Factory" not in status.stderr
     audit = factory("audit", "verify", cwd=root)
     assert audit.returncode == 0 and "hash chain intact" in audit.stdout

@@ -45,12 +45,14 @@ class World:
         self.mode = rnd.choice(chain.MODES)
         self.runners = rnd.choice([1, 2, 4])
         self.main_moves = 0
+        self.resubmits = rnd.choice([0, 1, 2])
 
     def settings(self) -> d.Settings:
         return d.Settings(run_id="r", specs=SPECS, holder=self.holder,
                           concurrency=self.concurrency, question_timeout=30.0,
                           supervised=self.rnd.random() < 0.8,
-                          queue=chain.QueueSettings(mode=self.mode, runners=self.runners))
+                          queue=chain.QueueSettings(mode=self.mode, runners=self.runners),
+                          resubmits=self.resubmits)
 
     async def emit(self, *events: ev.Event) -> None:
         await self.store.append(*events)
@@ -174,6 +176,13 @@ class World:
             case chain.Pause():
                 await self.emit(ev.QueuePaused(main=intent.main, reason=intent.reason,
                                                run_ids=list(intent.run_ids), retry_in=30.0))
+            case chain.Quarantine():
+                await self.emit(ev.TestsQuarantined(main=intent.main, tests=list(intent.tests),
+                                                    reason=intent.reason,
+                                                    run_ids=list(intent.run_ids)))
+            case chain.Release():
+                await self.emit(ev.TestsReleased(tests=list(intent.tests),
+                                                 run_id=intent.run_id))
             case d.Enqueue(spec_id=spec, task_id=task_id, key=key):
                 task = self.store.get("tasks", key)
                 assert task is not None
@@ -181,6 +190,14 @@ class World:
                                                 branch=task["branch"],
                                                 commit=task["commit_sha"], risk="low",
                                                 needs_approval=rnd.random() < 0.5))
+            case d.Return(spec_id=spec, task_id=task_id, key=key, gate=gate, reason=reason):
+                task = self.store.get("tasks", key) or {}
+                assert intent.round == (task.get("returns") or 0) + 1 <= self.resubmits, \
+                    (intent, task)
+                await self.emit(ev.BranchReturned(
+                    spec_id=spec, task_id=task_id, agent_id=task.get("agent_id"),
+                    branch=task.get("branch") or "b", commit=task.get("commit_sha") or "",
+                    gate=gate, reason=reason, round=intent.round))
             case d.Refuse(spec_id=spec, task_id=task_id, key=key, reason=reason):
                 task = self.store.get("tasks", key) or {}
                 await self.emit(ev.BranchRejected(spec_id=spec, task_id=task_id,
@@ -218,7 +235,12 @@ class World:
         ids = {"spec_id": spec, "task_id": task_id}
         await self.emit(ev.LeaseTaken(work=lease, holder=self.holder))
         agent = task["agent_id"]
-        if task["status"] == "pending" or agent is None:
+        if task["revising"] and agent is not None:
+            await self.emit(ev.RevisionStarted(**ids, agent_id=agent, round=task["returns"],
+                                               worktree=f"w/{spec}--{task_id}",
+                                               base_commit="0" * 40,
+                                               since=task["commit_sha"] or ""))
+        elif task["status"] == "pending" or agent is None:
             attempt = (task["attempt"] or 0) + 1
             agent = f"{spec}.{task_id}.{attempt}"
             await self.emit(ev.TaskStarted(**ids, agent_id=agent, attempt=attempt,
@@ -326,9 +348,17 @@ async def history(tmp: Path, seed: int, steps: int) -> World:
                             # Redone now, unless every slot went to work that comes first.
                             assert work in redone or starts >= slots, (work, after.intents)
                     elif work == "queue:land":
-                        # The point that passed is still there: main is moved to it again.
-                        assert any(isinstance(i, chain.LandChain) for i in after.intents), \
-                            after.intents
+                        # The point that passed is still there: main is moved to it again,
+                        # unless an entry ahead of it was cleared meanwhile (approved): the
+                        # chain is then rebuilt from that entry, in queue order.
+                        state = world.store.state.tables
+                        linked = [state["queue"][k]["position"] for k in state["links"]
+                                  if k in state["queue"]]
+                        ahead = [i for i in after.intents if isinstance(i, chain.LinkEntry)
+                                 and linked and i.key not in state["links"]
+                                 and state["queue"][i.key]["position"] < min(linked)]
+                        assert ahead or any(isinstance(i, chain.LandChain)
+                                            for i in after.intents), after.intents
             elif roll < 0.25:
                 await world.person()
             elif decision.intents:
@@ -392,3 +422,20 @@ def test_a_long_history_ends(tmp_path: Path) -> None:
             await store.close()
 
     asyncio.run(run())
+
+
+def test_a_refusal_goes_back_to_the_agent_while_it_may() -> None:
+    """An eviction or a person's rejection becomes a return to the agent, round by round,
+    until `resubmits` is spent or the budget stops; a task no agent made is rejected."""
+    task = {"key": "s/t", "spec_id": "s", "task_id": "t", "agent_id": "s.t.1", "returns": 0}
+    tables = {"agents": {"s.t.1": {"id": "s.t.1"}}}
+    settings_ = d.Settings(run_id="r", specs=("s",), holder="h", resubmits=2)
+    back = d._returned(task, tables, settings_, None, "tests", "red", "out")
+    assert back == d.Return("s/t", "s", "t", "tests", "red", "out", 1)
+    assert d._returned({**task, "returns": 1}, tables, settings_, None, "tests", "red") \
+        == d.Return("s/t", "s", "t", "tests", "red", "", 2)
+    assert d._returned({**task, "returns": 2}, tables, settings_, None, "tests", "red") is None
+    assert d._returned(task, tables, settings_, "usd", "tests", "red") is None
+    assert d._returned(task, {"agents": {}}, settings_, None, "tests", "red") is None
+    no_returns = d.Settings(run_id="r", specs=("s",), holder="h", resubmits=0)
+    assert d._returned(task, tables, no_returns, None, "approval", "no") is None

@@ -9,6 +9,7 @@ rejecting everything.
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -117,6 +118,30 @@ async def test_a_test_command_that_cannot_run_pauses_the_queue(tmp_path: Path) -
     assert notice and "nothing is blamed on an entry" in notice[0].message
     assert git(root, "rev-parse", "main").strip() == start
     assert summary.status == "failed"
+
+
+async def test_a_test_failing_on_main_is_quarantined_not_blamed(tmp_path: Path) -> None:
+    root = tmp_path / "repo"
+    branches = build(root, [GOOD, GOOD], [])
+    configure(root, mode="serial", runners=1)
+    (root / "tests" / "test_broken.py").write_text(
+        "import unittest\n\n\nclass BrokenTest(unittest.TestCase):\n"
+        "    def test_clock(self):\n        self.fail('broken on main')\n")
+    git(root, "add", "tests/test_broken.py")
+    git(root, "commit", "-qm", "a person commits a broken test to main")
+    summary, events = await land(root, branches)
+    assert sorted(summary.landed) == [key(0), key(1)] and summary.rejected == []
+    quarantined, = [e for e in events if e.kind == "tests_quarantined"]
+    assert [t for t in quarantined.tests if "test_broken" in t] == quarantined.tests != []
+    assert not any(e.kind == "queue_paused" for e in events)
+    notice = [e for e in events if e.kind == "notice" and "Quarantined" in e.message]
+    assert notice and "test_broken" in notice[0].message
+    conn = sqlite3.connect(root / ".factory" / "factory.db")
+    try:
+        rows = conn.execute("SELECT name FROM flaky_tests WHERE quarantined IS NOT NULL")
+        assert sorted(name for (name,) in rows) == sorted(quarantined.tests)
+    finally:
+        conn.close()
 
 
 async def test_main_moved_by_someone_else_is_tested_and_built_on(tmp_path: Path) -> None:

@@ -35,6 +35,7 @@ class World:
     runs: list[dict[str, Any]] = field(default_factory=list)
     links: dict[str, dict[str, Any]] = field(default_factory=dict)
     flakes: set[str] = field(default_factory=set)
+    quarantined: set[str] = field(default_factory=set)
     mains: list[str] = field(default_factory=lambda: ["m0"])
     landed: list[str] = field(default_factory=list)
     rejected: dict[str, str] = field(default_factory=dict)
@@ -82,7 +83,8 @@ def drive(mode: str, world: World, keys: list[str], runners: int = 4) -> int:
         if not entries:
             return len(world.runs)
         intents = chain.plan(main, entries, world.links, world.runs, window, q,
-                             flaky=frozenset(world.flakes))
+                             flaky=frozenset(world.flakes),
+                             quarantined=frozenset(world.quarantined))
         assert sum(r["status"] == "running" for r in world.runs) <= q.runners
         changed = False
         for intent in intents:
@@ -135,6 +137,14 @@ def drive(mode: str, world: World, keys: list[str], runners: int = 4) -> int:
                 case chain.FlakeSeen(run_id=run_id, failing=failing):
                     settle(world, (run_id,))
                     world.flakes |= set(failing)
+                case chain.Quarantine(tests=tests):
+                    # Main's flaky test failed twice alike, by name: set aside, not paused.
+                    assert world.flaky_rate, "main passes its own tests here"
+                    world.quarantined |= set(tests)
+                    changed = True
+                    break
+                case chain.Release(tests=tests):
+                    world.quarantined -= set(tests)
                 case chain.Pause(run_ids=ids):
                     # Main's flaky test failed twice alike: the engine waits, then tests main
                     # again (the pause settles those runs), as here.
@@ -232,3 +242,49 @@ def test_test_names_point_at_files() -> None:
     assert chain.named_by(["tests/test_app.py::test_x"], ["tests/test_app.py"])
     assert not chain.named_by(["tests/test_stats.py::test_mean"], ["textkit/slug.py"])
     assert not chain.named_by(["tests/test_flaky.py::test_x"], ["pkg/mod_1.py"])
+
+
+def run(id_: str, commit: str, status: str, failing: tuple[str, ...] = (),
+        reason: str = "tests failed (exit code 1)") -> dict[str, Any]:
+    return {"id": id_, "commit_sha": commit, "status": status, "failing": list(failing),
+            "reason": reason if status == "failed" else "", "output": "", "handled": 0,
+            "alone": ""}
+
+
+def test_a_test_failing_on_main_is_quarantined_and_released_once_a_landing_passes_it() -> None:
+    q = QueueSettings(mode="serial", runners=1)
+    broken = ("tests/test_clock.py::test_tz",)
+    entry = {"key": "s/a", "commit_sha": "ca", "files": ["src/a.py"], "cap": None,
+             "suspect": 0, "failed_tests": [], "suspect_single": 0}
+    twice = [run("r1", "m0", "failed", broken), run("r2", "m0", "failed", broken)]
+    intents = chain.plan("m0", [entry], {}, twice, 1, q)
+    assert intents == [chain.Quarantine("m0", broken, "tests failed (exit code 1)",
+                                        ("r1", "r2"))]
+    # Quarantined, main's failures count against nobody: the entry is linked and tested.
+    quarantined = frozenset(broken)
+    intents = chain.plan("m0", [entry], {}, twice, 1, q, quarantined=quarantined)
+    assert [type(i) for i in intents] == [chain.LinkEntry]
+    link = {"s/a": {"base": "m0", "entry_commit": "ca", "merge_commit": "x1", "ok": True,
+                    "gate": "", "reason": ""}}
+    # Its point failing only the quarantined test passed: it lands, the quarantine stays.
+    excused = [*twice, run("r3", "x1", "failed", broken)]
+    intents = chain.plan("m0", [entry], link, excused, 1, q, quarantined=quarantined)
+    assert [type(i) for i in intents] == [chain.LandChain]
+    # A point that passes every test, the quarantined one too: released as it lands.
+    clean = [*twice, run("r3", "x1", "passed")]
+    intents = chain.plan("m0", [entry], link, clean, 1, q, quarantined=quarantined)
+    assert [type(i) for i in intents] == [chain.LandChain, chain.Release]
+    # Another failure on top of the quarantined one still counts.
+    worse = [*twice, run("r3", "x1", "failed", (*broken, "tests/test_a.py::test_a"))]
+    intents = chain.plan("m0", [entry], link, worse, 1, q, quarantined=quarantined)
+    assert not any(isinstance(i, chain.LandChain) for i in intents)
+
+
+def test_a_test_command_that_cannot_run_pauses_the_queue() -> None:
+    q = QueueSettings(mode="serial", runners=1)
+    cannot = "tests failed (exit code 127) (the test command could not run: sh: python: not found)"
+    twice = [run("r1", "m0", "failed", (), cannot), run("r2", "m0", "failed", (), cannot)]
+    entry = {"key": "s/a", "commit_sha": "ca", "files": ["src/a.py"], "cap": None,
+             "suspect": 0, "failed_tests": [], "suspect_single": 0}
+    assert chain.plan("m0", [entry], {}, twice, 1, q) == [chain.Pause("m0", cannot,
+                                                                      ("r1", "r2"))]

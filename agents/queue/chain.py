@@ -172,8 +172,29 @@ class Pause:
     run_ids: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True)
+class Quarantine:
+    """Main itself fails these tests (twice, by name): they are set aside, reported, and
+    their failures count against nobody until a tree holding all of them passes; the queue
+    goes on instead of pausing."""
+
+    main: str
+    tests: tuple[str, ...]
+    reason: str
+    run_ids: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Release:
+    """A tree the queue lands passed every test, the quarantined ones included: they count
+    again."""
+
+    tests: tuple[str, ...]
+    run_id: str
+
+
 QueueIntent = (LinkEntry | TestPoint | TestAlone | LandChain | Evict | Suspect | Requeue
-               | FlakeSeen | Pause)
+               | FlakeSeen | Pause | Quarantine | Release)
 
 
 @dataclass
@@ -224,7 +245,8 @@ def chain_of(main: str, entries: Sequence[Row], links: Mapping[str, Row]) \
 def plan(main: str, entries: Sequence[Row], links: Mapping[str, Row], runs: Iterable[Row],
          window: int, settings: QueueSettings, *, linking: bool = False,
          landing: bool = False, busy: int | None = None,
-         flaky: frozenset[str] = frozenset()) -> list[QueueIntent]:
+         flaky: frozenset[str] = frozenset(),
+         quarantined: frozenset[str] = frozenset()) -> list[QueueIntent]:
     """The queue's next intents.
 
     `entries`: the cleared open entries in queue order (key, commit_sha, files, and what the
@@ -233,8 +255,13 @@ def plan(main: str, entries: Sequence[Row], links: Mapping[str, Row], runs: Iter
     commit, status, failing, reason, output, handled; `alone` names a suspect's side run);
     `window`: the batch size now; `linking`, `landing`: that work is under way already;
     `busy`: runners taken (by default, the runs still running); `flaky`: tests seen to
-    flake before, whose failures are never evidence against an entry."""
+    flake before, whose failures are never evidence against an entry; `quarantined`: tests
+    that fail on main itself, whose failures are not counted at all (a run failing only
+    those passed)."""
     by_key = {e["key"]: e for e in entries}
+    if quarantined:
+        runs = [_without(r, quarantined) for r in runs]
+        flaky = flaky | quarantined
     chain, unlinked = chain_of(main, entries, links)
     points: dict[str, Point] = {p.commit: p for p in chain}
     on_main = Point(0, "", main)
@@ -259,8 +286,11 @@ def plan(main: str, entries: Sequence[Row], links: Mapping[str, Row], runs: Iter
             return out
         if _reproduced(on_main.failures, flaky):
             run = on_main.failures[-1]
-            return [Pause(main, run.get("reason") or "the tests fail on main",
-                          tuple(r["id"] for r in on_main.failures))]
+            ids = tuple(r["id"] for r in on_main.failures)
+            named = _failing_alike(on_main.failures) - flaky
+            if named and "could not run" not in (run.get("reason") or ""):
+                return [Quarantine(main, tuple(sorted(named)), run.get("reason") or "", ids)]
+            return [Pause(main, run.get("reason") or "the tests fail on main", ids)]
         return [TestPoint(main, 0, (), 0, len(on_main.failures) + 1)]
 
     # Suspects, tested alone on top of main, first: they are cheap and settle a failure.
@@ -300,8 +330,12 @@ def plan(main: str, entries: Sequence[Row], links: Mapping[str, Row], runs: Iter
                for r in p.failures)
     if highest_pass and not landing:
         grown = min(settings.max_window, window + 1) if settings.batches else 1
-        out.append(LandChain(chain[highest_pass - 1].commit, main,
-                             tuple(p.key for p in chain[:highest_pass]), grown))
+        top = chain[highest_pass - 1]
+        out.append(LandChain(top.commit, main, tuple(p.key for p in chain[:highest_pass]),
+                             grown))
+        clean = [r for r in top.runs if r["status"] == "passed" and not r.get("excused")]
+        if quarantined and clean:
+            out.append(Release(tuple(sorted(quarantined)), clean[-1]["id"]))
 
     above = chain[highest_pass:]
     for index, point in enumerate(above):
@@ -369,6 +403,24 @@ def _failed_batch(batch: list[Row], failures: list[Row], window: int,
     half = (len(batch) + 1) // 2
     return [Requeue(tuple(e["key"] for e in batch), half, ids, failing,
                     max(1, min(window, half)))]
+
+
+def _without(run: Row, quarantined: frozenset[str]) -> Row:
+    """A run as the queue counts it: quarantined tests' failures left out, and a run that
+    failed only those passed (`excused`: it did not pass every test)."""
+    failing = run.get("failing") or ()
+    if run["status"] != "failed" or not failing or not set(failing) & quarantined:
+        return run
+    left = tuple(t for t in failing if t not in quarantined)
+    if left:
+        return {**run, "failing": left}
+    return {**run, "status": "passed", "failing": (), "excused": True}
+
+
+def _failing_alike(failures: list[Row]) -> set[str]:
+    """The tests every one of these runs failed."""
+    sets = [set(r.get("failing") or ()) for r in failures]
+    return set.intersection(*sets) if sets else set()
 
 
 def _reproduced(failures: list[Row], flaky: frozenset[str]) -> bool:

@@ -143,7 +143,8 @@ class ChainExecutor(TestedLanding):
                                             keys=list(intent.keys), position=intent.position,
                                             size=intent.size, attempt=intent.attempt,
                                             runner=runner))
-        await self._test_commit(run_id, intent.commit, f"test-{intent.position}")
+        await self._test_commit(run_id, intent.commit, f"test-{intent.position}",
+                                intent.attempt, intent.keys)
 
     async def alone(self, intent: TestAlone, request: LandingRequest, runner: int = 0) -> None:
         """Merge a suspect onto main on the side (never part of the chain) and test that."""
@@ -169,20 +170,26 @@ class ChainExecutor(TestedLanding):
                                                 keys=[intent.key], position=1, size=1,
                                                 attempt=intent.attempt, alone=intent.key,
                                                 runner=runner))
-            await self._test_at(run_id, merged, path)
+            await self._test_at(run_id, merged, path, intent.attempt, (intent.key,))
         finally:
             self.ws.remove(path)
 
-    async def _test_commit(self, run_id: str, commit: str, what: str) -> None:
+    async def _test_commit(self, run_id: str, commit: str, what: str, attempt: int,
+                           keys: tuple[str, ...]) -> None:
         path = await self._scratch(commit, what)
         try:
-            await self._test_at(run_id, commit, path)
+            await self._test_at(run_id, commit, path, attempt, keys)
         finally:
             self.ws.remove(path)
 
-    async def _test_at(self, run_id: str, commit: str, path: Path) -> None:
+    async def _test_at(self, run_id: str, commit: str, path: Path, attempt: int,
+                       keys: tuple[str, ...]) -> None:
         started = time.perf_counter()
-        passed, output, reason, failing = await self._run_tests(path, f"queue-{run_id}")
+        # The run, its attempt on this tree and the entries it tests above main, for suites
+        # that vary a seed per run or report where they ran.
+        env = {"FACTORY_TEST_RUN": run_id, "FACTORY_TEST_ATTEMPT": str(attempt),
+               "FACTORY_TEST_ENTRIES": ",".join(keys)}
+        passed, output, reason, failing = await self._run_tests(path, f"queue-{run_id}", env)
         await self.emit(ev.QueueTestFinished(run_id=run_id, commit=commit, passed=passed,
                                              failing=failing, reason=reason,
                                              output=output if not passed else "",

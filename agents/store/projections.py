@@ -37,7 +37,8 @@ TABLES: dict[str, tuple[str, tuple[str, ...]]] = {
     "tasks": ("key", ("key", "spec_id", "task_id", "title", "role", "status", "depends_on",
                       "paths", "acceptance", "instructions", "attempt", "agent_id", "branch",
                       "worktree", "base_commit", "commit_sha", "landed_commit", "tokens",
-                      "cost", "reason", "updated", "cancel", "ordinal")),
+                      "cost", "reason", "updated", "cancel", "ordinal", "returns", "revising",
+                      "since")),
     "agents": ("id", ("id", "spec_id", "task_id", "role", "model", "status", "step",
                       "tokens_in", "tokens_out", "cost", "started", "finished", "summary",
                       "last_tool", "messages", "updated")),
@@ -57,7 +58,8 @@ TABLES: dict[str, tuple[str, tuple[str, ...]]] = {
     "test_runs": ("id", ("id", "commit_sha", "keys", "position", "size", "attempt", "alone",
                          "runner", "status", "failing", "reason", "output", "duration",
                          "handled", "flaky", "started", "updated")),
-    "flaky_tests": ("name", ("name", "flakes", "last_run", "updated")),
+    "flaky_tests": ("name", ("name", "flakes", "last_run", "updated", "quarantined",
+                             "reason")),
     "queue_state": ("key", ("key", "main", "batch", "paused", "pause_reason", "retry_at",
                             "runs", "updated")),
     "conflicts": ("key", ("key", "a", "b", "a_head", "b_head", "status", "files", "updated")),
@@ -363,7 +365,7 @@ def _spec_finished(s: State, e: ev.SpecFinished, ts: float) -> None:
 def _task_started(s: State, e: ev.TaskStarted, ts: float) -> None:
     _set_task(s, e, ts, status=TaskStatus.RUNNING.value, attempt=e.attempt, agent_id=e.agent_id,
               branch=e.branch, worktree=e.worktree, base_commit=e.base_commit, reason="",
-              cancel=None)
+              cancel=None, revising=None, since=None)
     # An earlier attempt's agent that died waiting (its worktree lost) will never resume.
     _withdraw_questions(s, ts, lambda q: q["spec_id"] == e.spec_id
                         and q["task_id"] == e.task_id and q["agent_id"] != e.agent_id)
@@ -431,7 +433,13 @@ def _queue_entered(s: State, e: ev.QueueEntered, ts: float) -> None:
         risk=e.risk, risk_reasons=e.risk_reasons,
         approval=(Approval.PENDING if e.needs_approval else Approval.NOT_REQUIRED).value,
         reason="", entered=ts, updated=ts,
+        # A new commit (a revision, a retry) starts with a clean record: what the queue
+        # noted on the old one, and its runs alone on main, are no evidence against it.
+        cap=None, suspect=None, failed_tests=None, suspect_single=None,
     )
+    for run_id, run in s.tables["test_runs"].items():
+        if run["alone"] == key and not run["handled"] and run["status"] != "running":
+            s.row("test_runs", run_id).update(handled=1, updated=ts)
 
 
 @on("approval_decided")
@@ -546,6 +554,22 @@ def _flakes(s: State, tests: list[str], run_id: str, ts: float) -> None:
         row.update(flakes=(row["flakes"] or 0) + 1, last_run=run_id, updated=ts)
 
 
+@on("tests_quarantined")
+def _tests_quarantined(s: State, e: ev.TestsQuarantined, ts: float) -> None:
+    for name in e.tests:
+        s.row("flaky_tests", name, flakes=0).update(quarantined=ts, reason=e.reason,
+                                                    last_run=(e.run_ids or [None])[-1],
+                                                    updated=ts)
+    _queue_row(s, ts).update(main=e.main, paused=0, pause_reason=None, retry_at=None)
+
+
+@on("tests_released")
+def _tests_released(s: State, e: ev.TestsReleased, ts: float) -> None:
+    for name in e.tests:
+        if name in s.tables["flaky_tests"]:
+            s.row("flaky_tests", name).update(quarantined=None, updated=ts)
+
+
 @on("queue_paused")
 def _queue_paused(s: State, e: ev.QueuePaused, ts: float) -> None:
     _settle(s, e.run_ids, ts)
@@ -602,6 +626,28 @@ def _branch_rejected(s: State, e: ev.BranchRejected, ts: float) -> None:
                                         reason=e.reason, updated=ts)
     _queue_status(s, e, ts, QueueStatus.REJECTED, f"{e.gate}: {e.reason}")
     _spec_counts(s, e.spec_id, ts)
+
+
+@on("branch_returned")
+def _branch_returned(s: State, e: ev.BranchReturned, ts: float) -> None:
+    reason = f"{e.gate}: {e.reason}"
+    _set_task(s, e, ts, status=TaskStatus.RUNNING.value, returns=e.round, revising=1,
+              reason=f"returned to its agent ({reason})")
+    s.row("branches", e.branch).update(status=BranchStatus.OPEN.value, gate=e.gate,
+                                        reason=e.reason, updated=ts)
+    _queue_status(s, e, ts, QueueStatus.REJECTED, f"returned to its agent: {reason}")
+    _spec_counts(s, e.spec_id, ts)
+
+
+@on("revision_started")
+def _revision_started(s: State, e: ev.RevisionStarted, ts: float) -> None:
+    _set_task(s, e, ts, revising=0, worktree=e.worktree, base_commit=e.base_commit,
+              since=e.since)
+    # Its conversation goes on: the agent is no longer finished (a crash before it resumes
+    # must not be taken for a finished revision).
+    if e.agent_id in s.tables["agents"]:
+        s.row("agents", e.agent_id or "").update(status=AgentStatus.RUNNING.value,
+                                                 finished=None, updated=ts)
 
 
 @on("worktree_removed")

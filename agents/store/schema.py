@@ -136,4 +136,14 @@ MIGRATIONS: list[str] = [
         retry_at REAL, runs INTEGER, updated REAL
     );
     """,
+    # 7: a refused entry that went back to its agent (agents/decide.py, Return): how many
+    # times it went back, whether its revision is still to start, and the refused commit
+    # the revision starts from; tests quarantined because main itself fails them.
+    """
+    ALTER TABLE tasks ADD COLUMN returns INTEGER;
+    ALTER TABLE tasks ADD COLUMN revising INTEGER;
+    ALTER TABLE tasks ADD COLUMN since TEXT;
+    ALTER TABLE flaky_tests ADD COLUMN quarantined REAL;
+    ALTER TABLE flaky_tests ADD COLUMN reason TEXT;
+    """,
 ]

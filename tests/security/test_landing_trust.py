@@ -2,7 +2,8 @@
 the engine wrote, odd file names are seen as git sees them, and the engine's own state
 (`.factory/`, `.factory.toml`) never arrives through a branch.
 
-Everything here is real: git repositories, the engine's Workspace and TestedLanding,
+Everything here is real: git repositories, the engine's Workspace and the merge queue's
+executor (link, test, land: ChainExecutor),
 bubblewrap and docker sandboxes, a Store the landing's events go to, the MergeQueue reading
 approval from that store, a whole factory run on the demo project. Branches are made with
 plain git (they are the attacker's); the commit or landing under test is always the engine's.
@@ -24,10 +25,12 @@ from pathlib import Path
 import pytest
 
 from agents import events as ev
-from agents import landing, provenance
+from agents import provenance
 from agents.engine import Factory
 from agents.gitcmd import shown
 from agents.landing import LandingOutcome, LandingRequest, MayLand
+from agents.queue import chain
+from agents.queue.executor import ChainExecutor
 from agents.queue.merge_queue import MergeQueue
 from agents.sandbox.base import Limits
 from agents.sandbox.select import make_backend
@@ -98,7 +101,7 @@ class Yard:
     repo: Path
     ws: Workspace
     store: Store
-    lander: landing.TestedLanding | None = None
+    lander: ChainExecutor | None = None
     hooks: list[Callable[[ev.Event], Awaitable[None]]] = field(default_factory=list)
     made: int = 0
 
@@ -166,20 +169,51 @@ class Yard:
     async def land(
         self, commit: str, task: str = "t", title: str = "Add mul", may_land: MayLand | None = None
     ) -> LandingOutcome:
-        assert self.lander is not None
         return await asyncio.wait_for(
-            self.lander.land(self.request(commit, task, title), may_land), LAND_SECONDS
+            self._through_the_queue(self.request(commit, task, title), may_land), LAND_SECONDS
         )
+
+    async def _through_the_queue(self, request: LandingRequest,
+                                 may_land: MayLand | None) -> LandingOutcome:
+        """The entry's way through the merge queue's executor, as the engine drives it: linked
+        onto main (its own gates), its chain point tested in a sandbox, main moved to it."""
+        assert self.lander is not None
+        key = f"{request.spec_id}/{request.task_id}"
+        main = self.main()
+        await self.lander.link(chain.LinkEntry(key, request.commit, main, 1), request)
+        link = self.store.get("links", key) or {}
+        if not link.get("ok"):
+            return LandingOutcome(False, gate=link.get("gate") or "", reason=link.get("reason")
+                                  or "", main_before=main)
+        merged = link["merge_commit"]
+        await self.lander.test(chain.TestPoint(merged, 1, (key,), 1, 1))
+        run, = [e for e in await self.events()
+                if isinstance(e, ev.QueueTestFinished) and e.commit == merged]
+        # The verdict as the engine records it (it lands or evicts on the run's outcome).
+        await self.emit(ev.GateResult(spec_id=request.spec_id, task_id=request.task_id,
+                                      gate="tests", passed=run.passed, detail=run.reason))
+        if not run.passed:
+            return LandingOutcome(False, gate="tests", reason=run.reason, output=run.output,
+                                  main_before=main)
+        landed, problem = await self.lander.land_chain(
+            chain.LandChain(merged, main, (key,), 1), [request], {key: link}, may_land)
+        if not landed:
+            return LandingOutcome(False, gate="land", reason=problem, main_before=main)
+        return LandingOutcome(True, main_before=main, main_after=self.main())
 
     async def events(self) -> list[ev.Event]:
         return [s.event for s in await self.store.read_events(limit=100_000)]
 
     async def merged(self, task: str = "t") -> ev.LandingMerged:
+        """The merge the queue recorded for the entry (its link) before any test ran."""
         found = [
-            e for e in await self.events() if isinstance(e, ev.LandingMerged) and e.task_id == task
+            e for e in await self.events() if isinstance(e, ev.QueueLinked) and e.task_id == task
         ]
         assert len(found) == 1, found
-        return found[0]
+        link = found[0]
+        return ev.LandingMerged(spec_id=link.spec_id, task_id=task, branch="",
+                                commit=link.commit, merge_commit=link.merge_commit,
+                                tree=link.tree, main_before=link.base)
 
     def factory_state(self) -> dict[str, str]:
         """What the repository's real `.factory/` holds (but the store's own files and the
@@ -188,7 +222,7 @@ class Yard:
         base = self.repo / ".factory"
         for path in sorted(base.rglob("*")):
             rel = path.relative_to(base).as_posix()
-            if rel.startswith("factory.db") or rel == "landing":
+            if rel.startswith("factory.db") or rel == "landing" or rel.startswith("landing/"):
                 continue
             out[rel] = (
                 hashlib.sha256(path.read_bytes()).hexdigest()
@@ -207,7 +241,7 @@ async def open_yard(tmp_path: Path, backend: str, image: str | None = None) -> A
     store = await Store.open(repo / ".factory" / "factory.db")
     ws = Workspace(repo, repo / ".factory" / "worktrees")
     yard = Yard(repo, ws, store)
-    yard.lander = landing.TestedLanding(
+    yard.lander = ChainExecutor(
         ws,
         make_backend(backend, limits=LIMITS, image=image, root=repo),  # type: ignore[arg-type]
         TEST_COMMAND,
@@ -218,6 +252,7 @@ async def open_yard(tmp_path: Path, backend: str, image: str | None = None) -> A
     try:
         yield yard
     finally:
+        yard.lander.close()  # its kept link worktree
         ws.close()
         try:
             await asyncio.wait_for(store.flush(), 2)
@@ -435,7 +470,7 @@ async def test_may_land_refusal_at_the_last_moment_keeps_main(yard: Yard) -> Non
 
     outcome = await yard.land(commit, may_land=may_land)
     assert not outcome.landed
-    assert (outcome.gate, outcome.reason) == ("land", "the approval was withdrawn")
+    assert (outcome.gate, outcome.reason) == ("land", "s/t: the approval was withdrawn")
     assert asked == [(commit, 1)]  # asked once, after the tests passed
     assert yard.main() == before
     merged = await yard.merged()
@@ -861,7 +896,7 @@ async def test_conflicts_gate_names_odd_files_exactly(yard: Yard) -> None:
     before = yard.main()
     outcome = await yard.land(commit)
     assert not outcome.landed and outcome.gate == "conflicts", outcome
-    assert outcome.reason == f"conflicts with main in {name}"
+    assert outcome.reason == f"conflicts in {name}"
     assert yard.main() == before
 
 

@@ -913,10 +913,21 @@ def test_doctor_reports_the_default_trust_boundary(tmp_path: Path, docker_image:
 
 
 def test_doctor_reports_the_configured_trust_boundary(tmp_path: Path, docker_image: str) -> None:
+    # A repository whose models and test command work (doctor checks them too, and its
+    # exit code says whether everything does).
     (tmp_path / ".factory.toml").write_text(
+        '[models]\nplanner = "replay/doc"\nimplementer = "replay/doc"\nreviewer = "replay/doc"\n'
+        '[repo]\ntest_command = "true"\n'
         "[sandbox]\nquota_disk_mb = 321\nquota_files = 4321\nquota_write_mb = 2.5\n"
         'run_as = "4242:4242"\n'
     )
+    (tmp_path / ".gitignore").write_text(".factory/\n")
+    replay = tmp_path / ".factory" / "replay"
+    replay.mkdir(parents=True)
+    (replay / "doc.json").write_text('{"format": "factory-replay/1", "agents": {}}')
+    for args in (["init", "-q", "-b", "main"], ["add", "-A"], ["commit", "-qm", "doctor"]):
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args],
+                       cwd=tmp_path, check=True, capture_output=True)
     check_doctor(
         doctor(tmp_path),
         4242,
