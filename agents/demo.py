@@ -490,12 +490,51 @@ def _git(root: Path, *args: str) -> None:
     )
 
 
-def build(path: Path, backend: str) -> Path:
-    """Create (or recreate) the demo repository at path."""
+# Who commits in a demo folder: the demo itself (its first commit) and the engine (every
+# other). A commit by anyone else is a person's work there.
+DEMO_EMAILS = ("demo@localhost", "factory@localhost")
+
+
+def changes(path: Path) -> list[str]:
+    """What in an earlier demo folder neither the demo nor its run wrote: uncommitted
+    changes and files (git's ignore rules apply: `.factory/` is the run's), and commits
+    on any ref by someone else. Empty: recreating the folder loses nothing of a person's."""
+    def git(*args: str) -> str | None:
+        done = subprocess.run(["git", "-c", "core.quotepath=off", *args], cwd=path,
+                              capture_output=True, text=True)
+        return done.stdout if done.returncode == 0 else None
+
+    if not (path / ".git").exists():
+        return ["its git repository (.git) is gone, so what changed cannot be told"]
+    status = git("status", "--porcelain", "--untracked-files=all")
+    log = git("log", "--all", "--format=%h%x00%ae%x00%ce%x00%s")
+    if status is None or log is None:
+        return ["git cannot read its repository, so what changed cannot be told"]
+    found = [f"{'untracked' if line[:2] == '??' else 'changed'}: {line[3:]}"
+             for line in status.splitlines() if line.strip()]
+    for line in log.splitlines():
+        sha, author, committer, subject = [*line.split("\0"), "", "", ""][:4]
+        if author not in DEMO_EMAILS or committer not in DEMO_EMAILS:
+            found.append(f"commit {sha} by {author}: {subject}")
+    return found
+
+
+def build(path: Path, backend: str, fresh: bool = False) -> Path:
+    """Create the demo repository at path; an earlier demo there is recreated, unless a
+    person changed it (`changes`) and `fresh` was not given: it is theirs now."""
     path = path.resolve()
     if path.exists() and any(path.iterdir()):
         if not (path / MARKER).exists():
             raise FactoryError(f"{path}: exists and is not a Factory demo; choose another PATH")
+        found = [] if fresh else changes(path)
+        if found:
+            shown = "; ".join(found[:5]) + (f"; and {len(found) - 5} more"
+                                            if len(found) > 5 else "")
+            raise FactoryError(
+                f"{path}: the demo folder was changed since `factory demo` wrote it "
+                f"({shown}); not overwriting it. To start afresh, deleting it: `factory "
+                f"demo --fresh {path}` (or `make demo DEMO_ARGS=--fresh`), or delete the "
+                "folder; or build the demo elsewhere: `factory demo OTHER_PATH`")
         shutil.rmtree(path)
     path.mkdir(parents=True, exist_ok=True)
     for rel, text in FILES.items():

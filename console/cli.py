@@ -229,7 +229,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from agents import demo
 
     backend = args.sandbox or _demo_backend()
-    path = demo.build(_place(args, "factory-demo"), backend)
+    path = demo.build(_place(args, "factory-demo"), backend, fresh=args.fresh)
     out.print(Text(f"demo project at {clean_line(str(path))} (sandbox: {backend})"))
     if _headless(args):
         # The demo rejects three branches by design: a run that went to its end is a 0.
@@ -841,6 +841,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run it to the end without a screen (branches land unapproved)")
     p.add_argument("--sandbox", choices=["bwrap", "docker", "none"],
                    help="sandbox backend for the demo (default: bwrap if it works)")
+    p.add_argument("--fresh", action="store_true",
+                   help="recreate the demo folder even if it was changed since the demo "
+                   "wrote it (what was changed there is deleted)")
     p.add_argument("--theme", help="console theme (see themes/)")
     p.set_defaults(fn=cmd_demo)
 
