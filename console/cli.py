@@ -17,6 +17,7 @@ import importlib
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -65,15 +66,100 @@ def _place(args: argparse.Namespace, default: str) -> Path:
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    from agents.config import init_project
+    """Writes a configuration for this repository, then checks it as `factory doctor` would:
+    a first `factory run` should find nothing left to set but what is printed here."""
+    from agents import init
+    from agents.config import load_config
 
     root = _place(args, ".").resolve()
-    written = init_project(root)
-    for path in written:
+    if (root / CONFIG_NAME).exists():
+        raise FactoryError(f"{root / CONFIG_NAME}: already exists; not overwriting it "
+                           "(`factory doctor` checks it)")
+    key_env, api_base = _init_key_env(args.key_env), _init_api_base(args.api_base)
+    model = args.model if args.model is not None else _ask_model()
+    detection = init.detect(root)
+    command, because = args.test_command, "given with --test-command"
+    if command is None and detection.found:
+        command, because = detection.found[0].command, detection.found[0].because
+    choices = init.Choices(model=model.strip(), key_env=key_env, api_base=api_base,
+                           test_command=command, because=because,
+                           main_branch=init.main_branch(root))
+    for path in init.write(root, init.config_text(choices, detection)):
         shown = path.relative_to(root) if path.is_relative_to(root) else path
         out.print(Text(f"wrote {clean_line(str(shown))}"))
-    out.print("next: edit specs/, then `factory spec lint specs/*.md` and `factory run`")
+    config = load_config(root / CONFIG_NAME)
+    report = asyncio.run(init.check(config, run_tests=command is not None))
+    todo: list[str] = []
+    if not choices.model:
+        todo.append("name a model for [models] planner, implementer and reviewer in "
+                    f"{CONFIG_NAME} (e.g. \"openai/gpt-4o-mini\"; `factory init --model` "
+                    "writes all three)")
+    elif report.models:
+        _print_models(report.models, online=False)
+        todo += [f"{problem} ([models] in {CONFIG_NAME})"
+                 for m in report.models for problem in m.problems]
+    if command is None:
+        out.print(Text("test command: none found; looked for " +
+                       "; ".join(detection.looked_for) + "".join(
+                           f" ({note})" for note in detection.notes), style="yellow"))
+        todo.append(f"set [repo] test_command in {CONFIG_NAME}: until then it runs a "
+                    "placeholder that fails, saying so (or start again with `factory init "
+                    "--test-command CMD`)")
+    elif report.tests is None:
+        out.print(Text(f"test command {command}: not run ({report.not_run})", style="yellow"))
+    else:
+        out.print(Text(f"test command found: {because}", style="dim"))
+        _print_tests(report.tests)
+        hint = init.missing_module(report.tests)
+        if hint is not None:
+            todo.append(hint)
+        if not report.tests.passed:
+            todo.append(f"make [repo] test_command in {CONFIG_NAME} pass on "
+                        f"{config.repo.main_branch} in the sandbox (`factory doctor` runs it "
+                        "again)")
+    sample = init.SAMPLE.as_posix()
+    if todo:
+        out.print(Text("before `factory run`:", style="bold yellow"))
+        for item in todo:
+            out.print(Text(f"  - {clean_line(item)}"))
+    out.print(Text("next:", style="bold"))
+    for step in (f"cp {sample} specs/NAME.md, then make it your spec (`factory run` and "
+                 f"`factory spec lint` read specs/*.md; the sample is never run)",
+                 "factory spec lint", "factory doctor (checks the models and the test "
+                 "command again), then factory run"):
+        out.print(Text(f"  {step}"))
     return 0
+
+
+def _ask_model() -> str:
+    """On a terminal, the model for all three roles; elsewhere (scripts, CI) nothing is
+    asked: the configuration says a model is missing, and so does `factory run`."""
+    if not sys.stdin.isatty():
+        return ""
+    try:
+        return input("model for the planner, implementer and reviewer (a litellm name, e.g. "
+                     "openai/gpt-4o-mini; empty: set it later): ")
+    except EOFError:
+        return ""
+
+
+def _init_key_env(name: str | None) -> str:
+    """A variable's name, never a key: the configuration is read by every agent's tools."""
+    if not name:
+        return ""
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+        raise FactoryError(f"--key-env {name[:4]}...: expected the NAME of the environment "
+                           "variable holding the key (e.g. OPENAI_API_KEY), never the key")
+    return name
+
+
+def _init_api_base(url: str | None) -> str:
+    if not url:
+        return ""
+    if not url.startswith(("http://", "https://")):
+        raise FactoryError(f"--api-base {url!r}: expected an http:// or https:// address of "
+                           "an OpenAI-compatible server (e.g. http://127.0.0.1:8000/v1)")
+    return url
 
 
 def _spec_files(args: argparse.Namespace) -> list[Path]:
@@ -785,10 +871,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"factory {version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    p = sub.add_parser("init", help="write a commented .factory.toml and an example spec")
+    p = sub.add_parser("init", help="write a .factory.toml for this repository (its test "
+                       "command found and run in the sandbox) and an example spec")
     p.add_argument("path", nargs="?", metavar="PATH",
                    help="the repository to set up (default: here)")
     _root_option(p, "the repository to set up, as PATH (give one of them)")
+    p.add_argument("--model", help="litellm model for the planner, implementer and reviewer, "
+                   "e.g. openai/gpt-4o-mini (asked on a terminal when not given)")
+    p.add_argument("--key-env", metavar="NAME", help="the environment variable holding the "
+                   "model's API key (its name, never the key)")
+    p.add_argument("--api-base", metavar="URL", help="an OpenAI-compatible server to send "
+                   "model calls to (a local one: give --model as openai/NAME)")
+    p.add_argument("--test-command", metavar="CMD", help="the command that must pass before "
+                   "a branch lands (default: found from the repository's files)")
     p.set_defaults(fn=cmd_init)
 
     p = sub.add_parser("run", help="run specs: plan, work, test and land")

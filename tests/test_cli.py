@@ -23,8 +23,8 @@ def test_init_then_lint_the_example(tmp_path: Path) -> None:
     repo = make_repo(tmp_path / "repo")
     done = factory("init", cwd=repo)
     assert done.returncode == 0, done.stderr
-    assert "wrote .factory.toml" in done.stdout and "wrote specs/example.md" in done.stdout
-    lint = factory("spec", "lint", "specs/example.md", cwd=repo)
+    assert "wrote .factory.toml" in done.stdout and "wrote specs/example.md.sample" in done.stdout
+    lint = factory("spec", "lint", "specs/example.md.sample", cwd=repo)
     assert lint.returncode == 0 and "precision 100/100" in lint.stdout
     again = factory("init", cwd=repo)
     assert again.returncode == 2 and "already exists; not overwriting it" in again.stderr

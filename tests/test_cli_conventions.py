@@ -97,7 +97,7 @@ def test_spec_lint_defaults_to_the_configured_specs_folder(tmp_path: Path) -> No
     assert factory("init", cwd=repo).returncode == 0
     (repo / ".factory.toml").write_text('[repo]\nspecs_dir = "docs/specs"\n')
     (repo / "docs" / "specs").mkdir(parents=True)
-    (repo / "specs" / "example.md").rename(repo / "docs" / "specs" / "good.md")
+    (repo / "specs" / "example.md.sample").rename(repo / "docs" / "specs" / "good.md")
     (repo / "docs" / "specs" / "README.md").write_text("not a spec\n")
     done = factory("spec", "lint", cwd=repo / "docs")  # the configuration is found above
     assert done.returncode == 0, done.stderr
