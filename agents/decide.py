@@ -26,7 +26,9 @@ from typing import Any
 
 from agents.queue import chain
 from agents.statuses import (
+    DROPPED,
     QUEUE_OPEN,
+    REPLANNED,
     TASK_DONE,
     AgentStatus,
     Approval,
@@ -381,8 +383,9 @@ def _task(task: Row, tables: Tables, mine: set[str], now: float, settings: Setti
     if task["cancel"]:
         if work in mine:
             out.intents.append(Stop(key, work))
-        elif status not in (TaskStatus.LANDING,):
-            out.intents.append(Cancel(key, spec_id, task_id, "cancelled by request"))
+        elif status != TaskStatus.LANDING or "queue:land" not in mine:
+            # (an entry main is being moved to lands first: its landing decides)
+            out.intents.append(Cancel(key, spec_id, task_id, cancel_reason(task["cancel"])))
         return
     tasks = tables["tasks"]
     for dep in task["depends_on"] or []:
@@ -420,6 +423,15 @@ def _task(task: Row, tables: Tables, mine: set[str], now: float, settings: Setti
         out.intents.append(Enqueue(key, spec_id, task_id))  # landed or rejected before
     elif entry["approval"] != Approval.PENDING:
         landing.append(task)
+
+
+def cancel_reason(cancel: str) -> str:
+    """What a task's cancel marker means, said as the task's reason."""
+    if cancel == REPLANNED:
+        return "the spec was edited: re-planned"
+    if cancel == DROPPED:
+        return "the spec was edited: the new plan drops it"
+    return "cancelled by request"
 
 
 def _planner_waits(spec_id: str, tables: Tables, now: float, settings: Settings,

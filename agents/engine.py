@@ -41,6 +41,7 @@ from agents.specs import (
 )
 from agents.statuses import TASK_DONE, RunStatus, TaskStatus
 from agents.store import Store
+from agents.watch import Watch
 from agents.workspace import Workspace
 
 CONFIG_NAME = ".factory.toml"
@@ -209,7 +210,9 @@ class Factory:
                 level="warning",
                 message=f"removed {swept} sandbox container(s) a previous run left"))
 
-    async def run(self, spec_ids: list[str] | None = None) -> RunSummary:
+    async def run(self, spec_ids: list[str] | None = None, watch: bool = False) -> RunSummary:
+        """Plan, work and land the specs to the end; with `watch`, until cancelled, planning
+        again each spec saved meanwhile (agents/watch.py)."""
         self._lock.acquire()
         try:
             specs, texts = self.specs(spec_ids)
@@ -253,7 +256,9 @@ class Factory:
         )
         status = RunStatus.FAILED
         try:
-            summary = await self.orchestrator.run(specs, texts)
+            watcher = Watch(self.orchestrator, self.config.specs_path, self.root).run \
+                if watch else None
+            summary = await self.orchestrator.run(specs, texts, watcher)
             status = summary.status
             return summary
         except asyncio.CancelledError:

@@ -142,6 +142,7 @@ class Orchestrator:
         self._wake = asyncio.Event()
         self._failure: BaseException | None = None
         self._nagged = -NAG_SECONDS
+        self._watching = False
 
     async def emit(self, *events: ev.Event) -> int:
         return await self.store.append(*events)
@@ -167,7 +168,11 @@ class Orchestrator:
                                       runners=self.config.queue.runners),
             resubmits=self.config.queue.resubmits)
 
-    async def run(self, specs: list[Spec], texts: dict[str, str]) -> RunSummary:
+    async def run(self, specs: list[Spec], texts: dict[str, str],
+                  watch: Callable[[], Awaitable[None]] | None = None) -> RunSummary:
+        """The run to its end; with `watch` (watch mode: a coroutine that reports edits to
+        specs and configuration through `spec_edited` and `config_edited`), until it is
+        cancelled: a run with nothing left to do waits for the next edit."""
         for spec in specs:
             row = self.store.get("specs", spec.id)
             digest = spec_digest(texts[spec.id])
@@ -184,10 +189,15 @@ class Orchestrator:
         previous_change = self.questions.on_change
         self.questions.on_change = self.wake
         self.live = True
+        self._watching = watch is not None
+        watcher = asyncio.create_task(watch()) if watch is not None else None
         try:
             await self._reconcile(specs)
         finally:
             self.live = False
+            if watcher is not None:
+                watcher.cancel()
+                await asyncio.gather(watcher, return_exceptions=True)
             self.questions.on_change = previous_change
             unsubscribe()
             executors = list(self._executors.values())
@@ -207,9 +217,11 @@ class Orchestrator:
                 raise self._failure
             await self._observe_main()
             decision = plan_of.decide(self.store.state, time.time(),
-                                      self.settings(specs))
+                                      self.settings(list(self._specs.values()) or specs))
             for intent in decision.intents:
                 if isinstance(intent, plan_of.Finish):
+                    if self._watching:
+                        continue  # watch mode: nothing to do until the next edit
                     return
                 await self._act(intent)
             timeout = None if decision.wake_at is None else \
@@ -298,7 +310,8 @@ class Orchestrator:
                                     f"{', '.join(intent.tests[:5])}")))
             case plan_of.Stop(work=work):
                 executor = self._executors.get(work)
-                if executor is not None:
+                # Once: a second cancel would land in the executor's own clean-up.
+                if executor is not None and not executor.cancelling():
                     executor.cancel()
             case plan_of.Enqueue():
                 await self._enqueue(intent)
@@ -419,14 +432,21 @@ class Orchestrator:
         # The spec as it is on disk now (it may have been edited and saved since the run
         # began): what is planned, and recorded as seen, so the plan and the record agree.
         text = self._texts[spec.id]
+        previous = self._plan_in_force(spec.id)
         if spec.path is not None:
             try:
                 text = await asyncio.to_thread(Path(spec.path).read_text, encoding="utf-8")
                 spec = parse_spec(text, Path(spec.path))
             except (OSError, UnicodeError, FactoryError) as exc:
-                await self.emit(ev.PlanRejected(spec_id=spec.id,
-                                                reason=f"cannot read the spec: {exc}"))
-                return
+                if not previous:
+                    await self.emit(ev.PlanRejected(spec_id=spec.id,
+                                                    reason=f"cannot read the spec: {exc}"))
+                    return
+                # A plan is in force: it stays, planned from the last text that parsed.
+                await self.emit(ev.Notice(spec_id=spec.id, level="error", message=(
+                    f"{exc}; planning from the last saved text that parsed")))
+                text = self._texts[spec.id]
+                spec = self._specs[spec.id]
             self._specs[spec.id], self._texts[spec.id] = spec, text
             row = self.store.get("specs", spec.id) or {}
             if row.get("digest") != spec_digest(text):
@@ -466,13 +486,25 @@ class Orchestrator:
                                         digest=plan_digest(collector.tasks),
                                         spec_digest=spec_digest(text)))
 
+    def _plan_in_force(self, spec_id: str) -> list[dict[str, Any]]:
+        """The spec's planned tasks as the planner wrote them (what a re-plan keeps when
+        unchanged), in plan order."""
+        rows = sorted((t for t in self.store.rows("tasks")
+                       if t["spec_id"] == spec_id and t["ordinal"] is not None),
+                      key=lambda t: t["ordinal"])
+        return [{"id": t["task_id"], "title": t["title"], "role": t["role"],
+                 "depends_on": t["depends_on"] or [], "paths": t["paths"] or [],
+                 "acceptance": t["acceptance"] or [], "instructions": t["instructions"] or ""}
+                for t in rows]
+
     async def _run_planner(self, spec: Spec, text: str, agent_id: str, tools: ToolContext,
                            collector: PlanCollector) -> AgentResult:
         """The planner agent, reading main's tracked files only (a clean view of main)."""
         runner = AgentRunner(
             store=self.store, router=self.router, tools=tools, agent_id=agent_id,
             spec_id=spec.id, task_id=None, role="planner", key=f"plan:{spec.id}",
-            opening=planner_messages(spec, text), limits=self.limits,
+            opening=planner_messages(spec, text, self._plan_in_force(spec.id)),
+            limits=self.limits,
             budget=self.budget_for(spec.id, agent_id), tool_names=PLANNER_TOOLS,
             custom_tools={"submit_plan": collector}, extra_specs=[SUBMIT_PLAN_SPEC],
             questions=self.questions,
@@ -676,7 +708,8 @@ class Orchestrator:
                 # Stopped because a person cancelled the task (not because the run stops).
                 current = self.store.get("tasks", key) or {}
                 if current.get("cancel"):
-                    return AgentResult(AgentStatus.CANCELLED, "cancelled by request")
+                    return AgentResult(AgentStatus.CANCELLED,
+                                       plan_of.cancel_reason(current["cancel"]))
                 raise
         finally:
             await sandbox.close()
@@ -722,6 +755,7 @@ class Orchestrator:
         if row.get("worktree") and Path(row["worktree"]).exists():
             self.ws.remove(Path(row["worktree"]))
             await self.emit(ev.WorktreeRemoved(**ids, path=row["worktree"]))
+        await self.forecast()  # its branch, if it had one, is closed
 
     # -- executors: the queue --------------------------------------------------------------
 

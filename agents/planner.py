@@ -142,14 +142,26 @@ class PlanCollector:
         )
 
 
-def planner_messages(spec: Spec, spec_text: str) -> list[dict[str, Any]]:
+def planner_messages(spec: Spec, spec_text: str,
+                     previous: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """The planner's opening. With `previous` (the tasks of the plan in force, when the spec
+    was edited), the planner is asked to keep the id and the exact fields of every task the
+    edit does not change: the engine keeps the work of a task whose fields are unchanged and
+    re-runs only the rest."""
     system = (
         "You are the planner of a software factory. Decompose the spec into a small graph of "
         "tasks that separate agents can do in parallel on their own git branches. Each task "
         "lists the paths it may change (inside the spec's Boundaries), the tasks it depends "
         "on, and the acceptance commands that prove it done. Call submit_plan once."
     )
+    user = f"Spec `{spec.id}`:\n\n{spec_text}"
+    if previous:
+        listing = json.dumps(previous, indent=1, sort_keys=True)
+        user += ("\n\nThe spec was edited. The plan in force (as JSON) follows. Keep every "
+                 "task the edit does not affect exactly as it is (same id, same fields): its "
+                 "work is kept. Change or drop the tasks the edit affects, and add new ones "
+                 "with new ids.\n\n" + listing)
     return [
         {"role": "system", "content": system},
-        {"role": "user", "content": f"Spec `{spec.id}`:\n\n{spec_text}"},
+        {"role": "user", "content": user},
     ]

@@ -87,3 +87,10 @@ class QuestionStatus(StrEnum):
     PENDING = "pending"
     ANSWERED = "answered"
     WITHDRAWN = "withdrawn"  # its agent stopped for good first
+
+
+# What a task's `cancel` names when a re-plan (the spec was edited) stops its work: a task
+# whose fields changed is stopped and then starts again with its new fields; a task the new
+# plan drops is stopped for good.
+REPLANNED = "re-plan"
+DROPPED = "re-plan: dropped"

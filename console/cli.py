@@ -220,7 +220,7 @@ def cmd_spec_lint(args: argparse.Namespace) -> int:
 
 
 async def _run(root: Path, specs: list[str] | None, headless: bool,
-               as_json: bool = False) -> int:
+               as_json: bool = False, watch: bool = False) -> int:
     from agents.daemon import Daemon
     from agents.engine import Factory
     from console.progress import Progress
@@ -251,7 +251,7 @@ async def _run(root: Path, specs: list[str] | None, headless: bool,
         console = out if not headless else Console(highlight=False, force_terminal=False,
                                                    soft_wrap=True, stderr=as_json)
         with Progress(factory.store, console, budget.usd, budget.tokens) as progress:
-            summary = await factory.run(specs or None)
+            summary = await factory.run(specs or None, watch=watch)
         if as_json:
             print(json.dumps({**dataclasses.asdict(summary), "complete": summary.complete,
                               "peak_agents": progress.peak_active}, default=str))
@@ -287,6 +287,12 @@ async def _run(root: Path, specs: list[str] | None, headless: bool,
 def cmd_run(args: argparse.Namespace) -> int:
     return _stoppable(_run(_root(args.root), args.specs, _headless(args) or args.json,
                            args.json))
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    """`factory run` that does not end: every spec saved in the specs folder is planned
+    again and every saved `.factory.toml` applied, until ctrl+c."""
+    return _stoppable(_run(_root(args.root), args.specs, True, False, watch=True))
 
 
 def _stoppable(work: Coroutine[Any, Any, int]) -> int:
@@ -893,6 +899,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the run's summary as JSON "
                    "(progress goes to stderr; implies --headless)")
     p.set_defaults(fn=cmd_run)
+
+    p = sub.add_parser("watch", help="run specs and keep running: a saved spec is planned "
+                       "again, a saved .factory.toml applied (until ctrl+c)")
+    p.add_argument("specs", nargs="*", metavar="SPEC", help="spec ids (default: all)")
+    _root_option(p)
+    p.set_defaults(fn=cmd_watch)
 
     p = sub.add_parser("status", help="what the store says now (safe while a run goes on)")
     _root_option(p)

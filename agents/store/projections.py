@@ -15,7 +15,9 @@ from typing import Any
 
 from agents import events as ev
 from agents.statuses import (
+    DROPPED,
     QUEUE_OPEN,
+    REPLANNED,
     TASK_DONE,
     AgentStatus,
     Approval,
@@ -215,7 +217,9 @@ def _spec_counts(state: State, spec_id: str | None, ts: float) -> None:
     if spec_id is None or spec_id not in state.tables["specs"]:
         return
     spec = state.row("specs", spec_id)
-    tasks = [t for t in state.tables["tasks"].values() if t["spec_id"] == spec_id]
+    # Tasks a re-plan dropped (no ordinal) no longer count.
+    tasks = [t for t in state.tables["tasks"].values()
+             if t["spec_id"] == spec_id and t["ordinal"] is not None]
     landed, rejected = TaskStatus.LANDED, TaskStatus.REJECTED  # looked up once, not per task
     spec["tasks_total"] = len(tasks)
     spec["tasks_landed"] = sum(t["status"] == landed for t in tasks)
@@ -326,23 +330,50 @@ def _spec_saved(s: State, e: ev.SpecSaved, ts: float) -> None:
 
 
 _KEPT_BY_REPLAN = frozenset({TaskStatus.LANDED, TaskStatus.COMMITTED, TaskStatus.LANDING})
+_IN_PROGRESS = frozenset({TaskStatus.RUNNING})
+_STOPPED_BY_REPLAN = frozenset({TaskStatus.RUNNING, TaskStatus.COMMITTED, TaskStatus.LANDING})
+
+
+_FIELDS = ("title", "role", "depends_on", "paths", "acceptance", "instructions")
 
 
 @on("plan_accepted")
 def _plan_accepted(s: State, e: ev.PlanAccepted, ts: float) -> None:
+    """A plan, or a re-plan of an edited spec, diffed against the one in force: a task whose
+    fields are unchanged keeps its work (running or landed); a changed one is stopped and
+    starts again with its new fields (landed work is redone on top of main); a task the new
+    plan drops is stopped for good and no longer counts; a new one starts."""
+    planned = set()
     for ordinal, task in enumerate(e.tasks):
         key = task_key(e.spec_id, task.id)
+        planned.add(key)
         existing = s.get("tasks", key)
-        if existing is not None and existing["status"] in _KEPT_BY_REPLAN:
+        fields = {"title": task.title, "role": task.role, "depends_on": task.depends_on,
+                  "paths": task.paths, "acceptance": task.acceptance,
+                  "instructions": task.instructions}
+        same = existing is not None and all(existing[f] == fields[f] for f in _FIELDS)
+        if same and existing["status"] in _KEPT_BY_REPLAN | _IN_PROGRESS:
             s.row("tasks", key)["ordinal"] = ordinal
+            if existing["cancel"] in (REPLANNED, DROPPED):  # back in the plan as it was
+                _set_task_ids(s, e.spec_id, task.id, ts, cancel=None)
             continue  # a re-plan keeps work whose inputs did not change
+        if existing is not None and existing["status"] in _STOPPED_BY_REPLAN:
+            # At work (or queued) with the old fields: stopped first, then started again.
+            _set_task_ids(s, e.spec_id, task.id, ts, **fields, ordinal=ordinal,
+                          cancel=REPLANNED)
+            continue
         _set_task_ids(
-            s, e.spec_id, task.id, ts,
-            title=task.title, role=task.role, status=TaskStatus.PENDING.value,
-            depends_on=task.depends_on, paths=task.paths, acceptance=task.acceptance,
-            instructions=task.instructions, attempt=0, tokens=0, cost=0.0, reason="",
-            ordinal=ordinal,
+            s, e.spec_id, task.id, ts, **fields, status=TaskStatus.PENDING.value,
+            attempt=(existing or {}).get("attempt") or 0, tokens=0, cost=0.0, reason="",
+            ordinal=ordinal, cancel=None,
         )
+    for key, row in list(s.tables["tasks"].items()):
+        if row["spec_id"] != e.spec_id or key in planned or row["ordinal"] is None:
+            continue
+        if row["status"] in TASK_DONE:
+            _set_task_ids(s, e.spec_id, row["task_id"], ts, ordinal=None)
+        else:  # dropped by the new plan: stopped for good, and no longer counted
+            _set_task_ids(s, e.spec_id, row["task_id"], ts, ordinal=None, cancel=DROPPED)
     spec = s.row("specs", e.spec_id or "")
     spec.update(status=SpecStatus.PLANNED.value, planned_digest=e.spec_digest or spec["digest"])
     _spec_counts(s, e.spec_id, ts)
@@ -388,7 +419,19 @@ def _task_blocked(s: State, e: ev.TaskBlocked, ts: float) -> None:
 
 @on("task_cancelled")
 def _task_cancelled(s: State, e: ev.TaskCancelled, ts: float) -> None:
-    _set_task(s, e, ts, status=TaskStatus.CANCELLED.value, reason=e.reason)
+    row = s.get("tasks", task_key(e.spec_id, e.task_id)) or {}
+    if row.get("cancel") == REPLANNED:  # stopped to start again with its new fields
+        _set_task(s, e, ts, status=TaskStatus.PENDING.value, cancel=None,
+                  reason="re-planned: starts again", revising=None, since=None)
+    else:
+        _set_task(s, e, ts, status=TaskStatus.CANCELLED.value, reason=e.reason)
+    _queue_status_if_open(s, e, ts, f"cancelled: {e.reason or 'by request'}")
+    branch = s.get("branches", row.get("branch") or "")
+    if branch is not None and branch["status"] in (BranchStatus.OPEN, BranchStatus.LANDING):
+        # Closed: no longer forecast against the others, and never landed.
+        s.row("branches", branch["name"]).update(status=BranchStatus.REJECTED.value,
+                                                 gate="cancelled", reason=e.reason,
+                                                 updated=ts)
     _withdraw_questions(s, ts, lambda q: q["spec_id"] == e.spec_id
                         and q["task_id"] == e.task_id)
     _spec_counts(s, e.spec_id, ts)
@@ -409,6 +452,13 @@ def _landing_started(s: State, e: ev.LandingStarted, ts: float) -> None:
     _set_task(s, e, ts, status=TaskStatus.LANDING.value)
     s.row("branches", e.branch).update(status=BranchStatus.LANDING.value, updated=ts)
     _queue_status(s, e, ts, QueueStatus.LANDING)
+
+
+def _queue_status_if_open(s: State, e: ev._Event, ts: float, reason: str) -> None:
+    """A queue entry whose task stopped leaves the queue (it shows why)."""
+    entry = s.get("queue", task_key(e.spec_id, e.task_id))
+    if entry is not None and entry["status"] in QUEUE_OPEN:
+        _queue_status(s, e, ts, QueueStatus.REJECTED, reason)
 
 
 def _queue_status(s: State, e: ev._Event, ts: float, status: QueueStatus,
@@ -612,7 +662,13 @@ def _gate_result(s: State, e: ev.GateResult, ts: float) -> None:
 
 @on("branch_landed")
 def _branch_landed(s: State, e: ev.BranchLanded, ts: float) -> None:
-    _set_task(s, e, ts, status=TaskStatus.LANDED.value, landed_commit=e.main_after, reason="")
+    row = s.get("tasks", task_key(e.spec_id, e.task_id)) or {}
+    if row.get("cancel") == REPLANNED:  # landed with its old fields: done again, anew
+        _set_task(s, e, ts, status=TaskStatus.PENDING.value, landed_commit=e.main_after,
+                  cancel=None, reason="re-planned: starts again")
+    else:
+        _set_task(s, e, ts, status=TaskStatus.LANDED.value, landed_commit=e.main_after,
+                  reason="")
     s.row("branches", e.branch).update(status=BranchStatus.LANDED.value, landed_commit=e.main_after,
                                         updated=ts)
     _queue_status(s, e, ts, QueueStatus.LANDED)
@@ -621,7 +677,12 @@ def _branch_landed(s: State, e: ev.BranchLanded, ts: float) -> None:
 
 @on("branch_rejected")
 def _branch_rejected(s: State, e: ev.BranchRejected, ts: float) -> None:
-    _set_task(s, e, ts, status=TaskStatus.REJECTED.value, reason=f"{e.gate}: {e.reason}")
+    row = s.get("tasks", task_key(e.spec_id, e.task_id)) or {}
+    if row.get("cancel") == REPLANNED:  # refused with its old fields: starts again
+        _set_task(s, e, ts, status=TaskStatus.PENDING.value, cancel=None,
+                  reason="re-planned: starts again")
+    else:
+        _set_task(s, e, ts, status=TaskStatus.REJECTED.value, reason=f"{e.gate}: {e.reason}")
     s.row("branches", e.branch).update(status=BranchStatus.REJECTED.value, gate=e.gate,
                                         reason=e.reason, updated=ts)
     _queue_status(s, e, ts, QueueStatus.REJECTED, f"{e.gate}: {e.reason}")
