@@ -111,6 +111,22 @@ class StoreConfig(_Section):
     path: str = ".factory/factory.db"
 
 
+# What a person may be wanted for (agents/notify.py says when each counts).
+NotifyEvent = Literal["question_asked", "queue_entered", "queue_paused", "tests_quarantined",
+                      "run_finished"]
+
+
+class NotifyConfig(_Section):
+    # A shell command run in the repository for each notification, with the event as JSON
+    # on its stdin (a desktop notifier, a chat webhook script); empty: none.
+    command: str = ""
+    # Which events ring attached consoles and run the command.
+    events: list[NotifyEvent] = ["question_asked", "queue_entered", "queue_paused",
+                                 "tests_quarantined", "run_finished"]
+    # A command still running after this long is killed (and a notice says so).
+    timeout_seconds: Number = Field(10, gt=0, le=600)
+
+
 class FactoryConfig(_Section):
     models: ModelsConfig = ModelsConfig()
     run: RunConfig = RunConfig()
@@ -119,6 +135,7 @@ class FactoryConfig(_Section):
     repo: RepoConfig = RepoConfig()
     queue: QueueConfig = QueueConfig()
     store: StoreConfig = StoreConfig()
+    notify: NotifyConfig = NotifyConfig()
 
     _root: Path = PrivateAttr(default_factory=Path.cwd)
 
@@ -332,6 +349,17 @@ resubmits = 2
 [store]
 # The SQLite store (event log and projections); keep it out of git.
 path = ".factory/factory.db"
+
+[notify]
+# When an agent asks a question, an entry waits for approval, the queue pauses, tests are
+# quarantined or a run ends, attached consoles ring (and show a desktop notification where
+# the terminal supports it), and this shell command runs in the repository with the event
+# as JSON on its stdin, e.g. "notify-send Factory \"$(jq -r .message)\"". Empty: no command.
+command = ""
+# Which of those events notify.
+events = ["question_asked", "queue_entered", "queue_paused", "tests_quarantined", "run_finished"]
+# A command still running after this many seconds is killed; a notice says so.
+timeout_seconds = 10
 """
 
 

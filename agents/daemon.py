@@ -19,6 +19,7 @@ import logging
 import os
 import socket
 import struct
+import time
 import traceback
 import typing
 from collections.abc import Awaitable, Callable
@@ -30,7 +31,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import pydantic_core
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
-from agents import commands, wire
+from agents import commands, notify, wire
 from agents.commands import MAX_INT
 from agents.errors import FactoryError
 from agents.store.projections import TABLES
@@ -91,6 +92,9 @@ class Daemon:
         self._watching: set[_Console] = set()
         self._feed = wire.RowFeed()
         self._unfollow: Callable[[], None] | None = None
+        self.notifier: notify.Notifier | None = None
+        self._ring: frozenset[str] = frozenset()  # what attached consoles are rung for
+        self.since: float | None = None
 
     @property
     def consoles(self) -> int:
@@ -117,8 +121,18 @@ class Daemon:
                                                            limit=REQUEST_LIMIT)
         finally:
             os.umask(old)
+        self.since = time.time()
+        # Notifications go out from the process that serves the factory: the command from
+        # here, and a ring to every console attached (with the batches they are sent).
+        config = self.factory.config.notify
+        self._ring = frozenset(config.events)
+        self.notifier = notify.Notifier(self.factory.store, config, self.factory.root)
+        self.notifier.start()
 
     async def close(self) -> None:
+        if self.notifier is not None:
+            await self.notifier.close()
+            self.notifier = None
         if self._server is not None:
             self._server.close()
             for console in list(self._consoles):
@@ -148,8 +162,11 @@ class Daemon:
         """Each committed batch, as the rows it changed (worked out once for every console)
         and, for each console, the events of the agent it follows."""
         lines = b"".join(self._feed.lines(batch))
+        # After the batch's end, so that a console rings with the rows already in place.
+        rings = b"".join(wire.encode({"notify": note.payload(self.factory.root)})
+                         for note in notify.notifications(batch, self._ring))
         for console in list(self._watching):
-            console.write(lines + wire.batch_end(batch, console.followed))
+            console.write(lines + wire.batch_end(batch, console.followed) + rings)
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         console = _Console(self, reader, writer)
@@ -190,6 +207,11 @@ class Daemon:
         async def hello(console: _Console) -> dict[str, Any]:
             return {"protocol": wire.PROTOCOL, "root": str(factory.root)}
 
+        async def info() -> dict[str, Any]:
+            """What `factory status` and `factory up` say of the process serving."""
+            return {"protocol": wire.PROTOCOL, "root": str(factory.root), "pid": os.getpid(),
+                    "since": self.since}
+
         async def snapshot(console: _Console) -> dict[str, Any]:
             # Taken and followed in one step of the loop: the first batch forwarded is the
             # first one the snapshot does not include.
@@ -221,7 +243,7 @@ class Daemon:
         async def conflict_hunks(a: str, b: str) -> dict[str, str]:
             return await factory.conflict_hunks(a, b)
 
-        ops = (hello, snapshot, follow_agent, events, spec_files, run_error, diff,
+        ops = (hello, info, snapshot, follow_agent, events, spec_files, run_error, diff,
                conflict_hunks)
         table = {op.__name__: _Op.of(op) for op in ops}
         # A person's commands: parsed with the one model each (agents/commands.py), and
@@ -545,16 +567,42 @@ async def _answers(path: Path) -> bool:
 
 
 async def serve(factory: Factory, path: Path, *, run: bool = False,
-                ready: Callable[[Daemon], None] | None = None) -> None:
+                ready: Callable[[Daemon], None] | None = None,
+                pid_file: Path | None = None) -> None:
     """Serve until cancelled (SIGTERM, ctrl+c): then stop the run, as a clean stop does, and
-    close the store, so the next start resumes where this one was."""
+    close the store, so the next start resumes where this one was.
+
+    `pid_file` is written once the socket answers and removed at the end (if it still names
+    this process): `factory down` and `factory status` find the daemon by it."""
     daemon = Daemon(factory, path)
     await daemon.start()
     try:
+        if pid_file is not None:
+            _write_pid(pid_file)
         if run:
             factory.start()
         if ready is not None:
             ready(daemon)
         await asyncio.Event().wait()
     finally:
-        await daemon.close()
+        try:
+            await daemon.close()
+        finally:
+            if pid_file is not None:
+                _remove_pid(pid_file)
+
+
+def _write_pid(path: Path) -> None:
+    """The pid, whole or not at all (a reader never sees half of it)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(f"{os.getpid()}\n")
+    os.replace(tmp, path)
+
+
+def _remove_pid(path: Path) -> None:
+    with contextlib.suppress(OSError, ValueError):
+        if int(path.read_text().strip()) == os.getpid():
+            path.unlink()

@@ -181,6 +181,10 @@ class FactoryApp(App[None]):
 
         if hasattr(self.client, "on_lost"):
             self.client.on_lost = self._lost
+        if hasattr(self.client, "on_notify"):  # the factory wants a person: ring
+            from console.alerts import Ringer
+
+            self.client.on_notify = Ringer(self)
         # The Lazy panes mount just after the first frame; Lazy offers no event to wait on.
         while not self.query(InboxPane) or not self.query(AgentsPane):  # noqa: ASYNC110
             await asyncio.sleep(0.01)

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from agents import wire
 from agents.errors import FactoryError
+from agents.notify import WIRE_START as NOTIFY_START
 from console.client import Feed, Listener, Snapshot, SpecFile, load_commands
 
 if TYPE_CHECKING:
@@ -45,6 +46,8 @@ class AttachedClient:
         self.run_error: BaseException | None = None
         self.lost: str | None = None
         self.on_lost: Callable[[str], None] | None = None
+        # An event a person is wanted for (agents/notify.py): the console rings.
+        self.on_notify: Callable[[dict[str, Any]], None] | None = None
         self._pump = asyncio.create_task(self._read())
 
     @classmethod
@@ -85,6 +88,9 @@ class AttachedClient:
                 if line.startswith(wire.ROWS_START) or line.startswith(wire.END_START):
                     self._deliver(wire.decode_feed(line))
                     await asyncio.sleep(0)  # lines already read wait their turn behind keys
+                elif line.startswith(NOTIFY_START):
+                    if self.on_notify is not None:
+                        self.on_notify(json.loads(line)["notify"])
                 else:
                     self._reply(json.loads(line))
         except (ConnectionError, ValueError) as exc:
