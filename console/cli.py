@@ -462,7 +462,11 @@ async def _daemon(root: Path, path: Path, run: bool, approval: str | None = None
                                               if path != socket_path(root) else "")))
 
     try:
-        await serve(factory, path, run=run, ready=ready)
+        from console.daemonctl import pid_path
+
+        # On the repository's socket, `factory down` and `factory status` find it by its pid.
+        await serve(factory, path, run=run, ready=ready,
+                    pid_file=pid_path(root) if path == socket_path(root) else None)
     except asyncio.CancelledError:
         out.print("stopping: the store keeps every committed step")
     finally:
@@ -488,8 +492,12 @@ async def _status(root: Path, as_json: bool) -> int:
     from agents import leases
     from agents.config import load_config
     from agents.store import Store
+    from console import daemonctl
 
     config = load_config(root / CONFIG_NAME)
+    daemon = await asyncio.to_thread(daemonctl.state, root)
+    if not as_json:  # said even where there is no store yet
+        out.print(Text(daemon.describe()))
     store = await Store.open(config.store_path, readonly=True)
     try:
         runs = sorted(store.rows("runs"), key=lambda r: r["started"] or 0)
@@ -503,7 +511,8 @@ async def _status(root: Path, as_json: bool) -> int:
         if as_json:
             print(json.dumps({"runs": runs, "specs": store.rows("specs"), "tasks": tasks,
                               "agents": agents, "queue": queue_view(store),
-                              "events": store.last_id}, default=str))
+                              "events": store.last_id, "daemon": daemon.as_json()},
+                             default=str))
             return 0
         last = runs[-1] if runs else None
         if last:
@@ -664,6 +673,67 @@ def cmd_retry(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     return asyncio.run(_status(_root(args.root), args.json))
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    """Start this repository's daemon in the background, once (console/daemonctl.py)."""
+    from agents.config import load_config
+    from agents.daemon import MAX_SOCKET_PATH, socket_fits
+    from console import daemonctl
+
+    root = _root(args.root)
+    load_config(root / CONFIG_NAME)  # a broken configuration is said here, nothing started
+    if not socket_fits(socket_path(root)):
+        raise FactoryError(f"{socket_path(root)}: longer than a unix socket may be "
+                           f"({MAX_SOCKET_PATH} bytes): no daemon can serve this repository")
+    options = ["--run"] if args.run else []
+    if args.approval:
+        options += ["--approval", args.approval]
+    if args.watch:
+        if "--watch" not in daemonctl.daemon_options():
+            raise FactoryError("watch mode is not available yet: `factory daemon` has no "
+                               "--watch in this version (`factory up` without --watch "
+                               "starts the daemon)")
+        options.append("--watch")
+    started = daemonctl.up(root, options, args.wait)
+    if args.json:
+        print(json.dumps({"pid": started.pid, "started": not started.already,
+                          "stale_removed": started.removed_stale,
+                          **{k: str(v) for k, v in (("socket", socket_path(root)),
+                                                     ("log", daemonctl.log_path(root)))}}))
+        return 0
+    if started.removed_stale:
+        err.print(Text(f"removed a stale pid file: {clean_line(started.removed_stale)}",
+                       style="yellow"))
+    if started.already:
+        ignored = " (its options stay as they were: `factory down` first to change them)" \
+            if options else ""
+        out.print(Text(f"a daemon already runs for {root}: pid {started.pid}, on "
+                       f"{socket_path(root)}{ignored}"))
+        return 0
+    out.print(Text(f"daemon started: pid {started.pid}, serving {root} on "
+                   f"{socket_path(root)}; log {daemonctl.log_path(root)}"))
+    out.print("`factory console` attaches to it; `factory down` stops it")
+    return 0
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    """Stop this repository's daemon cleanly, or clear what a dead one left."""
+    from console import daemonctl
+
+    root = _root(args.root)
+    stopped = daemonctl.down(root, args.wait)
+    if args.json:
+        print(json.dumps({"stopped": stopped.pid, "stale_removed": stopped.stale}))
+    elif stopped.stale is not None:
+        out.print(Text(f"no daemon runs for {root}; removed a stale pid file: "
+                       f"{clean_line(stopped.stale)}"))
+    elif stopped.pid is None:
+        out.print(Text(f"no daemon runs for {root}"))
+    else:
+        out.print(Text(f"daemon stopped (pid {stopped.pid}): the store keeps every committed "
+                       "step; `factory up` resumes"))
+    return 0
 
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
@@ -961,6 +1031,29 @@ def build_parser() -> argparse.ArgumentParser:
                    help="attach to the daemon listening on SOCKET (by default a console "
                    "attaches to this repository's daemon when one runs)")
     p.set_defaults(fn=cmd_console)
+
+    from console.daemonctl import DOWN_SECONDS, UP_SECONDS
+
+    p = sub.add_parser("up", help="start this repository's daemon in the background "
+                       "(log: .factory/daemon.log); nothing if one runs")
+    _root_option(p)
+    p.add_argument("--run", action="store_true", help="start a run of every spec at once")
+    p.add_argument("--approval", choices=["never", "high", "medium", "always"],
+                   help="which branches wait for a person's approval (default: [queue] "
+                        "approval in .factory.toml)")
+    p.add_argument("--watch", action="store_true",
+                   help="run the daemon in watch mode (where `factory daemon` has it)")
+    p.add_argument("--wait", type=float, default=UP_SECONDS, metavar="SECONDS",
+                   help=f"how long to wait for the daemon to answer (default: {UP_SECONDS:g})")
+    _json_option(p)
+    p.set_defaults(fn=cmd_up)
+
+    p = sub.add_parser("down", help="stop this repository's daemon (as ctrl+c stops a run)")
+    _root_option(p)
+    p.add_argument("--wait", type=float, default=DOWN_SECONDS, metavar="SECONDS",
+                   help=f"how long to wait for it to exit (default: {DOWN_SECONDS:g})")
+    _json_option(p)
+    p.set_defaults(fn=cmd_down)
 
     p = sub.add_parser("daemon", help="serve the factory to consoles that attach and detach")
     _root_option(p)
