@@ -67,11 +67,16 @@ class DaemonState:
     """What is known of this repository's daemon, from its pid file, /proc and its socket."""
 
     root: Path
-    pid: int | None = None  # the daemon's, when one runs (from its socket or pid file)
-    answering: bool = False  # its socket answers `hello`
+    pid: int | None = None  # the process serving (or starting to), if any
+    answering: bool = False  # the socket answers
     since: float | None = None  # when it began to serve
-    pid_file: int | None = None  # the pid the pid file names, if there is one
+    pid_file: int | None = None  # the pid the pid file names, if there is one (-1: garbage)
     stale: str | None = None  # why the pid file names no daemon of this repository
+    # What serves: "daemon" (`factory daemon`, of its own), "console" (the engine a
+    # `factory console` started for itself, which stops when that console quits: pid
+    # `console`), "other" (a `factory run`, a console's engine in its own process), or None.
+    kind: str | None = None
+    console: int | None = None
 
     @property
     def socket(self) -> Path:
@@ -79,33 +84,31 @@ class DaemonState:
 
     @property
     def running(self) -> bool:
-        return self.answering or (self.pid is not None and self.stale is None)
-
-    @property
-    def daemon(self) -> bool:
-        """A `factory daemon` (not a `factory run` or a console serving in its process)."""
-        return self.pid is not None and self.pid == self.pid_file and self.stale is None
+        return self.kind is not None
 
     def as_json(self) -> dict[str, Any]:
-        return {"running": self.running, "pid": self.pid, "answering": self.answering,
-                "since": self.since, "socket": str(self.socket),
+        return {"running": self.running, "kind": self.kind, "pid": self.pid,
+                "answering": self.answering, "since": self.since, "socket": str(self.socket),
                 "pid_file": str(pid_path(self.root)) if self.pid_file is not None else None,
-                "stale": self.stale, "log": str(log_path(self.root)),
-                "kind": ("daemon" if self.daemon else "other" if self.running else None)}
+                "stale": self.stale, "log": str(log_path(self.root)), "console": self.console}
 
     def describe(self) -> str:
         """One line for a person."""
         since = ""
         if self.since is not None:
             since = time.strftime(" since %Y-%m-%d %H:%M:%S", time.localtime(self.since))
-        if self.answering and self.daemon:
+        if self.kind == "daemon" and self.answering:
             return f"daemon: running, pid {self.pid}{since}, on {self.socket}"
-        if self.answering:
-            return (f"daemon: none, but pid {self.pid} serves this factory{since} on "
-                    f"{self.socket} (a `factory run`, or a console's engine)")
-        if self.running:
+        if self.kind == "daemon":
             return (f"daemon: pid {self.pid} runs but its socket does not answer (starting, "
                     f"or stuck; `factory down` stops it; log: {log_path(self.root)})")
+        if self.kind == "console":
+            return (f"daemon: none; the engine of a console (pid {self.console}) serves this "
+                    f"factory as pid {self.pid}{since}, on {self.socket}, and stops when that "
+                    "console quits")
+        if self.kind == "other":
+            return (f"daemon: none; pid {self.pid} serves this factory{since} on "
+                    f"{self.socket} (a `factory run`, or a console)")
         if self.stale is not None:
             return f"daemon: not running; stale pid file {pid_path(self.root)}: {self.stale}"
         return "daemon: not running (`factory up` starts one)"
@@ -202,26 +205,47 @@ def state(root: Path) -> DaemonState:
     if answer is not None:
         found.answering = True
         pid = answer.get("pid")
-        found.pid = pid if isinstance(pid, int) else None
+        found.pid = pid if isinstance(pid, int) and pid > 0 else None
         since = answer.get("since")
         found.since = float(since) if isinstance(since, int | float) else None
-    if found.pid_file is None:
-        return found
     if found.pid_file == -1:
         found.stale = "it holds no pid"
-        return found
-    argv = cmdline(found.pid_file)
-    if argv is None:
-        found.stale = f"pid {found.pid_file} is not running"
-    elif not is_daemon_of(argv, root):
-        shown = " ".join(argv)[:120]
-        found.stale = f"pid {found.pid_file} is now another program ({shown})"
-    elif found.pid is None:
-        found.pid = found.pid_file  # alive, but its socket does not answer (yet)
-    if found.since is None and found.stale is None:
-        with contextlib.suppress(OSError):
-            found.since = pid_path(root).stat().st_mtime
+    elif found.pid_file is not None:
+        argv = cmdline(found.pid_file)
+        if argv is None:
+            found.stale = f"pid {found.pid_file} is not running"
+        elif not is_daemon_of(argv, root):
+            found.stale = f"pid {found.pid_file} is now another program " \
+                          f"({' '.join(argv)[:120]})"
+        elif found.pid is None:
+            found.pid = found.pid_file  # alive; its socket does not answer (yet)
+    if found.pid is not None and alive(found.pid, root):
+        found.console = _console_of(found.pid)
+        found.kind = "console" if found.console is not None else "daemon"
+        if found.since is None and found.pid == found.pid_file:
+            with contextlib.suppress(OSError):
+                found.since = pid_path(root).stat().st_mtime
+    elif found.answering:
+        found.kind = "other"
     return found
+
+
+def _console_of(pid: int) -> int | None:
+    """The `factory console` (or `factory demo`) whose own engine pid is, if it is one:
+    such an engine stops when its console quits. (One whose console was killed outright
+    has been adopted by another parent, and serves on as a daemon.)"""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        parent = int(stat.rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    argv = cmdline(parent) or []
+    for at, arg in enumerate(argv[1:], start=1):
+        if arg in ("console", "demo"):
+            program = argv[at - 1]
+            return parent if Path(program).name == "factory" or program == "console.cli" \
+                else None
+    return None
 
 
 def alive(pid: int, root: Path) -> bool:
@@ -272,14 +296,19 @@ def up(root: Path, options: list[str], wait: float = UP_SECONDS) -> Started:
     factory_dir(root).mkdir(parents=True, exist_ok=True)
     with _locked(factory_dir(root) / LOCK_NAME):
         now = state(root)
-        if now.answering:
-            if not now.daemon:
-                raise FactoryError(f"{now.describe().removeprefix('daemon: ')}: it serves "
-                                   "consoles as a daemon would; not starting another")
-            return Started(now.pid or 0, already=True)
-        if now.running:  # its process lives, its socket does not answer yet
+        if now.kind == "console":
+            raise FactoryError(f"the engine of a console (pid {now.console}) serves this "
+                               f"factory as pid {now.pid}, and stops when that console quits: "
+                               "quit it, then `factory up` (the next console attaches to the "
+                               "daemon)")
+        if now.kind == "other":
+            raise FactoryError(f"{now.describe().removeprefix('daemon: none; ')}: it is the "
+                               "store's one writer while it runs; not starting a daemon "
+                               "beside it")
+        if now.kind == "daemon":
             assert now.pid is not None
-            _wait_answer(root, now.pid, None, wait, 0)
+            if not now.answering:  # its process lives, its socket does not answer yet
+                _wait_answer(root, now.pid, None, wait, 0)
             return Started(now.pid, already=True)
         removed = None
         if now.stale is not None:
@@ -359,19 +388,18 @@ def down(root: Path, wait: float = DOWN_SECONDS) -> Stopped:
     exit; remove a stale pid file (and a socket nobody answers on)."""
     root = root.resolve()
     now = state(root)
-    if now.answering and not now.daemon:
-        raise FactoryError(f"{now.describe().removeprefix('daemon: ')}: not a daemon "
-                           "`factory down` stops; stop it where it runs (ctrl+c, or quit "
-                           "the console)")
+    if now.kind in ("console", "other"):
+        raise FactoryError(f"{now.describe().removeprefix('daemon: none; ')}: not a daemon "
+                           "`factory down` stops; stop it where it runs (quit the console, "
+                           "or ctrl+c)")
     if now.stale is not None:
         with contextlib.suppress(FileNotFoundError):
             pid_path(root).unlink()
         if not now.answering:
             with contextlib.suppress(FileNotFoundError):
                 socket_path(root).unlink()
+    if now.kind is None or now.pid is None:
         return Stopped(None, stale=now.stale)
-    if now.pid is None:
-        return Stopped(None)
     _stop(now.pid, root, wait, None)
     # A daemon removes both as it stops; they are left only if it was killed meanwhile.
     if read_pid(pid_path(root)) == now.pid:

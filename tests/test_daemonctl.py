@@ -206,3 +206,32 @@ def test_up_watch_only_where_the_daemon_has_watch_mode(root: Path) -> None:
     (pid,) = daemons_of(root)
     assert "--watch" in (daemonctl.cmdline(pid) or [])
     assert factory("down", cwd=root).returncode == 0
+
+
+def test_a_consoles_own_engine_is_not_taken_for_a_daemon(root: Path, tmp_path: Path) -> None:
+    """A console with no daemon to attach to starts an engine of its own, which stops when
+    it quits: `factory up` must not call that a running daemon (it would be gone with the
+    console), nor `factory down` stop it from under the console."""
+    from tests.test_notify import Pty
+
+    env = {**os.environ, "TERM": "xterm-256color", "XDG_CONFIG_HOME": str(tmp_path / "xdg"),
+           "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
+    console = Pty([sys.executable, "-m", "console.cli", "console"], root, env)
+    try:
+        console.wait_for(b"engine: pid", 0, 60, "the console's own engine")
+        (engine,) = daemons_of(root)
+        shown = status(root)
+        assert shown["kind"] == "console" and shown["pid"] == engine
+        assert shown["console"] == console.process.pid
+        assert "the engine of a console" in factory("status", cwd=root).stdout
+        up = factory("up", cwd=root)
+        assert up.returncode == 2 and "stops when that console quits" in up.stderr
+        down = factory("down", cwd=root)
+        assert down.returncode == 2 and "not a daemon `factory down` stops" in down.stderr
+        assert daemons_of(root) == [engine]
+        os.write(console.master, b"q")  # quitting the console stops its engine
+        console.process.wait(60)
+        wait_gone(engine)
+    finally:
+        console.close()
+    assert status(root)["running"] is False
