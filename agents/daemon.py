@@ -566,7 +566,7 @@ async def _answers(path: Path) -> bool:
     return True
 
 
-async def serve(factory: Factory, path: Path, *, run: bool = False,
+async def serve(factory: Factory, path: Path, *, run: bool = False, watch: bool = False,
                 ready: Callable[[Daemon], None] | None = None,
                 pid_file: Path | None = None) -> None:
     """Serve until cancelled (SIGTERM, ctrl+c): then stop the run, as a clean stop does, and
@@ -579,8 +579,8 @@ async def serve(factory: Factory, path: Path, *, run: bool = False,
     try:
         if pid_file is not None:
             _write_pid(pid_file)
-        if run:
-            factory.start()
+        if run or watch:
+            factory.start(watch=watch)
         if ready is not None:
             ready(daemon)
         await asyncio.Event().wait()

@@ -269,16 +269,17 @@ class Factory:
                                                                   status=status)))  # type: ignore[arg-type]
             self._lock.release()
 
-    def start(self, spec_ids: list[str] | None = None) -> None:
+    def start(self, spec_ids: list[str] | None = None, watch: bool = False) -> None:
         """Run in the background, for a console or a daemon: progress arrives as events, and a
-        failure that a person can act on is kept in `run_error`."""
+        failure that a person can act on is kept in `run_error`. With `watch`, the run goes on
+        planning saved specs again until it is stopped (`factory daemon --watch`)."""
         if self.background_running:
             raise FactoryError("a run is already going; wait for it to finish")
         self.specs(spec_ids)  # unknown ids fail here, before anything starts
 
         async def go() -> RunSummary | None:
             try:
-                return await self.run(spec_ids)
+                return await self.run(spec_ids, watch=watch)
             except FactoryError as exc:
                 self.run_error = exc
                 return None

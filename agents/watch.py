@@ -47,8 +47,13 @@ class Watch:
     async def _specs(self) -> None:
         async for changes in awatch(self.specs_dir, step=SETTLE_MS, debounce=400,
                                     watch_filter=_spec_file):
-            for path in sorted({Path(p) for change, p in changes if change != Change.deleted}):
-                await self.spec_edited(path)
+            for path in sorted({Path(p) for change, p in changes}):
+                if path.exists():
+                    await self.spec_edited(path)
+                else:
+                    await self.orchestrator.emit(ev.Notice(level="warning", message=(
+                        f"{path.name} was deleted: the work planned from it goes on "
+                        "(cancel its tasks from the console to stop it)")))
 
     async def _config(self) -> None:
         config = self.root / CONFIG_NAME

@@ -439,10 +439,11 @@ def cmd_daemon(args: argparse.Namespace) -> int:
     logging.getLogger("LiteLLM").setLevel(logging.WARNING)  # a line for every model call
     if args.nice:  # before the store's and the agents' threads and processes: they inherit it
         os.nice(args.nice)
-    return asyncio.run(_daemon(root, path.absolute(), args.run, args.approval))
+    return asyncio.run(_daemon(root, path.absolute(), args.run, args.approval, args.watch))
 
 
-async def _daemon(root: Path, path: Path, run: bool, approval: str | None = None) -> int:
+async def _daemon(root: Path, path: Path, run: bool, approval: str | None = None,
+                  watch: bool = False) -> int:
     from agents.daemon import serve
     from agents.engine import Factory
 
@@ -465,7 +466,7 @@ async def _daemon(root: Path, path: Path, run: bool, approval: str | None = None
         from console.daemonctl import pid_path
 
         # On the repository's socket, `factory down` and `factory status` find it by its pid.
-        await serve(factory, path, run=run, ready=ready,
+        await serve(factory, path, run=run, watch=watch, ready=ready,
                     pid_file=pid_path(root) if path == socket_path(root) else None)
     except asyncio.CancelledError:
         out.print("stopping: the store keeps every committed step")
@@ -1042,7 +1043,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="which branches wait for a person's approval (default: [queue] "
                         "approval in .factory.toml)")
     p.add_argument("--watch", action="store_true",
-                   help="run the daemon in watch mode (where `factory daemon` has it)")
+                   help="run the daemon in watch mode: every spec run, a saved spec planned "
+                   "again, a saved .factory.toml applied")
     p.add_argument("--wait", type=float, default=UP_SECONDS, metavar="SECONDS",
                    help=f"how long to wait for the daemon to answer (default: {UP_SECONDS:g})")
     _json_option(p)
@@ -1059,6 +1061,8 @@ def build_parser() -> argparse.ArgumentParser:
     _root_option(p)
     p.add_argument("--socket", help="unix socket to listen on (default: .factory/daemon.sock)")
     p.add_argument("--run", action="store_true", help="start a run of every spec at once")
+    p.add_argument("--watch", action="store_true", help="run every spec and keep running: a "
+                   "saved spec is planned again, a saved .factory.toml applied (implies --run)")
     p.add_argument("--approval", choices=["never", "high", "medium", "always"],
                    help="which branches wait for a person's approval (default: [queue] "
                         "approval in .factory.toml)")

@@ -12,7 +12,7 @@ What a person (or a script) relies on:
   reported and removed, and that program is never signalled;
 - a daemon that cannot start is reported with the end of its log, and one that does not
   answer in time is stopped: neither leaves a process behind;
-- `factory up --watch` is refused, saying so, while `factory daemon` has no watch mode.
+- `factory up --watch` starts the daemon in watch mode.
 """
 
 from __future__ import annotations
@@ -195,13 +195,8 @@ def test_a_daemon_that_does_not_answer_in_time_is_stopped(root: Path) -> None:
     assert factory("down", cwd=root).returncode == 0
 
 
-def test_up_watch_only_where_the_daemon_has_watch_mode(root: Path) -> None:
+def test_up_watch_starts_the_daemon_in_watch_mode(root: Path) -> None:
     up = factory("up", "--watch", cwd=root)
-    if "--watch" not in daemonctl.daemon_options():
-        assert up.returncode == 2
-        assert "watch mode is not available yet" in up.stderr
-        assert daemons_of(root) == [] and not socket_path(root).exists()
-        return
     assert up.returncode == 0, up.stderr
     (pid,) = daemons_of(root)
     assert "--watch" in (daemonctl.cmdline(pid) or [])
