@@ -63,6 +63,8 @@ MAX_ID_LENGTH = 128
 MAX_OP_LENGTH = 64
 # The most events one `events` request reads (a console's timeline asks for 5000 at a time).
 MAX_EVENTS = 100_000
+# What an observing console is told when it asks for a command (`factory console --observe`).
+READ_ONLY = "this console observes: read-only"
 
 Count = Annotated[int, Field(ge=0, le=MAX_INT)]
 EventCount = Annotated[int, Field(ge=0, le=MAX_EVENTS)]
@@ -204,8 +206,13 @@ class Daemon:
         `console` is the console that asks, not an argument."""
         factory = self.factory
 
-        async def hello(console: _Console) -> dict[str, Any]:
-            return {"protocol": wire.PROTOCOL, "root": str(factory.root)}
+        async def hello(console: _Console, observe: bool = False) -> dict[str, Any]:
+            """`observe`: this connection only looks (`factory console --observe`); every
+            command it sends from now on is refused. Once said it holds for the connection's
+            life: a later hello cannot take it back."""
+            console.observing = console.observing or observe
+            said = {"protocol": wire.PROTOCOL, "root": str(factory.root)}
+            return {**said, "observing": True} if console.observing else said
 
         async def info() -> dict[str, Any]:
             """What `factory status` and `factory up` say of the process serving."""
@@ -287,6 +294,10 @@ class _Op:
         """A command: its arguments are the command's model, and running it is the engine
         executing the command, given by the console that asked."""
         async def run(console: _Console, **fields: Any) -> Any:
+            # Refused here, in the daemon, whatever the console's screen allows: a console
+            # that said it observes changes nothing, however its requests are made.
+            if console.observing:
+                raise FactoryError(f"{READ_ONLY}: {name} refused")
             result = await factory.execute(model(**fields), by=console.who)  # type: ignore[arg-type]
             if isinstance(result, list):  # lint findings of a saved spec
                 return [f.model_dump(mode="json") for f in result]
@@ -393,6 +404,7 @@ class _Console:
         self.commands = daemon.commands
         self.watching = False
         self.followed: str | None = None  # the agent whose events this console is sent
+        self.observing = False  # said so in its hello: its commands are refused
         self._tasks: set[asyncio.Task[None]] = set()
         self._dropped = False
         self.who = _peer(writer)  # who gives this console's commands, as the log says

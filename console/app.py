@@ -57,6 +57,9 @@ PANE_ACTIONS = {"save_spec": ("specs",), "run_spec": ("specs",), "pause": ("agen
                 "filter": ("agents",), "approve": ("queue", "inbox"),
                 "reject": ("queue", "inbox"), "move": ("queue",), "retry": ("queue",),
                 "diff": ("queue", "inbox"), "mark": ("inbox",)}
+# What an observing console (`factory console --observe`) says to a key that would act; its
+# daemon refuses the command too, with the same words.
+READ_ONLY = "this console observes: read-only"
 # Moving through the agents with a held arrow key loads only the agent it stops on.
 TIMELINE_DELAY = 0.12
 TABS = ("specs", "agents", "conflicts", "queue", "inbox")
@@ -181,6 +184,7 @@ class FactoryApp(App[None]):
 
         if hasattr(self.client, "on_lost"):
             self.client.on_lost = self._lost
+            self.client.on_reconnected = self._reconnected
         if hasattr(self.client, "on_notify"):  # the factory wants a person: ring
             from console.alerts import Ringer
 
@@ -355,9 +359,33 @@ class FactoryApp(App[None]):
     def _lost(self, reason: str) -> None:
         """The daemon went away: what is on screen stays, marked as no longer current."""
         self.detached = reason
+        if getattr(self.client, "reconnect", False):
+            self.query_one(RunStatus).detached(f"{reason}; reconnecting")
+            self.notify(f"{reason}; what you see is no longer current. Reconnecting when "
+                        "the daemon is back.", severity="error", timeout=30)
+            return
         self.query_one(RunStatus).detached(reason)
         self.notify(f"{reason}; what you see is no longer current. Quit and run "
                     "`factory console` again to attach.", severity="error", timeout=30)
+
+    def _reconnected(self, snap: Any) -> None:
+        """Attached again (the daemon restarted): its state replaces what was shown, and the
+        rows that follow apply to that."""
+        from console.model import ViewModel
+
+        if self.model is None:  # lost before the first snapshot: _open carries on
+            return
+        followed = self.model.followed
+        if self._unfollow is not None:
+            self._unfollow()
+        self.model = ViewModel.from_snapshot(snap)
+        self._unfollow = self.client.follow(self.model.receive)
+        self.detached = None
+        self.refill_all()
+        self._show_header(force=True)
+        if followed is not None:  # its events while the daemon was away, then the new ones
+            self.load_timeline(followed)
+        self.notify(f"reconnected: {snap.engine}; showing its current state", timeout=8)
 
     def _show_header(self, force: bool = False) -> None:
         now = time.monotonic()
@@ -386,6 +414,13 @@ class FactoryApp(App[None]):
             return False
         if done:
             self.notify(done, timeout=3)
+        return True
+
+    def _observing(self) -> bool:
+        """An observer's key that would act says so at once, before any dialog opens."""
+        if not getattr(self.client, "observe", False):
+            return False
+        self.notify(READ_ONLY, severity="warning", timeout=5)
         return True
 
     def _tab(self) -> str:
@@ -458,6 +493,8 @@ class FactoryApp(App[None]):
         self.query_one(SpecsPane).jump_to(event.option_index)
 
     async def action_save_spec(self) -> None:
+        if self._observing():
+            return
         pane = self.query_one(SpecsPane)
         if pane.current is None:
             self.notify("no spec open", severity="warning")
@@ -476,6 +513,8 @@ class FactoryApp(App[None]):
         self.notify(f"saved {pane.current.path.name} ({len(findings)} lint finding(s))")
 
     async def action_run_spec(self) -> None:
+        if self._observing():
+            return
         pane = self.query_one(SpecsPane)
         if pane.current is None:
             return
@@ -494,6 +533,8 @@ class FactoryApp(App[None]):
     async def action_run_all(self) -> None:
         if self.client is None:
             self.notify("still connecting to the factory", severity="warning")
+            return
+        if self._observing():
             return
         await self._command(self.client.run(None), "run started")
 
@@ -552,6 +593,8 @@ class FactoryApp(App[None]):
         return key
 
     async def action_approve(self) -> None:
+        if self._observing():
+            return
         keys: Iterable[str]
         if self._tab() == "inbox" and self.query_one(InboxPane).table.marked:
             keys = sorted(self.query_one(InboxPane).table.marked)
@@ -585,6 +628,8 @@ class FactoryApp(App[None]):
             empty="an answer cannot be empty", choices=list(row["options"] or [])), answered)
 
     def action_reject(self) -> None:
+        if self._observing():
+            return
         key = self._selected_entry()
         if key is None:
             return
@@ -599,11 +644,15 @@ class FactoryApp(App[None]):
         self.push_screen(ReasonScreen(f"Reject {key}: why?"), rejected)
 
     async def action_move(self, delta: int) -> None:
+        if self._observing():
+            return
         key = self._selected_entry()
         if key is not None:
             await self._command(self.client.move(key, delta))
 
     async def action_retry(self) -> None:
+        if self._observing():
+            return
         key = self._selected_entry()
         if key is not None:
             await self._command(self.client.retry(key), f"{key} queued again")

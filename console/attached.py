@@ -3,7 +3,10 @@
 Requests go out as JSON lines and their replies come back by id; from the snapshot on, the
 rows each committed batch changed arrive on the same connection (see `agents.wire`), a line
 at a time, and are handed to the console's listeners. The daemon may go away: then every
-call fails with a clear error and `on_lost` says so.
+call fails with a clear error and `on_lost` says so. A console's client (`reconnect`) then
+keeps trying the same socket, so a daemon that restarts (`factory down`, `factory up`) is
+found again without restarting the console: it takes a fresh snapshot there, and
+`on_reconnected` hands it over for the screen to catch up.
 """
 
 from __future__ import annotations
@@ -27,14 +30,23 @@ if TYPE_CHECKING:
     from agents.store.store import StoredEvent
 
 
+# Retrying a lost daemon's socket: soon at first (a restart takes a second or two), then
+# every RETRY_MAX seconds for as long as the console is open.
+RETRY_FIRST = 0.2
+RETRY_MAX = 2.0
+
+
 class DaemonGone(FactoryError):
     pass
 
 
 class AttachedClient:
     def __init__(self, path: Path, reader: asyncio.StreamReader,
-                 writer: asyncio.StreamWriter) -> None:
+                 writer: asyncio.StreamWriter, *, observe: bool = False,
+                 reconnect: bool = False) -> None:
         self.path = path
+        self.observe = observe  # the daemon refuses this console's commands
+        self.reconnect = reconnect
         self.root = path  # replaced by the daemon's answer to hello
         self._reader = reader
         self._writer = writer
@@ -48,43 +60,60 @@ class AttachedClient:
         self.on_lost: Callable[[str], None] | None = None
         # An event a person is wanted for (agents/notify.py): the console rings.
         self.on_notify: Callable[[dict[str, Any]], None] | None = None
-        self._pump = asyncio.create_task(self._read())
+        # Attached again after a loss (reconnect): the snapshot taken on the new connection.
+        self.on_reconnected: Callable[[Snapshot], None] | None = None
+        self.resyncing = False  # the feed waits in _early until the new snapshot is handed on
+        self._resync: asyncio.Task[None] | None = None
+        self._pump = asyncio.create_task(self._run())
 
     @classmethod
-    async def connect(cls, path: Path) -> AttachedClient:
+    async def connect(cls, path: Path, *, observe: bool = False,
+                      reconnect: bool = False) -> AttachedClient:
+        """`observe`: a read-only console (the daemon refuses its commands). `reconnect`: if
+        the daemon goes away, keep trying its socket for as long as this client is open."""
+        reader, writer = await _open(path)
+        client = cls(path, reader, writer, observe=observe, reconnect=reconnect)
         try:
-            reader, writer = await asyncio.open_unix_connection(path, limit=wire.LINE_LIMIT)
-        except FileNotFoundError:
-            raise FactoryError(f"{path}: no daemon listens here (start one with "
-                               "`factory daemon`)") from None
-        except ConnectionRefusedError:
-            raise FactoryError(f"{path}: nothing answers on this socket (a daemon that "
-                               "stopped uncleanly left it; start one with `factory daemon`)") \
-                from None
-        except OSError as exc:
-            raise FactoryError(f"{path}: cannot attach: {exc.strerror or exc}") from None
-        client = cls(path, reader, writer)
-        try:
-            hello = await client._call("hello")
+            await client._hello()
         except BaseException:
+            client.reconnect = False
             await client.close()
             raise
-        if hello.get("protocol") != wire.PROTOCOL:
-            await client.close()
-            raise FactoryError(f"{path}: the daemon speaks protocol {hello.get('protocol')}, "
-                               f"this console {wire.PROTOCOL}: run the same version of both")
-        client.root = Path(hello["root"])
         return client
+
+    async def _hello(self) -> None:
+        # Only an observer says so: a plain hello is the one every daemon of this protocol
+        # takes.
+        hello = await (self._call("hello", observe=True) if self.observe else
+                       self._call("hello"))
+        if hello.get("protocol") != wire.PROTOCOL:
+            self.reconnect = False  # trying again would meet the same daemon
+            raise FactoryError(f"{self.path}: the daemon speaks protocol "
+                               f"{hello.get('protocol')}, this console {wire.PROTOCOL}: run "
+                               "the same version of both")
+        if self.observe and not hello.get("observing"):
+            self.reconnect = False
+            raise FactoryError(f"{self.path}: the daemon did not take this console as an "
+                               "observer; not attaching")
+        self.root = Path(hello["root"])
 
     # -- the connection ----------------------------------------------------------------------
 
-    async def _read(self) -> None:
-        reason = "the daemon closed the connection"
+    async def _run(self) -> None:
+        """Read the connection to its end; then, for a console, find the daemon again."""
+        while True:
+            self._lose(await self._read())
+            if not self.reconnect:
+                return
+            await self._reattach()
+
+    async def _read(self) -> str:
+        """Hand on what arrives until the connection ends; why it ended."""
         try:
             while True:
                 line = await self._reader.readline()
                 if not line:
-                    break
+                    return "the daemon closed the connection"
                 if line.startswith(wire.ROWS_START) or line.startswith(wire.END_START):
                     self._deliver(wire.decode_feed(line))
                     await asyncio.sleep(0)  # lines already read wait their turn behind keys
@@ -94,15 +123,51 @@ class AttachedClient:
                 else:
                     self._reply(json.loads(line))
         except (ConnectionError, ValueError) as exc:
-            reason = f"the connection to the daemon broke: {exc}"
+            return f"the connection to the daemon broke: {exc}"
         except asyncio.CancelledError:
-            reason = "this console detached"
+            self._lose("this console detached")
             raise
-        finally:
-            self._lose(reason)
+
+    async def _reattach(self) -> None:
+        """Open the socket again, waiting RETRY_FIRST doubling to RETRY_MAX between tries,
+        until a daemon answers; then say hello and catch up there (beside the reading)."""
+        wait = RETRY_FIRST
+        while True:
+            await asyncio.sleep(wait)
+            try:
+                reader, writer = await _open(self.path)
+            except FactoryError:
+                wait = min(wait * 2, RETRY_MAX)
+                continue
+            break
+        self._writer.close()
+        self._reader, self._writer = reader, writer
+        self._early = []  # rows of the old connection: the new snapshot replaces them
+        self.resyncing = True
+        self.lost = None
+        self._resync = asyncio.create_task(self._catch_up())
+
+    async def _catch_up(self) -> None:
+        """On a new connection: hello, then a snapshot for the screen. If the daemon goes
+        away again meanwhile, the reading finds out and tries again."""
+        try:
+            await self._hello()
+            snap = await self.snapshot()
+        except FactoryError as exc:
+            if self.lost is None:  # a refusal, not a lost connection: stop here
+                self.reconnect = False
+                self._writer.close()
+                self._lose(str(exc).removeprefix(f"{self.path}: "))
+            return
+        self.resyncing = False
+        if self.on_reconnected is not None:
+            self.on_reconnected(snap)  # the console follows its new model here
+        early, self._early = self._early, []
+        for item in early:
+            self._deliver(item)
 
     def _deliver(self, item: Feed) -> None:
-        if not self._listeners:
+        if not self._listeners or self.resyncing:
             self._early.append(item)
             return
         for listener in list(self._listeners):
@@ -152,7 +217,9 @@ class AttachedClient:
                              for values in snap["tables"].get(table, [])}
         return Snapshot(snap["last_id"], tables, running=bool(snap["running"]),
                         budget_tokens=snap["budget_tokens"], budget_usd=snap["budget_usd"],
-                        sandbox=snap["sandbox"], engine=f"attached: daemon {snap['pid']}")
+                        sandbox=snap["sandbox"],
+                        engine=f"{'observing' if self.observe else 'attached'}: daemon "
+                               f"{snap['pid']}")
 
     def follow(self, listener: Listener) -> Callable[[], None]:
         self._listeners.append(listener)
@@ -218,9 +285,28 @@ class AttachedClient:
 
     async def close(self) -> None:
         """Detach: the daemon and its swarm go on."""
+        self.reconnect = False
+        if self._resync is not None:
+            self._resync.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._resync
         self._pump.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._pump
         self._writer.close()
         with contextlib.suppress(ConnectionError):
             await self._writer.wait_closed()
+
+
+async def _open(path: Path) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    try:
+        return await asyncio.open_unix_connection(path, limit=wire.LINE_LIMIT)
+    except FileNotFoundError:
+        raise FactoryError(f"{path}: no daemon listens here (start one with "
+                           "`factory daemon`)") from None
+    except ConnectionRefusedError:
+        raise FactoryError(f"{path}: nothing answers on this socket (a daemon that "
+                           "stopped uncleanly left it; start one with `factory daemon`)") \
+            from None
+    except OSError as exc:
+        raise FactoryError(f"{path}: cannot attach: {exc.strerror or exc}") from None

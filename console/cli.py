@@ -332,12 +332,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 async def _console(root: Path | None, theme: str | None, *, start_run: bool = False,
-                   approval: str | None = None, attach: Path | None = None) -> int:
+                   approval: str | None = None, attach: Path | None = None,
+                   observe: bool = False) -> int:
     from console.app import FactoryApp
 
     def connect() -> Any:
-        if attach is not None:
-            return connect_attached(attach)
+        if attach is not None:  # a console: it finds its daemon again if that restarts
+            return connect_attached(attach, observe=observe, reconnect=True)
         assert root is not None
         return connect_own_engine(root, approval)
 
@@ -411,11 +412,12 @@ def _served(root: Path) -> bool:
     return True
 
 
-async def connect_attached(path: Path) -> Any:
+async def connect_attached(path: Path, *, observe: bool = False,
+                           reconnect: bool = False) -> Any:
     await asyncio.to_thread(importlib.import_module, "console.attached")
     from console.attached import AttachedClient
 
-    return await AttachedClient.connect(path)
+    return await AttachedClient.connect(path, observe=observe, reconnect=reconnect)
 
 
 def cmd_console(args: argparse.Namespace) -> int:
@@ -424,11 +426,15 @@ def cmd_console(args: argparse.Namespace) -> int:
                            "`factory status` without one")
     if args.attach:  # a socket given, perhaps forwarded from another machine (ssh -L)
         path = Path(args.attach)
-        return asyncio.run(_console(None, args.theme, attach=path))
+        return asyncio.run(_console(None, args.theme, attach=path, observe=args.observe))
     root = _root(args.root)
     # A daemon serving this repository is the store's one writer: attach to it.
     if _served(root):
-        return asyncio.run(_console(root, args.theme, attach=socket_path(root)))
+        return asyncio.run(_console(root, args.theme, attach=socket_path(root),
+                                    observe=args.observe))
+    if args.observe:  # its own engine would be one nobody could steer
+        raise FactoryError(f"--observe looks in on a daemon, and none serves {root}: start "
+                           "one with `factory up`")
     return asyncio.run(_console(root, args.theme))
 
 
@@ -1031,6 +1037,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--attach", metavar="SOCKET",
                    help="attach to the daemon listening on SOCKET (by default a console "
                    "attaches to this repository's daemon when one runs)")
+    p.add_argument("--observe", action="store_true",
+                   help="read-only: the daemon refuses every command from this console "
+                   "(approve, reject, answer, move, retry, save, run)")
     p.set_defaults(fn=cmd_console)
 
     from console.daemonctl import DOWN_SECONDS, UP_SECONDS

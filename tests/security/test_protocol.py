@@ -144,8 +144,8 @@ MALFORMED: dict[str, tuple[bytes, Any, str]] = {
                                      r"^approve: bad arguments: key is missing; keyy is "
                                      r"unknown \(approve takes key\)$"),
     "hello: any argument": (request("hello", {"x": 1}), 1,
-                            r"^hello: bad arguments: x is unknown \(hello takes no "
-                            r"arguments\)$"),
+                            r"^hello: bad arguments: x is unknown \(hello takes "
+                            r"observe\)$"),
     "an argument named with escapes": (request("approve", {ESCAPE * 10: "x"}), 1,
                                        r"^approve: bad arguments: key is missing; "
                                        r"\['\\x1b\]0;pwned.*'…\] is unknown"),
