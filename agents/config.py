@@ -54,6 +54,9 @@ class RunConfig(_Section):
     stuck_idle_steps: Int = Field(12, ge=1)
     # How long an agent waits for a person to answer its question before the engine answers.
     question_timeout_seconds: Number = Field(600, gt=0)
+    # How long a rejected or cancelled task's branch is kept for a person to inspect (or
+    # retry) before `factory gc` deletes it.
+    keep_rejected_hours: Number = Field(24, ge=0)
 
 
 class BudgetLimit(_Section):
@@ -296,6 +299,9 @@ stuck_idle_steps = 12
 # How long an agent waits for a person to answer its question (the console's inbox)
 # before the engine answers for them. Runs nobody supervises (headless) answer at once.
 question_timeout_seconds = 600
+# How long a rejected or cancelled task's branch (factory/<spec>/<task>) is kept, for a
+# person to inspect or retry, before `factory gc` deletes it.
+keep_rejected_hours = 24
 
 # Budgets stop agents before a call would exceed them. Omit a key for no limit.
 [budgets.run]

@@ -823,6 +823,49 @@ def cmd_store_rebuild(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_gc(args: argparse.Namespace) -> int:
+    from agents.config import load_config
+    from agents.gc import collect, human_bytes
+
+    root = _root(args.root)
+    config = load_config(root / CONFIG_NAME)
+    report = asyncio.run(collect(root, config, dry_run=args.dry_run))
+    failed = any(i.error for i in report.items)
+    if args.json:
+        print(json.dumps(report.as_dict()))
+        return 1 if failed else 0
+    verb = "would remove" if args.dry_run else "removed"
+    for item in report.items:
+        # Branch names and folders come from specs and agents: made inert.
+        target = clean_line(item.target)
+        if item.error:
+            out.print(Text.assemble(("failed", "red"), f"  {item.kind} {target}: ",
+                                    clean_line(item.error)))
+        elif not item.remove:
+            out.print(Text.assemble(("kept", "dim"), f"  {item.kind} {target}: ",
+                                    clean_line(item.why)))
+        else:
+            out.print(Text.assemble((verb, "yellow" if args.dry_run else "green"),
+                                    f"  {item.kind} {target} ({human_bytes(item.bytes)}): ",
+                                    clean_line(item.why)))
+    freed = sum(i.bytes for i in report.items if i.remove and not i.error
+                and i.kind != "branch") if args.dry_run else report.freed
+    objects = sum(i.bytes for i in report.items if i.remove and not i.error
+                  and i.kind == "branch") if args.dry_run else report.unreferenced
+    if not any(i.remove for i in report.items):
+        out.print(Text(f"nothing to remove; .factory/ holds "
+                       f"{human_bytes(report.factory_bytes_before)}"))
+        return 0
+    summary = f"{'would free' if args.dry_run else 'freed'} {human_bytes(freed)}"
+    if objects:
+        summary += (f"; {human_bytes(objects)} of objects only the deleted branches held "
+                    "(git's own `git gc` frees them)")
+    summary += (f"; .factory/ holds {human_bytes(report.factory_bytes_before)}" if args.dry_run
+                else f"; .factory/ now holds {human_bytes(report.factory_bytes_after)}")
+    out.print(Text(summary))
+    return 1 if failed else 0
+
+
 def cmd_doctor(args: argparse.Namespace) -> int:
     from agents.config import find_config, load_config
 
@@ -1103,6 +1146,15 @@ def build_parser() -> argparse.ArgumentParser:
     _root_option(p)
     _json_option(p)
     p.set_defaults(fn=cmd_store_rebuild)
+
+    p = sub.add_parser("gc", help="remove what crashed runs left in .factory/ and the "
+                       "branches of rejected tasks older than [run] keep_rejected_hours "
+                       "(refused while the factory runs)")
+    _root_option(p)
+    p.add_argument("--dry-run", action="store_true",
+                   help="say what would be removed and what it frees; remove nothing")
+    _json_option(p)
+    p.set_defaults(fn=cmd_gc)
 
     p = sub.add_parser("doctor", help="what works here: sandbox backends, the trust "
                        "boundary, each role's model, the test command on main")
