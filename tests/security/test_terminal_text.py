@@ -736,8 +736,9 @@ def test_status_in_a_real_terminal(hostile_root: Path, tmp_path: Path, pane: Pan
     pane.assert_untouched("factory status")
     assert _exit_status(done) == "0", f"factory status failed:\n{done}"
     assert shown("rej") in done, done
-    # Nothing cleared the screen or moved the cursor: the first line is still the first.
-    assert done.startswith("run run-evil: cancelled"), f"the output is not intact:\n{done}"
+    # Nothing cleared the screen or moved the cursor: the first lines are still the first.
+    assert done.startswith("daemon: not running (`factory up` starts one)\n"
+                           "run run-evil: cancelled"), f"the output is not intact:\n{done}"
     assert "reason" in done, f"the tables are not intact:\n{done}"
 
 
