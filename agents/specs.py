@@ -11,6 +11,7 @@ import os
 import re
 import tomllib
 from fnmatch import fnmatch
+from itertools import pairwise
 from pathlib import Path
 from typing import Any, Literal
 
@@ -62,6 +63,9 @@ class LintFinding(BaseModel):
     severity: Literal["error", "warning", "info"]
     code: str
     message: str
+
+
+PARSE = "parse"  # the code of the finding for a spec that does not parse
 
 
 class _FrontMatter(BaseModel):
@@ -297,7 +301,7 @@ def lint_spec(text: str, path: Path | None = None) -> list[LintFinding]:
     try:
         spec = parse_spec(text, path)
     except SpecError as exc:
-        add(exc.line or 1, "error", "parse", exc.message)
+        add(exc.line or 1, "error", PARSE, exc.message)
         return findings
     lines = text.splitlines()
     end = len(lines) or 1
@@ -342,8 +346,123 @@ def lint_spec(text: str, path: Path | None = None) -> list[LintFinding]:
 
 
 def lint_score(findings: list[LintFinding]) -> int:
+    """How precise a spec is, 0 to 100. A spec that does not parse scores 0, wherever the
+    score is shown (the CLI, the console's spec pane, the log): a run cannot use anything
+    in it, however few the other findings are."""
+    if any(f.code == PARSE for f in findings):
+        return 0
     cost = {"error": 30, "warning": 10, "info": 3}
     return max(0, 100 - sum(cost[f.severity] for f in findings))
+
+
+def _known_id(text: str) -> str | None:
+    """The id a spec that does not parse names, if its front matter reads: so that specs
+    depending on it are not also told it is unknown."""
+    try:
+        data, _, _ = _front_matter(text, None)
+    except SpecError:  # TOML that does not read: its `id = "..."` line may still
+        m = re.search(r'^\s*id\s*=\s*["\']([^"\'\n]*)["\']', text, re.M)
+        return m.group(1) if m else None
+    value = data.get("id")
+    return value if isinstance(value, str) else None
+
+
+def _cycles(graph: dict[str, list[str]]) -> list[list[str]]:
+    """Every dependency cycle, one per strongly connected group (Tarjan's algorithm), each
+    as a path that ends where it starts: a run refuses any of them, so each is reported."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    groups: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for dep in graph.get(node, []):
+            if dep not in graph:
+                continue
+            if dep not in index:
+                visit(dep)
+                low[node] = min(low[node], low[dep])
+            elif dep in on_stack:
+                low[node] = min(low[node], index[dep])
+        if low[node] == index[node]:
+            group = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                group.append(member)
+                if member == node:
+                    break
+            if len(group) > 1:
+                groups.append(sorted(group))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    from agents.planner import find_cycle
+
+    out = []
+    for group in groups:
+        members = set(group)
+        cycle = find_cycle({n: [d for d in graph[n] if d in members] for n in group})
+        if cycle:
+            out.append(cycle)
+    return out
+
+
+def lint_folder(files: list[tuple[Path, str]]) -> list[LintFinding]:
+    """What a run would refuse in a specs folder as a whole, every instance with its file
+    and line (a run stops at the first): duplicate ids, unknown dependencies and dependency
+    cycles. Each spec's own problems (a bad id, a file that does not parse) are
+    `lint_spec`'s; specs that do not parse take no part here beyond their id."""
+    specs: list[Spec] = []
+    known: set[str] = set()
+    for path, text in files:
+        try:
+            spec = parse_spec(text, path)
+        except SpecError:
+            other = _known_id(text)
+            if other is not None:
+                known.add(other)
+            continue
+        specs.append(spec)
+        known.add(spec.id)
+    findings: list[LintFinding] = []
+
+    def add(spec: Spec, line: int, code: str, message: str) -> None:
+        findings.append(LintFinding(path=spec.path, line=line, severity="error", code=code,
+                                    message=message))
+
+    by_id: dict[str, list[Spec]] = {}
+    for spec in specs:
+        by_id.setdefault(spec.id, []).append(spec)
+    for sid, same in by_id.items():
+        if len(same) > 1:
+            for spec in same:
+                others = ", ".join(str(o.path) for o in same if o is not spec)
+                add(spec, _front_line(spec.text, "id"), "duplicate-id",
+                    f"duplicate spec id {show(sid)} (also in {others})")
+    for spec in specs:
+        for dep in spec.depends_on:
+            if dep not in known:
+                add(spec, _entry_line(spec.text, "depends_on", dep), "unknown-dependency",
+                    f"depends on unknown spec {show(dep)} (known: "
+                    f"{', '.join(sorted(known)) or 'none'})")
+    graph: dict[str, list[str]] = {}
+    first = {sid: same[0] for sid, same in by_id.items()}
+    for spec in specs:
+        graph.setdefault(spec.id, []).extend(spec.depends_on)
+    for cycle in _cycles(graph):
+        shown = " -> ".join(cycle)
+        for here, dep in pairwise(cycle):
+            spec = first[here]
+            add(spec, _entry_line(spec.text, "depends_on", dep), "dependency-cycle",
+                f"dependency cycle: {shown}")
+    findings.sort(key=lambda f: (str(f.path), f.line))
+    return findings
 
 
 EXAMPLE_SPEC = """\

@@ -162,10 +162,10 @@ def _init_api_base(url: str | None) -> str:
     return url
 
 
-def _spec_files(args: argparse.Namespace) -> list[Path]:
-    """The files `factory spec lint` reads: each PATH, or each spec in a PATH that is a
-    folder (its *.md but README.md, as a run reads a specs folder); with no PATH, the
-    configured specs folder's."""
+def _spec_files(args: argparse.Namespace) -> list[tuple[Path, Path | None]]:
+    """The files `factory spec lint` reads, each with the folder it was found in (None for a
+    file named itself): each PATH, or each spec in a PATH that is a folder (its *.md but
+    README.md, as a run reads a specs folder); with no PATH, the configured specs folder's."""
     names = [Path(name) for name in args.paths]
     if not names:
         from agents.config import load_config
@@ -177,32 +177,40 @@ def _spec_files(args: argparse.Namespace) -> list[Path]:
                                f"{config.repo.specs_dir!r}); `factory init` writes one")
         names = [folder.relative_to(Path.cwd()) if folder.is_relative_to(Path.cwd())
                  else folder]
-    files: list[Path] = []
+    files: list[tuple[Path, Path | None]] = []
     for path in names:
         if not path.is_dir():
-            files.append(path)
+            files.append((path, None))
             continue
         found = sorted(p for p in path.glob("*.md") if p.name != "README.md")
         if not found:
             raise FactoryError(f"{path}: no spec files (*.md) in this folder")
-        files.extend(found)
+        files.extend((p, path) for p in found)
     return files
 
 
 def cmd_spec_lint(args: argparse.Namespace) -> int:
-    from agents.specs import lint_score, lint_spec
+    from agents.specs import PARSE, lint_folder, lint_score, lint_spec
 
-    worst = 0
-    linted = []
-    for path in _spec_files(args):
+    texts: list[tuple[Path, Path | None, str]] = []
+    for path, folder in _spec_files(args):
         try:
-            text = path.read_text()
+            texts.append((path, folder, path.read_text()))
         except OSError as exc:
             raise FactoryError(f"{path}: cannot read: {exc.strerror}") from None
-        findings = lint_spec(text, path)
-        # A spec that does not parse cannot be run at all: nothing in it is precise yet.
-        parsed = not any(f.code == "parse" for f in findings)
-        score = lint_score(findings) if parsed else 0
+    # A folder is what a run loads: what it would refuse across its specs (duplicate ids,
+    # unknown dependencies, cycles) is reported on the files concerned, every one of them.
+    across: dict[str, list[Any]] = {}
+    for folder in dict.fromkeys(f for _, f, _ in texts if f is not None):
+        for finding in lint_folder([(p, t) for p, f, t in texts if f == folder]):
+            across.setdefault(str(finding.path), []).append(finding)
+    worst = 0
+    linted = []
+    for path, _, text in texts:
+        findings = sorted(lint_spec(text, path) + across.get(str(path), []),
+                          key=lambda f: f.line)
+        parsed = not any(f.code == PARSE for f in findings)
+        score = lint_score(findings)  # 0 for a spec that does not parse
         worst = max(worst, int(any(f.severity == "error" for f in findings)))
         linted.append({"path": str(path), "score": score, "parses": parsed,
                        "findings": [f.model_dump(exclude={"path"}) for f in findings]})
