@@ -252,3 +252,39 @@ async def test_a_saved_configuration_is_applied_where_safe(
         refused = await said("stays")
         assert refused and "run.concurrency" in refused[0]
         assert factory.orchestrator.config.run.concurrency == 3
+
+
+def test_factory_watch_keeps_running_until_ctrl_c(tmp_path: Path, server: ScriptedServer) -> None:
+    """The command: it does not end when everything landed, plans a saved spec again, and
+    stops on ctrl+c as a run does (exit 130, the store keeping every step)."""
+    import signal
+    import subprocess
+    import sys
+
+    from tests.test_endings import ROOT, db_of, query
+
+    root = project(tmp_path, server)
+    server.script(plan(task("mul")), MUL, finish(), plan(task("mul")))
+    proc = subprocess.Popen([sys.executable, "-m", "console.cli", "watch", "--root", str(root)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                            env=environment())
+
+    def plans() -> int:
+        return len(query(root, "SELECT id FROM events WHERE kind = 'plan_accepted'"))
+
+    try:
+        deadline = time.monotonic() + 60
+        while not query(root, "SELECT key FROM tasks WHERE status = 'landed'"):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.05)
+        time.sleep(0.5)
+        assert proc.poll() is None  # everything landed, and it goes on watching
+        save(root, SPEC.replace("## Goal\n", "## Goal\nAlso document it.\n"))
+        while plans() < 2:
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.05)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, (out, err)
+    assert db_of(root).exists()
