@@ -4,11 +4,16 @@ It is one line at any width. Each item has a full and a short form; when the ful
 not fit, the short forms are used, and if that is still too wide the least important items
 go (the engine's place, the sandbox's name, the merge rate...), never the run's state, its
 counts, what waits for a person or the money.
+
+It also says how much disk the factory takes (.factory/: the store, worktrees, scratch),
+so a person sees when `factory gc` is due. Measuring walks every file of every worktree, so
+it runs in a thread, every DISK_EVERY seconds, never on a frame.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rich.text import Text
@@ -91,7 +96,14 @@ class RunStatus(Static):
                 text-wrap: nowrap; text-overflow: ellipsis; }
     """
 
+    # Seconds between measurements of .factory/, and before the first one (after the first
+    # totals are shown: the console's first frames come before any disk walk).
+    DISK_EVERY = 30.0
+    DISK_FIRST = 10.0
+
     _items: list[Item] | None = None
+    _disk: Item | None = None
+    _disk_started = False
 
     def connecting(self) -> None:
         self._items = None
@@ -113,6 +125,28 @@ class RunStatus(Static):
              sandbox: str, engine: str, lag: float) -> None:
         self._items = items(t, budget_tokens, budget_usd, sandbox, engine, lag)
         self._paint()
+        if not self._disk_started:
+            self._disk_started = True
+            self.set_timer(self.DISK_FIRST, self._measure_disk)
+            self.set_interval(self.DISK_EVERY, self._measure_disk)
+
+    def _measure_disk(self) -> None:
+        root = getattr(getattr(self.app, "client", None), "root", None)
+        if isinstance(root, Path):
+            self.run_worker(lambda: self._disk_of(root / ".factory"), thread=True,
+                            exclusive=True, group="disk", exit_on_error=False)
+
+    def _disk_of(self, folder: Path) -> None:
+        from agents.gc import disk_bytes, human_bytes  # light: no pydantic, no git
+
+        if folder.is_dir():
+            size = human_bytes(disk_bytes(folder))
+            self.app.call_from_thread(self._disk_measured, size)
+
+    def _disk_measured(self, size: str) -> None:
+        self._disk = Item(f"disk {size}", size.replace(" ", ""), "dim", rank=7)
+        if self._items is not None:
+            self._paint()
 
     def on_resize(self) -> None:
         if self._items is not None:
@@ -121,4 +155,5 @@ class RunStatus(Static):
     def _paint(self) -> None:
         assert self._items is not None
         width = self.content_region.width or self.app.size.width - 2
-        self.update(fit(self._items, width), layout=False)  # one line, always: no layout
+        shown = self._items + ([self._disk] if self._disk is not None else [])
+        self.update(fit(shown, width), layout=False)  # one line, always: no layout
