@@ -92,19 +92,6 @@ class Work:
 
 
 @dataclass(frozen=True)
-class Land:
-    """Land the task's queue entry: merge, gates, tests, main moved."""
-
-    key: str
-    spec_id: str
-    task_id: str
-
-    @property
-    def work(self) -> str:
-        return "land"
-
-
-@dataclass(frozen=True)
 class Enqueue:
     """Put the task's commit in the merge queue (its risk, whether a person must approve)."""
 
@@ -191,7 +178,7 @@ class Finish:
     status: str
 
 
-Intent = (Plan | Work | Land | Enqueue | Refuse | Return | Block | BlockSpec | FinishSpec
+Intent = (Plan | Work | Enqueue | Refuse | Return | Block | BlockSpec | FinishSpec
           | EngineAnswer | Stop | Cancel | Finish | chain.QueueIntent)
 
 

@@ -17,7 +17,6 @@ import asyncio
 import itertools
 import os
 import re
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,9 +82,6 @@ def first_failures(output: str, limit: int = 3) -> str:
 
 
 class LandingStep(Protocol):
-    async def land(self, request: LandingRequest,
-                   may_land: MayLand | None = None) -> LandingOutcome: ...
-
     async def already_landed(self, request: LandingRequest) -> str | None: ...
 
 
@@ -93,7 +89,9 @@ Emit = Callable[[ev.Event], Awaitable[object]]
 
 
 class TestedLanding:
-    """Merge, gate and fast-forward, one branch at a time."""
+    """What landing is made of, for the merge queue's executor (agents/queue/executor.py):
+    the merge, the protected-paths and dependencies checks, the sandboxed test run, the
+    recheck of the recorded merge, and main's advance to it."""
 
     def __init__(
         self,
@@ -121,37 +119,6 @@ class TestedLanding:
         if await git_ok("merge-base", "--is-ancestor", request.commit, main, cwd=self.ws.root):
             return main
         return None
-
-    async def land(self, request: LandingRequest,
-                   may_land: MayLand | None = None) -> LandingOutcome:
-        async with self._lock:
-            landed = await self.already_landed(request)
-            if landed is not None:
-                return LandingOutcome(True, main_before=landed, main_after=landed)
-            main_before = self.ws.main_head()
-            self.scratch.mkdir(parents=True, exist_ok=True)
-            path = self.scratch / f"land-{request.spec_id}--{request.task_id}-{next(self._counter)}"
-            async with self.ws.add_lock:
-                await git("worktree", "add", "-q", "--detach", str(path), main_before,
-                          cwd=self.ws.root)
-            try:
-                return await self._gates(request, path, main_before, may_land)
-            finally:
-                self.ws.remove(path)
-
-    async def _gate(self, request: LandingRequest, outcome: LandingOutcome, gate: str,
-                    passed: bool, detail: str, started: float) -> None:
-        result = ev.GateResult(spec_id=request.spec_id, task_id=request.task_id, gate=gate,
-                               passed=passed, detail=detail[:2000],
-                               duration=time.perf_counter() - started)
-        outcome.gates.append(result)
-        await self.emit(result)
-
-    async def _refuse(self, request: LandingRequest, outcome: LandingOutcome, gate: str,
-                      reason: str, started: float, output: str = "") -> LandingOutcome:
-        await self._gate(request, outcome, gate, False, reason, started)
-        outcome.gate, outcome.reason, outcome.output = gate, reason, output
-        return outcome
 
     async def _merge(self, path: Path, request: LandingRequest,
                      onto: str = "with main ") -> tuple[str, str] | None:
@@ -219,63 +186,6 @@ class TestedLanding:
                          "no output")
             reason += f" (the test command could not run: {first})"
         return False, output, reason, failing_tests(output)
-
-    async def _gates(self, request: LandingRequest, path: Path, main_before: str,
-                     may_land: MayLand | None) -> LandingOutcome:
-        outcome = LandingOutcome(False, main_before=main_before)
-        started = time.perf_counter()
-        exposed_before = await self._factory_exposed(path)
-        refused = await self._merge(path, request)
-        if refused is not None:
-            return await self._refuse(request, outcome, "conflicts", refused[0], started,
-                                      refused[1])
-        # What lands, if anything does: recorded now, before the tests can touch anything.
-        merged = (await git("rev-parse", "HEAD", cwd=path)).strip()
-        tree = (await git("rev-parse", f"{merged}^{{tree}}", cwd=path)).strip()
-        await self.emit(ev.LandingMerged(spec_id=request.spec_id, task_id=request.task_id,
-                                         branch=request.branch, commit=request.commit,
-                                         merge_commit=merged, tree=tree,
-                                         main_before=main_before))
-        await self._gate(request, outcome, "conflicts", True, "merges cleanly", started)
-
-        started = time.perf_counter()
-        changed = paths_z(await git_bytes("diff", "--name-only", "-z", "--no-renames",
-                                          main_before, merged, cwd=path))
-        reason = await self._protected(path, changed, exposed_before)
-        if reason:
-            return await self._refuse(request, outcome, "protected", reason, started)
-        await self._gate(request, outcome, "protected", True,
-                         "leaves .factory/ and .factory.toml alone", started)
-
-        started = time.perf_counter()
-        reason = await self._undeclared(path, changed)
-        if reason:
-            return await self._refuse(request, outcome, "dependencies", reason, started)
-        await self._gate(request, outcome, "dependencies", True, "no undeclared imports",
-                         started)
-
-        started = time.perf_counter()
-        passed, output, reason, _ = await self._run_tests(path, f"land-{request.task_id}")
-        if not passed:
-            await self._gate(request, outcome, "tests", False, reason + "\n" + output, started)
-            outcome.gate, outcome.reason, outcome.output = "tests", reason, output
-            return outcome
-        await self._gate(request, outcome, "tests", True, "tests pass", started)
-
-        problem = await self._recheck(request, merged, tree, main_before)
-        if problem is None and may_land is not None:
-            problem = await may_land(request)
-        if problem is not None:
-            outcome.gate, outcome.reason = "land", problem
-            return outcome
-        try:
-            await self._advance_main(merged, main_before)
-        except GitError as exc:
-            reason = f"could not advance {self.ws.main_branch}: {exc.stderr.strip()}"
-            outcome.gate, outcome.reason = "land", reason
-            return outcome
-        outcome.landed, outcome.main_after = True, merged
-        return outcome
 
     async def _recheck(self, request: LandingRequest, merged: str, tree: str,
                        main_before: str) -> str | None:

@@ -266,7 +266,7 @@ class Orchestrator:
     async def _act(self, intent: plan_of.Intent) -> None:
         """Carry out one intent: executors for long work, events for the rest."""
         match intent:
-            case plan_of.Plan() | plan_of.Work() | plan_of.Land():
+            case plan_of.Plan() | plan_of.Work():
                 await self._start(intent)
             case chain.LinkEntry() | chain.TestPoint() | chain.TestAlone() | chain.LandChain():
                 await self._start(intent)
@@ -339,9 +339,8 @@ class Orchestrator:
             case plan_of.Cancel():
                 await self._cancel_idle(intent)
 
-    async def _start(self, intent: plan_of.Plan | plan_of.Work | plan_of.Land
-                     | chain.LinkEntry | chain.TestPoint | chain.TestAlone
-                     | chain.LandChain) -> None:
+    async def _start(self, intent: plan_of.Plan | plan_of.Work | chain.LinkEntry
+                     | chain.TestPoint | chain.TestAlone | chain.LandChain) -> None:
         """Take the work's lease (recorded before anything is done), then run its executor."""
         work = intent.work
         if work in self._executors:
@@ -355,8 +354,6 @@ class Orchestrator:
                         await self._plan(self._specs[intent.spec_id])
                     case plan_of.Work():
                         await self._work(self._specs[intent.spec_id], intent.task_id)
-                    case plan_of.Land():
-                        await self._land(self._specs[intent.spec_id], intent.key)
                     case chain.LinkEntry():
                         await self._link(intent)
                     case chain.TestPoint():
@@ -838,31 +835,6 @@ class Orchestrator:
         await self.emit(*events, ev.BranchRejected(
             **ids, branch=row.get("branch") or "", gate=intent.gate, reason=intent.reason,
             output=intent.output[-4000:]))
-        await self.forecast()
-
-    async def _land(self, spec: Spec, key: str) -> None:
-        row = self.store.get("tasks", key)
-        assert row is not None
-        ids = {"spec_id": spec.id, "task_id": row["task_id"]}
-        request = LandingRequest(
-            spec_id=spec.id, task_id=row["task_id"], branch=row["branch"],
-            commit=row["commit_sha"], title=row["title"],
-            trailers=self._trailers(spec.id, row["task_id"], row["agent_id"]),
-        )
-        if row["status"] != TaskStatus.LANDING:
-            await self.emit(ev.LandingStarted(**ids, branch=row["branch"],
-                                              commit=row["commit_sha"]))
-        await self.forecast()
-        outcome = await self.lander.land(request, self.queue.may_land)
-        if outcome.landed:
-            await self.emit(ev.BranchLanded(**ids, branch=row["branch"],
-                                            commit=row["commit_sha"],
-                                            main_before=outcome.main_before,
-                                            main_after=outcome.main_after))
-        else:
-            await self.emit(ev.BranchRejected(**ids, branch=row["branch"], gate=outcome.gate,
-                                              reason=outcome.reason,
-                                              output=outcome.output[-4000:]))
         await self.forecast()
 
 

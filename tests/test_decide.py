@@ -312,7 +312,7 @@ async def check(world: World) -> d.Decision:
     assert replayed.comparable() == world.store.state.comparable()
     tasks = world.store.state.tables["tasks"]
     for intent in live.intents:
-        if isinstance(intent, d.Work | d.Land | d.Enqueue | chain.LinkEntry):
+        if isinstance(intent, d.Work | d.Enqueue | chain.LinkEntry):
             assert tasks[intent.key]["status"] != "landed", intent
         if isinstance(intent, chain.LandChain):
             assert all(tasks[k]["status"] != "landed" for k in intent.keys), intent

@@ -28,11 +28,12 @@ from typing import Any
 import pytest
 
 from agents import events as ev
-from agents import landing
 from agents.beneath import openat2_available
 from agents.engine import Factory
 from agents.errors import FactoryError
 from agents.landing import LandingRequest
+from agents.queue import chain
+from agents.queue.executor import ChainExecutor
 from agents.sandbox.base import Limits, Sandbox, SandboxBackend, SandboxContext, SandboxError
 from agents.sandbox.docker import LOCAL_IMAGE
 from agents.sandbox.select import BackendName, make_backend
@@ -753,21 +754,45 @@ async def commit_from_sandbox(box: Box) -> tuple[Worktree, str]:
     return wt, info.commit
 
 
-async def land(box: Box, test_command: str) -> tuple[Any, list[ev.Event]]:
+@dataclass
+class Landed:
+    landed: bool
+    run: ev.QueueTestFinished
+
+
+async def land(box: Box, test_command: str) -> tuple[Landed, list[ev.Event]]:
+    """The committed branch through the merge queue's executor, as the engine drives it:
+    linked onto main, its point tested in the sandbox, main moved to it when it passed."""
     wt, commit = await commit_from_sandbox(box)
     emitted: list[ev.Event] = []
 
     async def emit(event: ev.Event) -> None:
         emitted.append(event)
 
-    lander = landing.TestedLanding(
+    lander = ChainExecutor(
         box.ws, box.backend(), test_command, LIMITS, box.repo / ".factory" / "landing", emit
     )
-    outcome = await lander.land(LandingRequest("s", "t", wt.branch, commit, "add notes", {}))
-    assert not (box.repo / ".factory" / "landing").exists() or not any(
-        (box.repo / ".factory" / "landing").iterdir()
-    )
-    return outcome, emitted
+    request = LandingRequest("s", "t", wt.branch, commit, "add notes", {})
+    main = box.ws.main_head()
+    landed: list[LandingRequest] = []
+    try:
+        await lander.link(chain.LinkEntry("s/t", commit, main, 1), request)
+        linked = next(e for e in emitted if isinstance(e, ev.QueueLinked))
+        assert linked.ok, linked
+        await lander.test(chain.TestPoint(linked.merge_commit, 1, ("s/t",), 1, 1))
+        run = next(e for e in emitted if isinstance(e, ev.QueueTestFinished))
+        if run.passed:
+            link = {"merge_commit": linked.merge_commit, "tree": linked.tree}
+            landed, problem = await lander.land_chain(
+                chain.LandChain(linked.merge_commit, main, ("s/t",), 1), [request],
+                {"s/t": link}, None)
+            assert landed, problem
+    finally:
+        lander.close()
+    # Only the queue's one kept link worktree was there, and it is gone with the executor.
+    scratch = box.repo / ".factory" / "landing"
+    assert not scratch.exists() or not any(scratch.iterdir())
+    return Landed(bool(landed), run), emitted
 
 
 async def test_landing_tests_run_as_the_command_user(box: Box) -> None:
@@ -776,16 +801,16 @@ async def test_landing_tests_run_as_the_command_user(box: Box) -> None:
         'test "$(id -u):$(id -g)" = 65533:65533 && '
         "touch written-by-tests && grep -q 65533 calc/notes.txt",
     )
-    assert outcome.landed, (outcome.gate, outcome.reason, outcome.output)
+    assert outcome.landed, outcome.run
     assert git(box.repo, "show", "main:calc/notes.txt") == "written as 65533\n"
 
 
 async def test_landing_test_output_shows_the_command_user(box: Box) -> None:
-    outcome, emitted = await land(box, 'echo "tests ran as $(id -u):$(id -g)"; exit 3')
-    assert not outcome.landed and outcome.gate == "tests"
-    assert "tests ran as 65533:65533" in outcome.output
-    gate = [e for e in emitted if isinstance(e, ev.GateResult) and e.gate == "tests"]
-    assert len(gate) == 1 and "tests ran as 65533:65533" in gate[0].detail
+    outcome, _ = await land(box, 'echo "tests ran as $(id -u):$(id -g)"; exit 3')
+    assert not outcome.landed and not outcome.run.passed
+    assert "exit code 3" in outcome.run.reason
+    # The run's output, as recorded for the queue, the console and the agent's findings.
+    assert "tests ran as 65533:65533" in outcome.run.output
 
 
 REFUSED = {
