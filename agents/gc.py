@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import subprocess
 import time
 from dataclasses import asdict, dataclass, field
@@ -38,6 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from agents.errors import FactoryError
+from agents.serving import served
 from agents.statuses import BranchStatus, TaskStatus
 
 if TYPE_CHECKING:  # the console measures disk use with this module: keep its import light
@@ -129,20 +129,6 @@ def disk_bytes(path: Path) -> int:
                 if entry.is_dir(follow_symlinks=False):
                     stack.append(entry.path)
     return total
-
-
-def served(root: Path) -> bool:
-    """Whether a process (a daemon, a run, a console's engine) answers on the factory's
-    socket, as `factory store rebuild` checks it."""
-    path = root / ".factory" / "daemon.sock"
-    if not path.exists():
-        return False
-    with socket.socket(socket.AF_UNIX) as probe:
-        try:
-            probe.connect(str(path))
-        except OSError:
-            return False
-    return True
 
 
 def _git(root: Path, *args: str) -> subprocess.CompletedProcess[str]:

@@ -20,7 +20,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import sys
 from collections.abc import Coroutine, Sequence
 from pathlib import Path
@@ -31,6 +30,7 @@ from rich.table import Table
 from rich.text import Text
 
 from agents.errors import FactoryError
+from agents.serving import served, socket_path
 from agents.textsafe import clean, clean_line
 
 CONFIG_NAME = ".factory.toml"
@@ -234,7 +234,7 @@ async def _run(root: Path, specs: list[str] | None, headless: bool,
     from console.progress import Progress
 
     path = socket_path(root)
-    if _served(root):
+    if served(root):
         raise FactoryError(f"this factory is open in another process (a daemon or a "
                            f"console; {path} answers): start the run from a console "
                            "attached to it (`factory console`, then ctrl+r), or stop it "
@@ -401,25 +401,6 @@ async def connect_own_engine(root: Path, approval: str | None = None) -> Any:
     return await connect_spawned(root, path, approval)
 
 
-def socket_path(root: Path) -> Path:
-    """Where a daemon serving the factory of `root` listens (one daemon per repository)."""
-    return root / ".factory" / "daemon.sock"
-
-
-def _served(root: Path) -> bool:
-    """Whether a process (a daemon, a run, a console) serves the factory of root on its
-    socket: cheap, and before the console's first frame."""
-    path = socket_path(root)
-    if not path.exists():
-        return False
-    with socket.socket(socket.AF_UNIX) as probe:
-        try:
-            probe.connect(str(path))
-        except OSError:
-            return False
-    return True
-
-
 async def connect_attached(path: Path, *, observe: bool = False,
                            reconnect: bool = False) -> Any:
     await asyncio.to_thread(importlib.import_module, "console.attached")
@@ -437,7 +418,7 @@ def cmd_console(args: argparse.Namespace) -> int:
         return asyncio.run(_console(None, args.theme, attach=path, observe=args.observe))
     root = _root(args.root)
     # A daemon serving this repository is the store's one writer: attach to it.
-    if _served(root):
+    if served(root):
         return asyncio.run(_console(root, args.theme, attach=socket_path(root),
                                     observe=args.observe))
     if args.observe:  # its own engine would be one nobody could steer
@@ -639,7 +620,7 @@ async def _queue_show(root: Path, as_json: bool) -> int:
 async def _steer(root: Path, command: Any) -> int:
     """Give a command to the factory of `root`: to the process serving it (a daemon, a
     run, a console) when one does, else through the store, where the next run finds it."""
-    if _served(root):
+    if served(root):
         client = await connect_attached(socket_path(root))
         try:
             await client.command(command)
@@ -794,7 +775,7 @@ def cmd_store_rebuild(args: argparse.Namespace) -> int:
     config = load_config(root / CONFIG_NAME)
     # A run, a daemon or a console's engine keeps the projections in memory and writes its
     # rows back with every batch: it would undo the rebuild, so none may hold the store.
-    if _served(root):
+    if served(root):
         raise FactoryError(f"this factory is open in another process (a daemon, a run or a "
                            f"console; {socket_path(root)} answers): stop it before "
                            "`factory store rebuild`")

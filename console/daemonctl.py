@@ -30,10 +30,10 @@ from pathlib import Path
 from typing import Any
 
 from agents.errors import FactoryError
+from agents.serving import socket_path
 
 PID_NAME = "daemon.pid"
 LOG_NAME = "daemon.log"
-SOCKET_NAME = "daemon.sock"
 LOCK_NAME = "daemon.up.lock"
 # How long `factory up` waits for the socket to answer. The daemon opens the store and git
 # and resumes a run before it serves; on a busy 2-core machine that has taken 5 s.
@@ -56,10 +56,6 @@ def pid_path(root: Path) -> Path:
 
 def log_path(root: Path) -> Path:
     return factory_dir(root) / LOG_NAME
-
-
-def socket_path(root: Path) -> Path:
-    return factory_dir(root) / SOCKET_NAME
 
 
 @dataclass

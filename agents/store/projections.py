@@ -417,14 +417,22 @@ def _task_blocked(s: State, e: ev.TaskBlocked, ts: float) -> None:
     _spec_counts(s, e.spec_id, ts)
 
 
-@on("task_cancelled")
-def _task_cancelled(s: State, e: ev.TaskCancelled, ts: float) -> None:
+def _task_ended(s: State, e: ev._Event, ts: float, status: TaskStatus, reason: str,
+                **values: Any) -> Row:
+    """A task's work ended (cancelled, landed, refused). One a re-plan changed meanwhile
+    (cancel: REPLANNED) is not done: it starts again, with its new fields."""
     row = s.get("tasks", task_key(e.spec_id, e.task_id)) or {}
-    if row.get("cancel") == REPLANNED:  # stopped to start again with its new fields
-        _set_task(s, e, ts, status=TaskStatus.PENDING.value, cancel=None,
+    if row.get("cancel") == REPLANNED:
+        _set_task(s, e, ts, **values, status=TaskStatus.PENDING.value, cancel=None,
                   reason="re-planned: starts again", revising=None, since=None)
     else:
-        _set_task(s, e, ts, status=TaskStatus.CANCELLED.value, reason=e.reason)
+        _set_task(s, e, ts, **values, status=status.value, reason=reason)
+    return row
+
+
+@on("task_cancelled")
+def _task_cancelled(s: State, e: ev.TaskCancelled, ts: float) -> None:
+    row = _task_ended(s, e, ts, TaskStatus.CANCELLED, e.reason)
     _queue_status_if_open(s, e, ts, f"cancelled: {e.reason or 'by request'}")
     branch = s.get("branches", row.get("branch") or "")
     if branch is not None and branch["status"] in (BranchStatus.OPEN, BranchStatus.LANDING):
@@ -662,13 +670,7 @@ def _gate_result(s: State, e: ev.GateResult, ts: float) -> None:
 
 @on("branch_landed")
 def _branch_landed(s: State, e: ev.BranchLanded, ts: float) -> None:
-    row = s.get("tasks", task_key(e.spec_id, e.task_id)) or {}
-    if row.get("cancel") == REPLANNED:  # landed with its old fields: done again, anew
-        _set_task(s, e, ts, status=TaskStatus.PENDING.value, landed_commit=e.main_after,
-                  cancel=None, reason="re-planned: starts again")
-    else:
-        _set_task(s, e, ts, status=TaskStatus.LANDED.value, landed_commit=e.main_after,
-                  reason="")
+    _task_ended(s, e, ts, TaskStatus.LANDED, "", landed_commit=e.main_after)
     s.row("branches", e.branch).update(status=BranchStatus.LANDED.value, landed_commit=e.main_after,
                                         updated=ts)
     _queue_status(s, e, ts, QueueStatus.LANDED)
@@ -677,12 +679,7 @@ def _branch_landed(s: State, e: ev.BranchLanded, ts: float) -> None:
 
 @on("branch_rejected")
 def _branch_rejected(s: State, e: ev.BranchRejected, ts: float) -> None:
-    row = s.get("tasks", task_key(e.spec_id, e.task_id)) or {}
-    if row.get("cancel") == REPLANNED:  # refused with its old fields: starts again
-        _set_task(s, e, ts, status=TaskStatus.PENDING.value, cancel=None,
-                  reason="re-planned: starts again")
-    else:
-        _set_task(s, e, ts, status=TaskStatus.REJECTED.value, reason=f"{e.gate}: {e.reason}")
+    _task_ended(s, e, ts, TaskStatus.REJECTED, f"{e.gate}: {e.reason}")
     s.row("branches", e.branch).update(status=BranchStatus.REJECTED.value, gate=e.gate,
                                         reason=e.reason, updated=ts)
     _queue_status(s, e, ts, QueueStatus.REJECTED, f"{e.gate}: {e.reason}")
