@@ -108,6 +108,47 @@ class QueueConfig(_Section):
     # conversation continues; for a conflict, with the new main merged in) before the
     # rejection is final. 0: a rejection is final at once.
     resubmits: Int = Field(default=2, ge=0, le=10)
+    # The gates an entry's merged tree meets before it is tested, in this order (agents/gates:
+    # "boundaries", "policy", "dependencies", "races", "review", or a name from
+    # [gates.command]). The engine's own paths are always protected, whatever this says.
+    gates: list[str] = ["boundaries", "dependencies"]
+
+
+class PolicyGateConfig(_Section):
+    # A folder of the user's own .rego policies, read from main's version of the repository
+    # (never from the entry's branch); empty: the default policies only.
+    folder: str = ""
+
+
+class RacesGateConfig(_Section):
+    # Entries that touch code using threads, asyncio, multiprocessing, sockets or databases
+    # (judged from its imports), or paths matching `globs`, have their tests run this many
+    # times in fresh sandboxes, each with its own order and seed; any failure denies.
+    runs: Int = Field(default=5, ge=1, le=50)
+    globs: list[str] = []
+    # Every entry, whatever it touches.
+    always: bool = False
+
+
+class ReviewGateConfig(_Section):
+    # Reviewer agents (the reviewer role) per entry, and the rule their votes meet:
+    # "majority", "unanimous", or "K" (at least K approvals).
+    reviewers: Int = Field(default=3, ge=1, le=9)
+    rule: str = "majority"
+    # Models to spread the reviewers over; empty: [models] reviewer for all of them.
+    models: list[str] = []
+    timeout_seconds: Number = Field(300, gt=0, le=3600)
+    # How a reviewer that errors or times out counts: "reject", "approve" or "abstain".
+    on_error: Literal["reject", "approve", "abstain"] = "reject"
+
+
+class GatesConfig(_Section):
+    policy: PolicyGateConfig = PolicyGateConfig()
+    races: RacesGateConfig = RacesGateConfig()
+    review: ReviewGateConfig = ReviewGateConfig()
+    # Your own gates: name = a script in the repository, read from main and run in the
+    # sandbox on the merged tree, that prints {"verdict": ..., "findings": [...]} as JSON.
+    command: dict[str, str] = {}
 
 
 class StoreConfig(_Section):
@@ -137,6 +178,7 @@ class FactoryConfig(_Section):
     sandbox: SandboxConfig = SandboxConfig()
     repo: RepoConfig = RepoConfig()
     queue: QueueConfig = QueueConfig()
+    gates: GatesConfig = GatesConfig()
     store: StoreConfig = StoreConfig()
     notify: NotifyConfig = NotifyConfig()
 
@@ -351,6 +393,39 @@ runners = 2
 # How many times a rejected entry goes back to its agent with the gate's findings before
 # its rejection is final (0: at once).
 resubmits = 2
+# The gates an entry's merged tree meets before it is tested, in this order: "boundaries",
+# "policy", "dependencies", "races", "review", or a name from [gates.command]. The
+# engine's own paths (.factory/, .factory.toml) are protected whatever this says.
+gates = ["boundaries", "dependencies"]
+
+[gates.policy]
+# A folder of your own .rego policies (OPA v1 syntax), always read from main's version of
+# the repository, never from the entry's branch; empty: the default policies only.
+folder = ""
+
+[gates.races]
+# Entries touching code that uses threads, asyncio, multiprocessing, sockets or databases
+# (or paths matching `globs`; or every entry with `always`) run their tests this many
+# times in fresh sandboxes, each with its own order and seed; any failure denies.
+runs = 5
+globs = []
+always = false
+
+[gates.review]
+# Reviewer agents per entry (when "review" is in [queue] gates) and the rule their votes
+# meet: "majority", "unanimous" or "K" (at least K approvals).
+reviewers = 3
+rule = "majority"
+# Models to spread the reviewers over; empty: [models] reviewer.
+models = []
+timeout_seconds = 300
+# How a reviewer that errors or times out counts: "reject", "approve" or "abstain".
+on_error = "reject"
+
+[gates.command]
+# Your own gates: name = "path/to/script", read from main and run in the sandbox on the
+# merged tree; it prints {"verdict": "pass"|"warn"|"needs_approval"|"deny",
+# "findings": [{"file": ..., "line": ..., "rule": ..., "message": ...}]} as JSON.
 
 [store]
 # The SQLite store (event log and projections); keep it out of git.

@@ -18,8 +18,8 @@ from agents import events as ev
 from agents.config import FactoryConfig, load_config
 from agents.conflicts import ConflictForecaster
 from agents.errors import FactoryError
+from agents.gates.registry import GateServices, build_gates
 from agents.gitcmd import git
-from agents.landing import LandingStep
 from agents.models import ModelRouter, api_key_from_env, check_models, replay_path
 from agents.orchestrator import Orchestrator, RunSummary, spec_digest
 from agents.private import exclude_factory, private_dir, private_file
@@ -246,10 +246,14 @@ class Factory:
                 level="warning", message="sandbox backend is 'none': agents run UNSANDBOXED "
                 "commands on this machine"))
         await self._clean_orphans()
-        lander: LandingStep = ChainExecutor(
+        lander = ChainExecutor(
             self.ws, self.backend, self.config.repo.test_command, sandbox_limits(self.config),
             self.root / ".factory" / "landing", self.store.append, sandbox_quota(self.config),
         )
+        lander.gates = build_gates(GateServices(
+            config=self.config, backend=self.backend, limits=sandbox_limits(self.config),
+            test_command=self.config.repo.test_command, emit=self.store.append,
+            quota=sandbox_quota(self.config), router=self.router, store=self.store))
         self.orchestrator = Orchestrator(
             config=self.config, store=self.store, workspace=self.ws, router=self.router,
             backend=self.backend, lander=lander, run_id=run_id, questions=self.questions,

@@ -204,6 +204,10 @@ class GateResult(_Event):
     passed: bool
     detail: str = ""
     duration: float = 0.0
+    # The gate's verdict (agents/gates/base.py Verdict) and the findings behind it; empty in
+    # events written before gates had them (a pass or a deny, as `passed` says).
+    verdict: str = ""
+    findings: list[dict[str, Any]] = []
 
 
 class BranchLanded(_Event):
@@ -396,6 +400,16 @@ class QueueEntered(_Event):
     risk: Literal["low", "medium", "high"]
     risk_reasons: list[str] = []
     needs_approval: bool = False
+
+
+class ApprovalRequested(_Event):
+    """A gate wants a person to look at this commit before it lands (a new dependency, a
+    risk the policies name): the entry waits for approval from here."""
+
+    kind: Literal["approval_requested"] = "approval_requested"
+    commit: str
+    gate: str
+    reasons: list[str] = []
 
 
 class ApprovalDecided(_Event):
@@ -603,6 +617,7 @@ Event = Annotated[
     | QuestionAsked
     | QuestionAnswered
     | QueueEntered
+    | ApprovalRequested
     | ApprovalDecided
     | QueueReordered
     | QueueRetried

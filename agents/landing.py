@@ -24,7 +24,6 @@ from typing import Protocol
 
 from agents import events as ev
 from agents import provenance
-from agents.deps import phantom_imports
 from agents.gitcmd import GitError, git, git_bytes, git_ok, paths_z, shown
 from agents.sandbox.base import Limits, SandboxBackend, SandboxContext
 from agents.sandbox.quota import DiskMeter, Quota
@@ -150,16 +149,6 @@ class TestedLanding:
             return ("changes ignore rules so that the engine's own state is no longer "
                     "ignored: " + ", ".join(map(shown, exposed[:5])))
         return ""
-
-    @staticmethod
-    async def _undeclared(path: Path, changed: list[str]) -> str:
-        """Why the change imports what the project never declared ("" when it does not)."""
-        phantom = await asyncio.to_thread(phantom_imports, path, changed)
-        if not phantom:
-            return ""
-        return "undeclared third-party imports: " + ", ".join(
-            f"{module} (in {', '.join(map(shown, files))})"
-            for module, files in sorted(phantom.items()))
 
     async def _run_tests(self, path: Path, agent_id: str, env: dict[str, str] | None = None) \
             -> tuple[bool, str, str, list[str]]:

@@ -36,7 +36,7 @@ from agents.models import ModelRouter
 from agents.planner import SUBMIT_PLAN_SPEC, PlanCollector, plan_digest, planner_messages
 from agents.questions import QuestionDesk
 from agents.queue import chain
-from agents.queue.executor import ChainExecutor
+from agents.queue.executor import ChainExecutor, GateContext
 from agents.queue.merge_queue import MergeQueue, retry_event
 from agents.queue.risk import assess_risk, needs_approval
 from agents.runtime import AgentLimits, AgentResult, AgentRunner
@@ -45,6 +45,7 @@ from agents.sandbox.quota import DiskMeter, quota_of
 from agents.specs import Spec, lint_score, lint_spec, parse_spec
 from agents.statuses import (
     AgentStatus,
+    Approval,
     BranchStatus,
     QueueStatus,
     RunStatus,
@@ -797,7 +798,18 @@ class Orchestrator:
             await self.emit(ev.LandingStarted(spec_id=request.spec_id,
                                               task_id=request.task_id, branch=request.branch,
                                               commit=request.commit))
-        await self.chain_executor.link(intent, request)
+        await self.chain_executor.link(intent, request, self._gate_context(intent.key, row))
+
+    def _gate_context(self, key: str, row: dict[str, Any]) -> GateContext:
+        spec = self._specs.get(row.get("spec_id") or "")
+        agent = self.store.get("agents", row.get("agent_id") or "") or {}
+        entry = self.store.get("queue", key) or {}
+        return GateContext(
+            boundaries=tuple(spec.boundaries) if spec is not None else (),
+            task_paths=tuple(row.get("paths") or ()), role=row.get("role") or "",
+            model=agent.get("model") or "",
+            approved=entry.get("approval") == Approval.APPROVED
+            and entry.get("commit_sha") == row.get("commit_sha"))
 
     async def _land_chain(self, intent: chain.LandChain) -> None:
         requests = [self._request(key) for key in intent.keys]

@@ -9,7 +9,7 @@ the status's plain string, which equals its enum member.
 
 from __future__ import annotations
 
-from typing import Literal, TypedDict
+from typing import Any, Literal, TypedDict
 
 from agents.statuses import (
     AgentStatus,
@@ -129,6 +129,8 @@ class GateRow(TypedDict):
     detail: str | None
     duration: float | None
     updated: float | None
+    verdict: str | None  # pass, warn, needs_approval, deny (agents/gates/base.py)
+    findings: list[dict[str, Any]] | None  # rule, message, verdict, file, line
 
 
 class BudgetRow(TypedDict):

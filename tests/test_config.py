@@ -45,6 +45,12 @@ def test_commented_default_round_trips(tmp_path: Path) -> None:
         if section == "budgets":
             assert all(f"[budgets.{scope}]" in text for scope in ("run", "spec", "agent"))
             continue
+        if section == "gates":
+            for sub, sub_model in model.annotation.model_fields.items():  # type: ignore[union-attr]
+                assert f"[gates.{sub}]" in text
+                for key in getattr(sub_model.annotation, "model_fields", {}):
+                    assert f"\n{key} = " in text, f"gates.{sub}.{key} missing from the text"
+            continue
         assert f"[{section}]" in text
         for key in model.annotation.model_fields:  # type: ignore[union-attr]
             assert f"\n{key} = " in text, f"{section}.{key} missing from the default text"

@@ -14,10 +14,19 @@ from __future__ import annotations
 import itertools
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 from agents import events as ev
 from agents import provenance
+from agents.gates.base import (
+    Finding,
+    Gate,
+    GateInput,
+    GateVerdict,
+    Verdict,
+    changes_between,
+)
 from agents.gitcmd import GitError, git, git_bytes, git_ok, paths_z
 from agents.landing import (
     LandingRequest,
@@ -27,11 +36,26 @@ from agents.landing import (
 from agents.queue.chain import LandChain, LinkEntry, TestAlone, TestPoint
 
 
+@dataclass(frozen=True)
+class GateContext:
+    """What the engine knows of an entry that its tree does not say: the spec's Boundaries,
+    the task's paths, the agent that wrote it, and whether a person approved this commit
+    already (a gate asking for approval again would wait forever)."""
+
+    boundaries: tuple[str, ...] = ()
+    task_paths: tuple[str, ...] = ()
+    role: str = ""
+    model: str = ""
+    approved: bool = False
+
+
 class ChainExecutor(TestedLanding):
-    """The landing step's gates and checks (TestedLanding's), applied link by link."""
+    """The landing step's checks (TestedLanding's) and the configured gates, applied link
+    by link."""
 
     _names = itertools.count(1)
     _link_path: Path | None = None
+    gates: list[Gate] = []  # noqa: RUF012 (set once by the engine, never mutated)
 
     def close(self) -> None:
         if self._link_path is not None:
@@ -62,7 +86,8 @@ class ChainExecutor(TestedLanding):
         self._link_path = await self._scratch(onto, "link")
         return self._link_path
 
-    async def link(self, intent: LinkEntry, request: LandingRequest) -> None:
+    async def link(self, intent: LinkEntry, request: LandingRequest,
+                   context: GateContext | None = None) -> None:
         """Merge the entry onto the chain and run the gates it meets on its own."""
         path = await self._link_tree(intent.onto)
         try:
@@ -74,14 +99,15 @@ class ChainExecutor(TestedLanding):
                 return
             merged = (await git("rev-parse", "HEAD", cwd=path)).strip()
             tree = (await git("rev-parse", f"{merged}^{{tree}}", cwd=path)).strip()
-            started = time.perf_counter()
             problem = await self._own_gates(request, path, intent.onto, merged, exposed_before)
+            if problem is None:
+                problem = await self._gates(request, context or GateContext(), path,
+                                            intent.onto, merged)
             if problem is not None:
                 gate, reason = problem
                 await self._link(request, intent, ok=False, gate=gate, reason=reason,
                                  merged=merged, tree=tree)
                 return
-            await self._passed(request, "dependencies", "no undeclared imports", started)
             await self._link(request, intent, ok=True, merged=merged, tree=tree)
         except BaseException:
             self.ws.remove(path)  # in an unknown state: the next link starts afresh
@@ -99,7 +125,7 @@ class ChainExecutor(TestedLanding):
 
     async def _own_gates(self, request: LandingRequest, path: Path, base: str, merged: str,
                          exposed_before: list[str]) -> tuple[str, str] | None:
-        """The paths the engine keeps for itself, and undeclared dependencies."""
+        """The paths the engine keeps for itself: always checked, whatever is configured."""
         started = time.perf_counter()
         changed = paths_z(await git_bytes("diff", "--name-only", "-z", "--no-renames",
                                           base, merged, cwd=path))
@@ -109,10 +135,47 @@ class ChainExecutor(TestedLanding):
             return "protected", reason
         await self._passed(request, "protected", "leaves .factory/ and .factory.toml alone",
                            started)
-        reason = await self._undeclared(path, changed)
-        if reason:
-            await self._failed(request, "dependencies", reason, started)
-            return "dependencies", reason
+        return None
+
+    async def _gates(self, request: LandingRequest, context: GateContext, path: Path,
+                     base: str, merged: str) -> tuple[str, str] | None:
+        """The configured gates, in order, each verdict an event: (gate, why) for the first
+        that denies. A gate asking for a person's approval does not stop the others; the
+        entry waits for approval once they all ran (unless this commit was approved)."""
+        if not self.gates:
+            return None
+        given = GateInput(
+            repo=self.ws.root, tree=path, base=base, merged=merged,
+            main=self.ws.main_head(), entry_commit=request.commit, spec_id=request.spec_id,
+            task_id=request.task_id, title=request.title, boundaries=context.boundaries,
+            task_paths=context.task_paths, role=context.role, model=context.model,
+            approved=context.approved,
+            changes=await changes_between(path, base, merged))
+        wanted: list[tuple[str, str]] = []
+        for gate in self.gates:
+            started = time.perf_counter()
+            try:
+                verdict = await gate.check(given)
+            except Exception as exc:  # a broken gate refuses: it never waves a change by
+                detail = f"{type(exc).__name__}: {exc}"[:500]
+                verdict = GateVerdict(gate.name, Verdict.DENY, f"the gate failed: {detail}",
+                                      [Finding(f"{gate.name}.error", f"the gate failed: "
+                                               f"{detail}")])
+            given.findings.extend(verdict.findings)
+            asks = verdict.verdict == Verdict.APPROVE and not context.approved
+            await self.emit(ev.GateResult(
+                spec_id=request.spec_id, task_id=request.task_id, gate=gate.name,
+                passed=verdict.verdict != Verdict.DENY, detail=verdict.summary[:2000],
+                duration=time.perf_counter() - started, verdict=verdict.verdict.value,
+                findings=[f.as_dict() for f in verdict.findings[:200]]))
+            if verdict.verdict == Verdict.DENY:
+                return gate.name, verdict.summary
+            if asks:
+                wanted.append((gate.name, verdict.summary))
+        if wanted:
+            await self.emit(ev.ApprovalRequested(
+                spec_id=request.spec_id, task_id=request.task_id, commit=request.commit,
+                gate=wanted[0][0], reasons=[f"{g}: {why}" for g, why in wanted]))
         return None
 
     async def _link(self, request: LandingRequest, intent: LinkEntry, *, ok: bool,

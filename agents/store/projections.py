@@ -47,7 +47,10 @@ TABLES: dict[str, tuple[str, tuple[str, ...]]] = {
     "branches": ("name", ("name", "spec_id", "task_id", "head", "base", "status", "files",
                           "insertions", "deletions", "gate", "reason", "landed_commit",
                           "updated")),
-    "gates": ("key", ("key", "task_key", "gate", "passed", "detail", "duration", "updated")),
+    "gates": ("key", ("key", "task_key", "gate", "passed", "detail", "duration", "updated",
+                        "verdict", "findings")),
+    # Per test, over the race gate's repeated runs: how often it ran and failed.
+    "test_history": ("name", ("name", "runs", "failures", "last_failed", "updated")),
     "budgets": ("key", ("key", "scope", "owner", "tokens", "cost")),
     "queue": ("key", ("key", "spec_id", "task_id", "branch", "commit_sha", "position", "status",
                       "risk", "risk_reasons", "approval", "reason", "entered", "updated",
@@ -73,7 +76,7 @@ TABLES: dict[str, tuple[str, tuple[str, ...]]] = {
                          "answered", "updated")),
 }
 
-JSON_COLUMNS = {"specs", "depends_on", "paths", "acceptance", "files", "risk_reasons",
+JSON_COLUMNS = {"findings", "specs", "depends_on", "paths", "acceptance", "files", "risk_reasons",
                 "options", "keys", "failing", "failed_tests"}
 
 Row = dict[str, Any]
@@ -500,6 +503,17 @@ def _queue_entered(s: State, e: ev.QueueEntered, ts: float) -> None:
             s.row("test_runs", run_id).update(handled=1, updated=ts)
 
 
+@on("approval_requested")
+def _approval_requested(s: State, e: ev.ApprovalRequested, ts: float) -> None:
+    key = task_key(e.spec_id, e.task_id)
+    entry = s.get("queue", key)
+    if entry is None or entry["commit_sha"] != e.commit or entry["status"] not in QUEUE_OPEN:
+        return  # the entry moved on (a new commit, landed, rejected): nothing to ask
+    s.row("queue", key).update(
+        approval=Approval.PENDING.value, status=QueueStatus.AWAITING_APPROVAL.value,
+        risk_reasons=[*(entry.get("risk_reasons") or []), *e.reasons], updated=ts)
+
+
 @on("approval_decided")
 def _approval_decided(s: State, e: ev.ApprovalDecided, ts: float) -> None:
     key = task_key(e.spec_id, e.task_id)
@@ -664,7 +678,7 @@ def _gate_result(s: State, e: ev.GateResult, ts: float) -> None:
     tk = task_key(e.spec_id, e.task_id)
     s.row("gates", f"{tk}:{e.gate}").update(
         task_key=tk, gate=e.gate, passed=int(e.passed), detail=e.detail, duration=e.duration,
-        updated=ts,
+        updated=ts, verdict=e.verdict or ("pass" if e.passed else "deny"), findings=e.findings,
     )
 
 

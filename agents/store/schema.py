@@ -146,4 +146,14 @@ MIGRATIONS: list[str] = [
     ALTER TABLE flaky_tests ADD COLUMN quarantined REAL;
     ALTER TABLE flaky_tests ADD COLUMN reason TEXT;
     """,
+    # 8: the gates' verdicts and findings (agents/gates), and each test's history over the
+    # race gate's repeated runs.
+    """
+    ALTER TABLE gates ADD COLUMN verdict TEXT;
+    ALTER TABLE gates ADD COLUMN findings TEXT;
+    UPDATE gates SET verdict = CASE WHEN passed THEN 'pass' ELSE 'deny' END, findings = '[]';
+    CREATE TABLE test_history (
+        name TEXT PRIMARY KEY, runs INTEGER, failures INTEGER, last_failed TEXT, updated REAL
+    );
+    """,
 ]

@@ -27,6 +27,7 @@ import pytest
 from agents import events as ev
 from agents import provenance
 from agents.engine import Factory
+from agents.gates.dependencies import DependenciesGate
 from agents.gitcmd import shown
 from agents.landing import LandingOutcome, LandingRequest, MayLand
 from agents.queue import chain
@@ -249,6 +250,7 @@ async def open_yard(tmp_path: Path, backend: str, image: str | None = None) -> A
         repo / ".factory" / "landing",
         yard.emit,
     )
+    yard.lander.gates = [DependenciesGate()]
     try:
         yield yard
     finally:
@@ -881,7 +883,8 @@ async def test_dependencies_gate_reads_files_with_odd_names(yard: Yard, name: st
     before = yard.main()
     outcome = await yard.land(commit)
     assert not outcome.landed and outcome.gate == "dependencies", outcome
-    assert f"requests_nonexistent_pkg (in {shown(name)})" in outcome.reason, outcome.reason
+    assert "requests_nonexistent_pkg" in outcome.reason, outcome.reason
+    assert outcome.reason.startswith(f"{shown(name)}: "), outcome.reason
     assert yard.main() == before
 
 
