@@ -370,6 +370,46 @@ async def test_an_agents_step_commits_while_the_database_thread_is_busy(tmp_path
     assert verify_chain(path).ok and compare_projections(path) == []
 
 
+async def test_a_read_between_writes_never_fails_the_next_batch(tmp_path: Path) -> None:
+    # An agent resuming reads its conversation on the database thread while others write.
+    # The read must be whole in one trip there: a query stepped in one trip and drained in
+    # the next holds a read transaction open in between, so a batch the thread runs in
+    # between begins on that snapshot, and once the loop's own connection has committed
+    # since (a small batch, inline), SQLite refuses the upgrade at once whatever the busy
+    # timeout ("database is locked", SQLITE_BUSY_SNAPSHOT): the run died of it after a restart.
+    path = tmp_path / "f.db"
+    store = await Store.open(path)
+    await store.append(*_plan())
+    ran, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        ran.set()
+        release.wait(10)
+
+    reading = asyncio.ensure_future(store.messages("s.a.1"))
+    await asyncio.sleep(0)  # its query is queued on the database thread...
+    busy = asyncio.ensure_future(store._conn._execute(hold))  # type: ignore[attr-defined]
+    await asyncio.sleep(0)  # ...and behind it, this hold
+    try:
+        assert ran.wait(10)  # the thread has run the query, and holds
+        # Before the reader is back on the loop: a step commits inline, then a batch goes to
+        # the thread, queued ahead of whatever the reader asks the thread next.
+        step = store.append_many([ev.Notice(message="inline")])
+        store._kick()  # committed here and now (the thread is held)
+        flood = store.append_many([ev.Notice(message=f"n{i}")
+                                   for i in range(store_module.INLINE_MAX_EVENTS + 1)])
+        store._kick()
+        await asyncio.sleep(0)
+    finally:
+        release.set()
+    await busy
+    assert await step == 8
+    assert await asyncio.wait_for(flood, 10) == 8 + store_module.INLINE_MAX_EVENTS + 1
+    assert [m["content"] for m in await reading] == ["go", "hi", "again"]
+    await store.close()
+    assert verify_chain(path).ok and compare_projections(path) == []
+
+
 async def test_a_write_lock_held_elsewhere_never_holds_the_loop(tmp_path: Path) -> None:
     # Another process writing the store (a command given against it) holds the write lock:
     # the batch waits for it on the database thread, and the loop keeps running meanwhile.

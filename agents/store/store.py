@@ -263,6 +263,15 @@ def _is_busy(exc: sqlite3.OperationalError) -> bool:
     return code is not None and code & 0xFF == sqlite3.SQLITE_BUSY
 
 
+def _fetch_all(conn: sqlite3.Connection, sql: str, args: tuple[Any, ...]) -> list[Any]:
+    """Every row of a query, its statement reset before the thread runs anything else."""
+    cur = conn.execute(sql, args)
+    try:
+        return cur.fetchall()
+    finally:
+        cur.close()
+
+
 def _checkpoint(conn: sqlite3.Connection) -> None:
     """Copy the WAL into the database without waiting for (or holding up) any writer."""
     conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
@@ -746,6 +755,19 @@ class Store:
         return lambda: (self._raw_listeners.remove(listener)
                         if listener in self._raw_listeners else None)
 
+    async def _fetch(self, sql: str, args: tuple[Any, ...]) -> list[Any]:
+        """A query's rows, read whole in one trip to the database thread.
+
+        Never a cursor stepped in one trip and drained in the next (aiosqlite's execute,
+        then fetchall): in between, its statement holds a read transaction open on the
+        writer's connection, and a batch queued on the thread meanwhile begins inside it.
+        If another connection (the inline one, say) committed since that read began, the
+        batch's BEGIN IMMEDIATE would have to upgrade a stale snapshot, which SQLite refuses
+        at once whatever the busy timeout (SQLITE_BUSY_SNAPSHOT: "database is locked")."""
+        return await self._conn._execute(  # type: ignore[attr-defined,no-any-return]
+            _fetch_all, self._conn._conn, sql, args  # type: ignore[attr-defined]
+        )
+
     async def read_events(
         self, after: int = 0, limit: int = 1000, agent_id: str | None = None
     ) -> list[StoredEvent]:
@@ -758,8 +780,7 @@ class Store:
             sql = (f"SELECT id, ts, {version}, data FROM events WHERE agent_id = ? AND id > ? "
                    "ORDER BY id LIMIT ?")
             args = (agent_id, after, limit)
-        async with self._conn.execute(sql, args) as cur:
-            rows = await cur.fetchall()
+        rows = await self._fetch(sql, args)
         out = []
         parse = upcast.parse_stored
         for i, ts, v, d in rows:
@@ -775,12 +796,11 @@ class Store:
             # Not even prepared: every conversation opens with agent_started, which makes
             # the row. A new agent (the usual case) starts without a trip to the database.
             return []
-        async with self._conn.execute(
+        rows = await self._fetch(
             f"SELECT id, {self._version_col}, data FROM events WHERE agent_id = ? AND kind IN "
             "('agent_started', 'agent_turn', 'agent_note', 'tool_executed') ORDER BY id",
             (agent_id,),
-        ) as cur:
-            rows = await cur.fetchall()
+        )
         out: list[dict[str, Any]] = []
         for event_id, version, data in rows:
             try:
