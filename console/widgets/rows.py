@@ -28,6 +28,7 @@ from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
 from agents.textsafe import clean_line
+from console.widgets.home import KeepsFocusWhenShown
 
 Row = dict[str, Any]
 
@@ -90,7 +91,7 @@ def _fit(text: str, width: int, align: str) -> str:
     return text.rjust(width) if align == "right" else text.ljust(width)
 
 
-class RowsView(ScrollView, can_focus=True):
+class RowsView(KeepsFocusWhenShown, ScrollView, can_focus=True):
     """Rows by key, in an order the owner sets; a cursor; one line per row."""
 
     BINDINGS = [

@@ -14,6 +14,7 @@ from textual.widgets.option_list import Option
 
 from agents.textsafe import clean, clean_line
 from console.widgets.editor import SpecEditor
+from console.widgets.home import KeepsFocusWhenShown
 
 if TYPE_CHECKING:
     from agents.specs import LintFinding
@@ -26,6 +27,10 @@ LOCKED = "read-only: this spec holds control characters (shown as ␛ and the li
 
 NO_SPECS = "No specs yet: a spec is a Markdown file in specs/ (see specs/README.md)"
 
+
+
+class SpecList(KeepsFocusWhenShown, OptionList):
+    """The specs pane's list of spec files (its home: where the focus rests)."""
 
 class SpecsPane(Horizontal):
     """Side by side when there is room; at 80 columns or so the list, the editor and the
@@ -50,7 +55,7 @@ class SpecsPane(Horizontal):
         self.locked = False
 
     def compose(self) -> ComposeResult:
-        yield OptionList(id="spec-list")
+        yield SpecList(id="spec-list")
         yield SpecEditor(id="spec-editor")
         with Vertical(id="spec-side"):
             yield Label("lint", id="lint-title")

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from textual import events
 
 from console.app import FactoryApp
 from console.client import InProcessClient
@@ -166,3 +167,23 @@ async def test_marks_show_without_colour(sample: InProcessClient) -> None:
         marked = next(iter(inbox.table.marked))
         line = next(line for line in screen_text(app).splitlines() if marked in line)
         assert line.lstrip().startswith("✓"), line
+
+
+async def test_pane_keys_typed_fast_leave_the_focus_on_the_list(
+        client: InProcessClient) -> None:
+    """"2" then "1" arriving together (a fast typist, a slow terminal): the specs pane's
+    list keeps the focus, even though the Hide from leaving the pane reaches it late; it
+    went to the spec editor beside it, and the next key was typed into the spec."""
+    app = FactoryApp(client)
+    async with app.run_test(size=SMALL) as pilot:
+        pane = await opened(pilot, app)
+        await pilot.press("enter")
+        assert app.focused is pane.editor
+        await pilot.press("escape")
+        listing = app.query_one("#spec-list")
+        assert app.focused is listing
+        for _ in range(3):
+            app.post_message(events.Key("2", "2"))
+            app.post_message(events.Key("1", "1"))
+            await pilot.pause(0.3)
+            assert app.focused is listing, app.focused
