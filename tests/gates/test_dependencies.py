@@ -34,7 +34,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -284,22 +283,6 @@ async def test_without_a_virtualenv_the_engines_environment_and_aliases_serve(
     verdict = await gate_on(tmp_path, {"pkg/conf.py": "import yaml\n"}, env=False)
     assert verdict.verdict == Verdict.PASS, verdict.summary
     assert sys.prefix in verdict.summary
-
-
-async def test_a_typical_entry_on_a_thousand_file_repository_is_quick(tmp_path: Path) -> None:
-    body = "import os\nimport yaml\n\n" + "def f(x):\n    return x\n" * 40
-    base = {f"pkg/sub{i // 100}/m{i:04}.py": body for i in range(1000)}
-    change: dict[str, str | None] = {f"pkg/sub0/m{i:04}.py": body + "import json\n"
-                                     for i in range(5)}
-    change["pkg/new.py"] = "import yaml\nfrom pkg.sub0 import m0001\n"
-    given = await given_for(tmp_path, change, base=base)
-    gate = DependenciesGate()
-    await gate.check(given)  # the first call fills the per-main caches (environment, names)
-    started = time.perf_counter()
-    verdict = await gate.check(given)
-    took = time.perf_counter() - started
-    assert verdict.verdict == Verdict.PASS, verdict.summary
-    assert took < 1.0, f"{took * 1000:.0f} ms (the goal is under 200 ms; measured ~20-30 ms)"
 
 
 # -- deptry on the same cases -------------------------------------------------------------
