@@ -38,7 +38,7 @@ from agents.questions import QuestionDesk
 from agents.queue import chain
 from agents.queue.executor import ChainExecutor, GateContext
 from agents.queue.merge_queue import MergeQueue, retry_event
-from agents.queue.risk import assess_risk, needs_approval
+from agents.queue.risk import assess_risk, at_entry
 from agents.runtime import AgentLimits, AgentResult, AgentRunner
 from agents.sandbox.base import Limits, SandboxBackend, SandboxContext
 from agents.sandbox.quota import DiskMeter, quota_of
@@ -769,7 +769,7 @@ class Orchestrator:
         await self.emit(ev.QueueEntered(
             spec_id=intent.spec_id, task_id=intent.task_id, branch=task["branch"],
             commit=task["commit_sha"], risk=risk, risk_reasons=reasons,
-            needs_approval=needs_approval(self.queue.approval, risk)))
+            needs_approval=at_entry(self.queue.approval, risk, self.config.queue.gates)))
 
     @property
     def chain_executor(self) -> ChainExecutor:

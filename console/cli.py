@@ -1122,6 +1122,10 @@ def build_parser() -> argparse.ArgumentParser:
     _json_option(p)
     p.set_defaults(fn=cmd_spec_lint)
 
+    from console.policy_cmd import add_policy_commands
+
+    add_policy_commands(sub, _group, _root_option, _json_option)
+
     audit = _group(sub, "audit", "audit the store")
     p = audit.add_parser("verify", help="check the event log's hash chain, and the "
                          "projections against a replay of the log")

@@ -2,6 +2,14 @@
 
 Risk decides which entries wait for a person (the `[queue] approval` setting) and orders the
 console's inbox, so the reasons are kept with the verdict: a person should see why.
+
+This is the estimate made at queue entry, from file names and line counts alone. When the
+policy gate runs, it decides at link time from what the change does (agents/policies/
+risk.rego: weakened tests, build files, dependencies...), and the queue asks for approval at
+entry only for `approval = "always"`. Test files never raise this estimate: new tests are
+the work we want, and weakened ones are the policy gate's to find (a file name cannot say
+which). The line counts are the branch's totals, tests included (the branch row keeps no
+per-file counts).
 """
 
 from __future__ import annotations
@@ -27,17 +35,16 @@ def assess_risk(files: Iterable[str], insertions: int, deletions: int) -> tuple[
             high.append(f"changes the build or dependencies ({path})")
         elif path.startswith(_CI_DIRS):
             high.append(f"changes CI ({path})")
-        elif name.startswith("test_") or "/tests/" in f"/{path}":
-            medium.append(f"changes tests ({path})")
     lines = insertions + deletions
     if lines > 400:
         high.append(f"{lines} lines changed")
     elif lines > 80:
         medium.append(f"{lines} lines changed")
-    if len(paths) > 12:
-        high.append(f"{len(paths)} files changed")
-    elif len(paths) > 4:
-        medium.append(f"{len(paths)} files changed")
+    code = [p for p in paths if not is_test(p)]
+    if len(code) > 12:
+        high.append(f"{len(code)} files changed outside tests")
+    elif len(code) > 4:
+        medium.append(f"{len(code)} files changed outside tests")
     if deletions > 2 * max(insertions, 1) and deletions > 40:
         medium.append(f"mostly deletions ({deletions} lines)")
     if high:
@@ -45,6 +52,21 @@ def assess_risk(files: Iterable[str], insertions: int, deletions: int) -> tuple[
     if medium:
         return "medium", medium
     return "low", []
+
+
+def is_test(path: str) -> bool:
+    name = PurePosixPath(path).name
+    return (name.startswith("test_") and name.endswith(".py")) or name.endswith("_test.py") \
+        or any(part in ("tests", "test") for part in PurePosixPath(path).parts[:-1])
+
+
+def at_entry(policy: str, risk: Risk, gates: Iterable[str]) -> bool:
+    """Whether an entry waits for a person as it enters the queue: with the policy gate
+    configured, only for "always" (the gate asks at link time from the policies' risk);
+    without it, from this module's estimate."""
+    if "policy" in gates:
+        return policy == "always"
+    return needs_approval(policy, risk)
 
 
 def needs_approval(policy: str, risk: Risk) -> bool:
