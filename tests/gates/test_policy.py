@@ -8,19 +8,17 @@ by configuration: a policy set compiles once per version of its folder, as in a 
 from __future__ import annotations
 
 import os
-import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
 from agents.config import FactoryConfig
-from agents.gates.base import GateInput, GateVerdict, Verdict, changes_between
+from agents.gates.base import GateVerdict, Verdict
 from agents.gates.policy import PolicyGate, default_sources, validate_sync
-from tests.conftest import git, make_repo
+from tests.conftest import make_repo
 from tests.gates.test_facts import TEST_BASE, gate_input
 
 FACTORY = Path(sys.executable).parent / "factory"
@@ -263,29 +261,3 @@ def test_policy_check_on_a_bad_folder(tmp_path: Path) -> None:
 # -- speed ------------------------------------------------------------------------------------
 
 
-async def test_a_typical_entry_on_a_thousand_file_repository(tmp_path: Path) -> None:
-    root = tmp_path / "big"
-    files = {f"pkg/m{i // 50}/f{i}.py": f"def f{i}():\n    return {i}\n" for i in range(990)}
-    files.update({f"tests/test_{i}.py": TEST_BASE for i in range(10)})
-    files["policies/mine.rego"] = USER_POLICY
-    make_repo(root, files)
-    git(root, "checkout", "-q", "-b", "work")
-    for i in range(3):
-        (root / f"pkg/m0/f{i}.py").write_text("".join(f"x{j} = {j}\n" for j in range(15)))
-    (root / "tests/test_0.py").write_text(TEST_BASE + "\n\ndef test_new():\n    assert 3\n")
-    git(root, "add", "-A")
-    git(root, "commit", "-q", "-m", "typical")
-    base, merged = (git(root, "rev-parse", r).strip() for r in ("main", "HEAD"))
-    policy = gate("policies", "high")
-    times = []
-    for _ in range(7):
-        given = GateInput(repo=root, tree=root, base=base, merged=merged, main=base,
-                          entry_commit=merged, spec_id="s", task_id="t",
-                          changes=await changes_between(root, base, merged))
-        started = time.perf_counter()
-        v = await policy.check(given)
-        times.append(time.perf_counter() - started)
-    assert v.verdict == Verdict.PASS, v.summary
-    warm = statistics.median(times[1:])
-    print(f"policy gate: first {times[0] * 1000:.0f} ms (compiles), then {warm * 1000:.1f} ms")
-    assert warm < 0.25  # the goal is 50 ms; the bound leaves room for a loaded machine
