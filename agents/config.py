@@ -109,9 +109,9 @@ class QueueConfig(_Section):
     # rejection is final. 0: a rejection is final at once.
     resubmits: Int = Field(default=2, ge=0, le=10)
     # The gates an entry's merged tree meets before it is tested, in this order (agents/gates:
-    # "boundaries", "policy", "dependencies", "races", "review", or a name from
+    # "boundaries", "overlap", "policy", "dependencies", "races", "review", or a name from
     # [gates.command]). The engine's own paths are always protected, whatever this says.
-    gates: list[str] = ["boundaries", "dependencies"]
+    gates: list[str] = ["boundaries", "overlap", "dependencies"]
 
 
 class PolicyGateConfig(_Section):
@@ -394,9 +394,10 @@ runners = 2
 # its rejection is final (0: at once).
 resubmits = 2
 # The gates an entry's merged tree meets before it is tested, in this order: "boundaries",
-# "policy", "dependencies", "races", "review", or a name from [gates.command]. The
-# engine's own paths (.factory/, .factory.toml) are protected whatever this says.
-gates = ["boundaries", "dependencies"]
+# "overlap" (the same lines as changes ahead, even where git merges them), "policy",
+# "dependencies", "races", "review", or a name from [gates.command]. The engine's own
+# paths (.factory/, .factory.toml) are protected whatever this says.
+gates = ["boundaries", "overlap", "dependencies"]
 
 [gates.policy]
 # A folder of your own .rego policies (OPA v1 syntax), always read from main's version of

@@ -28,6 +28,7 @@ from typing import Any
 from agents import events as ev
 from agents.errors import FactoryError
 from agents.gitcmd import GIT_ENV
+from agents.overlap import same_lines
 
 Emit = Callable[[ev.Event], Awaitable[object]]
 Pair = tuple[str, str]
@@ -217,8 +218,14 @@ class ConflictForecaster:
                 notices.append(ev.Notice(level="warning", message=(
                     f"cannot forecast conflicts between {a} and {b}: {failures[heads]}")))
                 continue
-            checked.append(ev.ConflictChecked(a=a, b=b, a_head=heads[0], b_head=heads[1],
-                                              conflicts=merge.conflicts, files=merge.files))
+            same: list[str] = []
+            if not merge.conflicts:  # git merges them: do they change the same lines?
+                shared = sorted(set(branches[a].files) & set(branches[b].files))
+                same = sorted(await same_lines(self.root, heads[0], heads[1], shared))
+            checked.append(ev.ConflictChecked(
+                a=a, b=b, a_head=heads[0], b_head=heads[1],
+                conflicts=merge.conflicts or bool(same), files=merge.files or same,
+                same_lines=bool(same)))
         # Concurrent appends share the store's batched transaction instead of one each.
         await asyncio.gather(*(self.emit(e) for e in [*closed, *checked, *notices]))
         for e in closed:

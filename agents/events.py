@@ -566,6 +566,9 @@ class ConflictChecked(_Event):
     b_head: str
     conflicts: bool
     files: list[str] = []
+    # git merges the pair cleanly, but both change the same lines (a merge driver such as
+    # `merge=union` combined them): a conflict for the factory all the same.
+    same_lines: bool = False
 
 
 class ConflictClosed(_Event):

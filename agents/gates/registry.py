@@ -24,6 +24,7 @@ Emit = Callable[[ev.Event], Awaitable[object]]
 # name -> "module:Class"; a [gates.command] name is a CommandGate.
 BUILTIN = {
     "boundaries": "agents.gates.boundaries:BoundariesGate",
+    "overlap": "agents.gates.overlap:OverlapGate",
     "dependencies": "agents.gates.dependencies:DependenciesGate",
     "policy": "agents.gates.policy:PolicyGate",
     "races": "agents.gates.races:RacesGate",
