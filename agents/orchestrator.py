@@ -630,8 +630,10 @@ class Orchestrator:
         if intent.gate == "tests":
             events.append(ev.GateResult(**ids, gate="tests", passed=False,
                                         detail=(intent.reason + "\n" + intent.output)[:2000]))
+        gate_row = self.store.get("gates", f"{intent.key}:{intent.gate}") or {}
         note = {"role": "user", "content": findings_message(
-            intent, row.get("commit_sha") or "", self.config.queue.resubmits)}
+            intent, row.get("commit_sha") or "", self.config.queue.resubmits,
+            gate_row.get("findings") or [])}
         branch = row.get("branch") or branch_name(intent.spec_id, intent.task_id)
         await self.emit(*events, ev.BranchReturned(
             **ids, agent_id=agent.get("id"), branch=branch, commit=row.get("commit_sha") or "",
@@ -850,11 +852,21 @@ class Orchestrator:
         await self.forecast()
 
 
-def findings_message(intent: plan_of.Return, commit: str, most: int) -> str:
-    """What a returned agent is told: which gate refused which commit, why, and the output
+def findings_message(intent: plan_of.Return, commit: str, most: int,
+                     findings: list[dict[str, Any]] | None = None) -> str:
+    """What a returned agent is told: which gate refused which commit, why, every finding
+    of that gate (file, line, rule: the summary names only the first few), and the output
     it gave (the tests' tail), then what to do."""
     text = (f"The merge queue refused your commit {commit[:12]} at the `{intent.gate}` "
             f"gate: {intent.reason}")
+    if findings:
+        order = {"deny": 0, "needs_approval": 1, "warn": 2}
+        lines = []
+        for f in sorted(findings, key=lambda f: order.get(str(f.get("verdict")), 3)):
+            where = f"{f.get('file')}:{f.get('line')}: " if f.get("file") and f.get("line") \
+                else f"{f.get('file')}: " if f.get("file") else ""
+            lines.append(f"- [{f.get('verdict')}] {where}{f.get('message')} [{f.get('rule')}]")
+        text += "\n\nFindings:\n" + "\n".join(lines)[:6000]
     if intent.output.strip():
         text += "\n\nOutput (its end):\n" + intent.output[-3000:]
     return text + (f"\n\nFix what the findings point at, run the acceptance checks again, "

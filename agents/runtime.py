@@ -94,6 +94,7 @@ class AgentRunner:
         if questions is None:  # nobody to ask: do not offer the tool
             names = [n for n in names if n != "ask"]
         self.specs = tool_specs(names) + (extra_specs or [])
+        self._offered = {spec["function"]["name"] for spec in self.specs}
         self.questions = questions
         self.custom_tools = custom_tools or {}
         self._ids = {"spec_id": spec_id, "task_id": task_id, "agent_id": agent_id}
@@ -250,6 +251,11 @@ class AgentRunner:
 
     async def _call_tool(self, name: str, arguments: str, step: int, call_id: str) \
             -> ToolOutcome:
+        if name not in self._offered and name != "ask":  # (ask unoffered: its own answer)
+            # The registry runs any tool it knows; a model (or a prompt injected into what
+            # it reads) naming one it was not offered (the planner writing files) is refused.
+            return ToolOutcome(f"unknown tool {name!r}: the tools you have are "
+                               + ", ".join(sorted(self._offered)), is_error=True)
         if name == "ask" and self.questions is not None:
             return await self._ask(arguments, step, call_id)
         custom = self.custom_tools.get(name)

@@ -212,3 +212,22 @@ async def test_ask_is_not_offered_without_anyone_to_ask(store: Store, server: Sc
     reply = server.requests[1]["messages"][-1]["content"]
     assert reply.startswith("nobody can be asked here: decide yourself")
     assert not store.rows("questions")
+
+
+async def test_a_tool_not_offered_is_refused_though_the_registry_knows_it(
+        store: Store, server: ScriptedServer, repo: Path) -> None:
+    """An agent offered only reading tools (a planner, a reviewer) that names write_file
+    (a model's slip, or words injected into what it read) changes nothing."""
+    server.script(
+        call("write_file", {"path": "calc/evil.py", "content": "x = 1\n"}),
+        call("finish", {"summary": "done"}),
+    )
+    agent = await runner(store, server, repo)
+    agent.specs = [s for s in agent.specs if s["function"]["name"] in ("read_file", "finish")]
+    agent._offered = {"read_file", "finish"}
+    result = await agent.run()
+    assert result.status == "finished"
+    assert not (repo / "calc" / "evil.py").exists()
+    refused = next(e.event for e in await store.read_events(agent_id="s.t.1")
+                   if e.event.kind == "tool_executed")
+    assert refused.is_error and "unknown tool 'write_file'" in refused.result  # type: ignore[union-attr]

@@ -124,3 +124,19 @@ def test_unknown_gate_names_are_refused_before_a_run(tmp_path: Path) -> None:
         check_names(config)
     built = build_gates(services(tmp_path, todo="gates/no_todo.py"))
     assert [g.name for g in built] == ["todo"]
+
+
+def test_a_returned_agent_is_told_every_finding_denials_first() -> None:
+    from agents.decide import Return
+    from agents.orchestrator import findings_message
+
+    findings = [{"rule": "todo", "message": "looks odd", "verdict": "warn", "file": "b.py",
+                 "line": 0},
+                *({"rule": "todo", "message": f"a TODO left in ({n})", "verdict": "deny",
+                   "file": "a.py", "line": n} for n in range(1, 6))]
+    told = findings_message(Return("s/t", "s", "t", "todo", "a.py:1: a TODO left in (1)"),
+                            "c0ffee" * 7, 2, findings)
+    listed = told.split("Findings:\n", 1)[1].split("\n\n", 1)[0].splitlines()
+    assert listed[0] == "- [deny] a.py:1: a TODO left in (1) [todo]"
+    assert listed[4] == "- [deny] a.py:5: a TODO left in (5) [todo]"
+    assert listed[5] == "- [warn] b.py: looks odd [todo]"
