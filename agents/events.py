@@ -505,6 +505,17 @@ class FlakeRecorded(_Event):
     tests: list[str] = []
 
 
+class TestHistoryRecorded(_Event):
+    """The race gate's repeated runs of one entry's tests (agents/gates/races.py): how many
+    runs each test ran in and failed in, for the per-test history (`test_history`)."""
+
+    kind: Literal["test_history_recorded"] = "test_history_recorded"
+    gate: str = "races"
+    commit: str = ""  # the merged tree the runs tested
+    ran: dict[str, int] = {}
+    failed: dict[str, int] = {}
+
+
 class QueuePaused(_Event):
     """Main's own tests fail (or cannot run): nothing is tested on top of it."""
 
@@ -630,6 +641,7 @@ Event = Annotated[
     | QueueSuspected
     | QueueRequeued
     | FlakeRecorded
+    | TestHistoryRecorded
     | QueuePaused
     | TestsQuarantined
     | TestsReleased

@@ -626,6 +626,17 @@ def _flakes(s: State, tests: list[str], run_id: str, ts: float) -> None:
         row.update(flakes=(row["flakes"] or 0) + 1, last_run=run_id, updated=ts)
 
 
+@on("test_history_recorded")
+def _test_history_recorded(s: State, e: ev.TestHistoryRecorded, ts: float) -> None:
+    for name in dict.fromkeys([*e.ran, *e.failed]):
+        row = s.row("test_history", name, runs=0, failures=0)
+        failures = e.failed.get(name, 0)
+        row.update(runs=(row["runs"] or 0) + max(e.ran.get(name, 0), failures),
+                   failures=(row["failures"] or 0) + failures, updated=ts)
+        if failures:
+            row["last_failed"] = e.commit
+
+
 @on("tests_quarantined")
 def _tests_quarantined(s: State, e: ev.TestsQuarantined, ts: float) -> None:
     for name in e.tests:
