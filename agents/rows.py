@@ -206,6 +206,16 @@ class FlakyTestRow(TypedDict):
     reason: str | None
 
 
+class TestHistoryRow(TypedDict):
+    """A test over the race gate's repeated runs (agents/gates/races.py)."""
+
+    name: str
+    runs: int | None
+    failures: int | None
+    last_failed: str | None  # the merged commit of the last run it failed in
+    updated: float | None
+
+
 class QueueStateRow(TypedDict):
     key: str  # "queue"
     main: str | None  # main's head as the engine last recorded it
@@ -262,6 +272,7 @@ class Tables(TypedDict):
     agents: dict[str, AgentRow]
     branches: dict[str, BranchRow]
     gates: dict[str, GateRow]
+    test_history: dict[str, TestHistoryRow]
     budgets: dict[str, BudgetRow]
     queue: dict[str, QueueRow]
     links: dict[str, LinkRow]
@@ -276,7 +287,8 @@ class Tables(TypedDict):
 # table -> its row's type, in TABLES' order
 ROW_TYPES: dict[str, type] = {
     "runs": RunRow, "specs": SpecRow, "tasks": TaskRow, "agents": AgentRow,
-    "branches": BranchRow, "gates": GateRow, "budgets": BudgetRow, "queue": QueueRow,
+    "branches": BranchRow, "gates": GateRow, "test_history": TestHistoryRow,
+    "budgets": BudgetRow, "queue": QueueRow,
     "links": LinkRow, "test_runs": QueueRunRow, "flaky_tests": FlakyTestRow,
     "queue_state": QueueStateRow, "conflicts": ConflictRow, "leases": LeaseRow,
     "questions": QuestionRow,

@@ -334,6 +334,8 @@ class FactoryApp(App[None]):
                     pane.refill()
                 elif shown:
                     pane.table.rows_changed(shown)
+                    if isinstance(pane, QueuePane) and pane.table.selected_key in shown:
+                        pane.show_findings()
             if model.take_changed("conflicts") | model.take_changed("branches"):
                 self.query_one(ConflictsPane).refill()
         if self.flushed_hooks and model.applied > before:
@@ -673,6 +675,10 @@ class FactoryApp(App[None]):
     @on(RowsView.Selected, "#inbox-table")
     def _inbox_selected(self) -> None:
         self.query_one(InboxPane).show_detail()
+
+    @on(RowsView.Selected, "#queue-table")
+    def _queue_selected(self) -> None:
+        self.query_one(QueuePane).show_findings()
 
     @on(RowsView.Activated, "#inbox-table")
     @on(RowsView.Activated, "#queue-table")

@@ -19,22 +19,72 @@ from agents.textsafe import clean, clean_line
 from console import format as fmt
 from console.widgets.rows import Column, RowsView
 
-GATES = ("conflicts", "dependencies", "tests")
 RISK_ORDER = {"high": 0, "medium": 1, "low": 2}
 CLOSED = (QueueStatus.LANDED, QueueStatus.REJECTED)
 APPROVAL_MARK: dict[str, str] = {Approval.NOT_REQUIRED: "-", Approval.PENDING: "WAIT",
                                  Approval.APPROVED: "✓", Approval.REJECTED: "✗"}
 
 
-def gate_mark(model: Any, key: str, gate: str) -> str:
-    row = model.rows("gates").get(f"{key}:{gate}")
-    if row is None:
+VERDICT_MARK = {"pass": "✓", "warn": "!", "needs_approval": "?", "deny": "✗"}
+VERDICT_ORDER = {"deny": 0, "needs_approval": 1, "warn": 2, "pass": 3}
+
+
+def gates_of(model: Any, key: str) -> list[dict[str, Any]]:
+    """The entry's gate rows (the latest verdict of each gate), in the order they ran."""
+    prefix = f"{key}:"
+    rows = [r for k, r in model.rows("gates").items() if k.startswith(prefix)]
+    return sorted(rows, key=lambda r: r["updated"] or 0)
+
+
+def verdict_of(row: dict[str, Any]) -> str:
+    return row.get("verdict") or ("pass" if row["passed"] else "deny")
+
+
+def gates_mark(model: Any, key: str) -> str:
+    """Every gate at a glance: how many passed, then each that did not, worst first
+    ("✓5 ✗overlap !boundaries")."""
+    rows = gates_of(model, key)
+    if not rows:
         return "·"
-    return "✓" if row["passed"] else "✗"
+    passed = sum(verdict_of(r) == "pass" for r in rows)
+    others = sorted((r for r in rows if verdict_of(r) != "pass"),
+                    key=lambda r: VERDICT_ORDER.get(verdict_of(r), 4))
+    return " ".join([f"✓{passed}"] * bool(passed) + [
+        f"{VERDICT_MARK.get(verdict_of(r), '?')}{r['gate']}" for r in others])
 
 
-def gate_column(model: Any, gate: str, drop: int) -> Column:
-    return Column(gate[:5], 5, lambda r: gate_mark(model, r["key"], gate), "right", drop=drop)
+def gates_style(model: Any, key: str) -> str:
+    worst = min((VERDICT_ORDER.get(verdict_of(r), 4) for r in gates_of(model, key)),
+                default=3)
+    return {0: "bold red", 1: "bold yellow", 2: "yellow"}.get(worst, "")
+
+
+def findings_text(model: Any, key: str | None) -> Text:
+    """The highlighted entry's gates in full: each verdict and every finding (file, line,
+    rule), worst first; what the table's one cell cannot hold."""
+    if key is None:
+        return Text("")
+    text = Text()
+    text.append(clean_line(key), style="bold")
+    rows = sorted(gates_of(model, key), key=lambda r: VERDICT_ORDER.get(verdict_of(r), 4))
+    if not rows:
+        text.append(" · no gate has run yet", style="dim")
+    for row in rows:
+        verdict = verdict_of(row)
+        text.append(f"\n{VERDICT_MARK.get(verdict, '?')} {clean_line(row['gate'] or '')}: ",
+                    style="bold red" if verdict == "deny" else "bold")
+        text.append(clean_line((row["detail"] or "").split("\n", 1)[0])[:200])
+        for finding in (row.get("findings") or [])[:50]:
+            if verdict == "pass" and finding.get("verdict") == "pass":
+                continue
+            where = finding.get("file") or ""
+            if where and finding.get("line"):
+                where += f":{finding['line']}"
+            text.append(f"\n    {VERDICT_MARK.get(str(finding.get('verdict')), '·')} "
+                        f"{clean_line(where + ': ' if where else '')}"
+                        f"{clean_line(str(finding.get('message') or ''))[:300]} "
+                        f"[{clean_line(str(finding.get('rule') or ''))}]")
+    return text
 
 
 def chain_mark(model: Any, r: dict[str, Any]) -> str:
@@ -85,7 +135,8 @@ def queue_columns(model: Any, latest: dict[str, dict[str, Any]] | None = None) -
                style=lambda r: fmt.state_style(r["status"])),
         Column("risk", 6, lambda r: r["risk"] or "", drop=5,
                style=lambda r: fmt.state_style(r["risk"])),
-        *(gate_column(model, g, drop) for g, drop in zip(GATES, (7, 8, 6), strict=True)),
+        Column("gates", 18, lambda r: gates_mark(model, r["key"]), drop=6,
+               style=lambda r: gates_style(model, r["key"])),
         Column("chain", 9, lambda r: chain_mark(model, r)),
         Column("test", 8, lambda r: run_mark(runs.get(r["key"])) if r["status"] not in CLOSED
                else "", style=lambda r: fmt.state_style((runs.get(r["key"]) or {}).get(
@@ -103,7 +154,8 @@ def queue_columns(model: Any, latest: dict[str, dict[str, Any]] | None = None) -
 
 
 NO_ENTRIES = ("The merge queue is empty. When an agent finishes its task, its branch queues "
-              "here and goes through the gates (conflicts, dependencies, tests) to land on main.")
+              "here and goes through the gates (conflicts, the configured gates, tests) to land on "
+              "main.")
 NOTHING_WAITS = ("Nothing waits for you. Branches that need a person's approval and agents' "
                  "questions appear here; approve with a, answer with a, reject with x.")
 
@@ -113,6 +165,10 @@ class QueuePane(Vertical):
     QueuePane #queue-help { height: 1; color: $text-muted; padding: 0 1;
                             text-overflow: ellipsis; text-wrap: nowrap; }
     QueuePane #queue-state { height: 1; padding: 0 1; }
+    QueuePane #queue-table { height: 1fr; }
+    QueuePane #queue-findings { height: auto; max-height: 8; padding: 0 1;
+                                border-top: solid $primary; background: $surface;
+                                color: $foreground; overflow-y: auto; }
     """
 
     def __init__(self, model: Any, *, id: str | None = None) -> None:
@@ -126,6 +182,13 @@ class QueuePane(Vertical):
         yield Static("", id="queue-state")
         yield RowsView(queue_columns(self.model, self.latest), id="queue-table",
                        empty=NO_ENTRIES)
+        yield Static("", id="queue-findings")
+
+    def show_findings(self) -> None:
+        key = self.table.selected_key
+        view = self.query_one("#queue-findings", Static)
+        view.update(findings_text(self.model, key))
+        view.display = key is not None
 
     def state_line(self) -> str:
         """Runs in flight, the batch size, tests seen to flake, and a pause with its why."""
@@ -152,6 +215,7 @@ class QueuePane(Vertical):
         # The pause's reason quotes the test command's output: made inert, as every row is.
         self.query_one("#queue-state", Static).update(Text(clean_line(self.state_line())))
         self.table.set_rows(rows, open_first)
+        self.show_findings()
 
 
 QUESTION = "?"  # inbox keys of questions start with it; approvals are keyed by task
