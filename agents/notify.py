@@ -43,6 +43,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 KINDS: frozenset[str] = frozenset(get_args(NotifyEvent))
+# Events that notify under another's setting: a gate asking for approval is an entry that
+# waits for a person, as one entering the queue with approval wanted is.
+SETTING = {"approval_requested": "queue_entered"}
 # How a daemon's notification line starts on the wire (agents/wire.py): a console that does
 # not know it takes it for a reply to no request and ignores it.
 WIRE_START = b'{"notify":'
@@ -90,6 +93,9 @@ def describe(event: ev.Event) -> tuple[str, str] | None:
         case ev.QueueEntered(needs_approval=True):
             return f"Approval wanted: {key or event.branch}", \
                 f"{key or event.branch} ({event.risk} risk) waits for a person to approve it"
+        case ev.ApprovalRequested():
+            return f"Approval wanted: {key}", \
+                f"{key} waits for a person to approve it ({'; '.join(event.reasons)[:300]})"
         case ev.QueuePaused():
             return "Merge queue paused", f"main ({event.main[:12]}) fails its own tests: " \
                 f"{event.reason}"
@@ -109,7 +115,7 @@ def notifications(batch: Committed, kinds: Iterable[str] = KINDS) -> list[Notifi
     wanted = kinds if isinstance(kinds, frozenset) else frozenset(kinds)
     found = []
     for i, event in enumerate(batch.events):
-        if event.kind not in wanted:
+        if SETTING.get(event.kind, event.kind) not in wanted:
             continue
         said = describe(event)
         if said is None:

@@ -96,13 +96,15 @@ WANTED = [
                     risk="low"),
     ev.QueueEntered(spec_id="slug", task_id="max-length", branch="factory/slug/max-length",
                     commit="c2", risk="high", needs_approval=True),
+    ev.ApprovalRequested(spec_id="slug", task_id="sep", commit="c1", gate="dependencies",
+                         reasons=["dependencies: declares a new runtime dependency httpx"]),
     ev.QueuePaused(main="0123456789abcdef", reason="tests/test_x.py::test_y failed"),
     ev.TestsQuarantined(main="0123456789abcdef", tests=["t1", "t2", "t3", "t4"]),
     ev.Notice(level="info", message="not for a person's attention"),
     ev.RunFinished(run_id="r1", status="done"),
 ]
-NOTIFIED = ["question_asked", "queue_entered", "queue_paused", "tests_quarantined",
-            "run_finished"]
+NOTIFIED = ["question_asked", "queue_entered", "approval_requested", "queue_paused",
+            "tests_quarantined", "run_finished"]
 
 
 @pytest.fixture
@@ -123,8 +125,8 @@ async def test_the_command_reads_each_notification_as_json(open_store: Store,
         for event in WANTED:  # batches of one, and one batch of several
             await open_store.append(event)
         await open_store.append(*WANTED[1:])
-        got = await wait_for(lambda: len(received(out)) >= 10 and received(out), 30,
-                             "ten notifications")
+        got = await wait_for(lambda: len(received(out)) >= 2 * len(NOTIFIED)
+                             and received(out), 30, "every notification twice")
     finally:
         await notifier.close()
     assert [n["kind"] for n in got] == NOTIFIED * 2
@@ -141,8 +143,10 @@ async def test_the_command_reads_each_notification_as_json(open_store: Store,
     assert question["title"] == "Question from slug/max-length"
     assert question["message"].startswith("Keep it?␛]0;pwned␇")
     assert got[1]["message"] == "slug/max-length (high risk) waits for a person to approve it"
-    assert "t1, t2, t3 and 1 more" in got[3]["message"]
-    assert got[4]["title"] == "Run done"
+    assert got[2]["title"] == "Approval wanted: slug/sep"
+    assert "declares a new runtime dependency httpx" in got[2]["message"]
+    assert "t1, t2, t3 and 1 more" in got[4]["message"]
+    assert got[5]["title"] == "Run done"
     assert await notices(open_store) == ["not for a person's attention"] * 2
 
 
