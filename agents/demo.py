@@ -1,14 +1,28 @@
 """`factory demo`: a small real project, three specs and a recorded trajectory, run for real.
 
-The project is a tiny text-utilities package with its own unittest suite. The trajectory is
-written so that the run shows what a factory meets in practice: several agents at once, an
-agent that asks the supervisor a question, and the merge queue at work: entries tested
-together in batches, each on top of the ones ahead (a speculative chain), a batch that fails
-and whose culprit is found by testing it alone, a flaky test re-run instead of blamed, two
-branches that conflict (the loser goes back to its agent with main merged in, and it
-resolves the conflict), one that breaks an existing test (back to its agent, which fixes
-it), and one that imports a package the project never declared (back to its agent, which
-cannot fix it within its task: rejected).
+The project is a tiny text-utilities package with its own unittest suite, a gate of its own
+(gates/no_todo.py) and a policy of its own (policies/textkit.rego). The trajectory is written
+so that the run shows what a factory meets in practice: several agents at once, an agent
+that asks the supervisor a question, and the merge queue at work: entries tested together in
+batches, each on top of the ones ahead (a speculative chain), a batch that fails and whose
+culprit is found by testing it alone, a flaky test re-run instead of blamed, and every gate
+of the queue finding something:
+
+- boundaries: stats/sentences writes CHANGELOG.md, inside the spec's Boundaries but outside
+  its task's paths (a warning; it lands);
+- overlap: stats/counter adds its changelog line where stats/sentences added one; git's
+  union driver (.gitattributes) merges them, the gate refuses; revised with main merged in;
+- policy: cli/main pastes a line with an AWS key into a test (denied; revised), and the
+  project's policy warns on library changes without a test (stats/fast-count);
+- dependencies: stats/unicode-words imports a package the project never declared; its
+  agent cannot do without it within its task: rejected;
+- races: stats/counter's test feeds its counter from as many threads as the run's seed says;
+  the race gate's runs lose words (denied; the revision adds a lock);
+- todo (the project's own gate): cli/main left a TODO (denied; revised);
+- review: two reviewers; the slug task that lost the conflict with its sibling (back with
+  main merged in, it resolves it) is sent back once by the second reviewer;
+- and the tests: stats/fast-count breaks an existing test (back to its agent, which fixes
+  it).
 """
 
 from __future__ import annotations
@@ -24,6 +38,43 @@ from agents.errors import FactoryError
 
 MARKER = ".factory-demo"
 TEST_COMMAND = f"{sys.executable} -m unittest discover -s tests -q"
+
+# The project's own gate: it reads the changed files of the merged tree (the queue names them
+# in FACTORY_CHANGED) and answers in JSON (agents/gates/command.py has the protocol).
+NO_TODO = """\
+#!/usr/bin/env python3
+\"\"\"No TODO left in a changed Python file: say what is missing in the task instead.\"\"\"
+import json
+import os
+import pathlib
+
+findings = []
+for rel in os.environ.get("FACTORY_CHANGED", "").splitlines():
+    path = pathlib.Path(rel)
+    if path.suffix == ".py" and path.is_file():
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            if "TODO" in line:
+                findings.append({"file": rel, "line": n, "rule": "todo.left",
+                                 "message": "a TODO left in: " + line.strip()[:80]})
+print(json.dumps({"verdict": "deny" if findings else "pass", "findings": findings}))
+"""
+# The project's own policy: a warning, never a refusal (Rego, OPA v1; the input document is
+# agents/gates/facts.py's).
+TEXTKIT_POLICY = """\
+# Library code should come with a test: shown on the entry, it still lands.
+package factory.textkit
+
+warn contains {
+	"rule": "textkit.untested",
+	"message": sprintf("changes %s and adds no test", [f.path]),
+	"file": f.path,
+} if {
+	some f in input.files
+	startswith(f.path, "textkit/")
+	not f.test
+	count(input.tests.added) == 0
+}
+"""
 
 FILES: dict[str, str] = {
     "pyproject.toml": """\
@@ -104,6 +155,21 @@ class StatsTest(unittest.TestCase):
         self.assertEqual(char_count("a b", ignore_spaces=True), 2)
 ''',
     ".gitignore": ".factory/\n__pycache__/\n",
+    # git's union driver joins both sides' lines where two branches edit the same place: no
+    # conflict for git, but the factory's overlap gate refuses the second.
+    ".gitattributes": "CHANGELOG.md merge=union\n",
+    "CHANGELOG.md": """\
+# Changelog
+
+## Unreleased
+
+## 0.1.0
+- slugify, word_count and char_count.
+""",
+    # The project's own gate ([gates.command] todo): no TODO left in a changed Python file.
+    "gates/no_todo.py": NO_TODO,
+    # The project's own policy ([gates.policy] folder), next to the default ones.
+    "policies/textkit.rego": TEXTKIT_POLICY,
     "specs/stats.md": """\
 +++
 id = "stats"
@@ -112,15 +178,20 @@ priority = 2
 +++
 
 ## Goal
-Add sentence counting to `textkit.stats` and make word counting Unicode-aware.
+Add sentence counting to `textkit.stats`, make word counting Unicode-aware, and offer a
+word counter that several threads can feed.
 
 ## Architecture
-All counting lives in `textkit/stats.py`; tests in `tests/test_stats.py`.
+Counting lives in `textkit/stats.py`, the shared counter in `textkit/counter.py`; tests in
+`tests/`. New features get a line under "Unreleased" in `CHANGELOG.md`.
 
 ## Boundaries
 - textkit/stats.py
+- textkit/counter.py
 - tests/test_stats.py
 - tests/test_sentences.py
+- tests/test_counter.py
+- CHANGELOG.md
 
 ## Edge cases
 - Empty text has zero sentences.
@@ -128,6 +199,7 @@ All counting lives in `textkit/stats.py`; tests in `tests/test_stats.py`.
 
 ## Invariants
 - `word_count` keeps counting a hyphenated word as one word.
+- A `WordCounter` fed from several threads at once loses no words.
 - No new third-party dependency.
 
 ## Acceptance
@@ -198,7 +270,7 @@ implementer = "replay/demo"
 reviewer = "replay/demo"
 
 [run]
-concurrency = 6
+concurrency = 7
 max_steps = 20
 
 [budgets.run]
@@ -212,6 +284,22 @@ backend = "{backend}"
 
 [repo]
 test_command = "{test_command}"
+
+[queue]
+# Every gate, cheapest first; "todo" is the project's own (gates/no_todo.py).
+gates = ["boundaries", "overlap", "policy", "dependencies", "races", "todo", "review"]
+
+[gates.policy]
+folder = "policies"
+
+[gates.races]
+runs = 4
+
+[gates.review]
+reviewers = 2
+
+[gates.command]
+todo = "gates/no_todo.py"
 """
 
 
@@ -252,8 +340,11 @@ def _revise(*edits: tuple[str, dict[str, Any]], summary: str) -> list[dict[str, 
 
 
 def _work(read: str, *edits: tuple[str, dict[str, Any]], summary: str,
-          pad: int = 0, ask: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-    turns = [_turn(1800, 90, ("list_files", {"path": "."}))]
+          pad: int = 0, ask: dict[str, Any] | None = None,
+          slow_ms: int | None = None) -> list[dict[str, Any]]:
+    """An agent's first work; `slow_ms`: its first model call takes that long, whatever
+    the trajectory's latency."""
+    turns = [_turn(1800, 90, ("list_files", {"path": "."}), latency_ms=slow_ms)]
     if ask is not None:  # on screen it waits in the inbox; headless, the engine answers
         turns.append(_turn(2000, 70, ("ask", ask)))
     turns.append(_turn(2300, 110, ("read_file", {"path": read})))
@@ -403,11 +494,130 @@ class CliTest(unittest.TestCase):
 '''
 
 
+# AWS's documented example access key: any secret scanner's idea of a key. Written in two
+# halves so that this file itself does not carry it.
+EXAMPLE_KEY = "AKIA" + "IOSFODNN7EXAMPLE"
+CLI_TODO = "    # TODO: a --version option\n"
+CLI_MAIN_FIRST = CLI_MAIN.replace('    parser.add_argument("command"',
+                                  CLI_TODO + '    parser.add_argument("command"')
+CLI_COUNT_KEY = f'"rotated {EXAMPLE_KEY} today"'
+CLI_COUNT_PLAIN = '"three plain words"'
+TEST_CLI_COUNT = TEST_CLI + f'''
+    def test_count(self) -> None:
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            self.assertEqual(main(["count", {CLI_COUNT_KEY}]), 0)
+        self.assertEqual(out.getvalue().strip(), "3")
+'''
+
+CHANGELOG_HEAD = "## Unreleased\n"
+CHANGELOG_SENTENCES = "- `sentence_count(text)` counts sentences.\n"
+CHANGELOG_COUNTER = "- `WordCounter`: one word count that several threads feed.\n"
+# The race: `self.total += ...` reads the total before it counts, so two threads that count
+# at once both add to the same old total, and one's words are lost.
+COUNTER_RACY = '''\
+"""A word count several threads can feed."""
+
+from textkit.stats import word_count
+
+
+class WordCounter:
+    """The words of every text added, from any thread."""
+
+    def __init__(self) -> None:
+        self.total = 0
+
+    def add(self, text: str) -> None:
+        self.total += word_count(text)
+'''
+COUNTER_ADD_RACY = "        self.total += word_count(text)\n"
+COUNTER_ADD_LOCKED = '''\
+        counted = word_count(text)  # outside the lock: threads count at once
+        with self._lock:
+            self.total += counted
+'''
+COUNTER_INIT_RACY = "        self.total = 0\n"
+COUNTER_INIT_LOCKED = "        self.total = 0\n        self._lock = threading.Lock()\n"
+COUNTER_IMPORT_RACY = "from textkit.stats import word_count\n"
+COUNTER_IMPORT_LOCKED = "import threading\n\nfrom textkit.stats import word_count\n"
+# A plain run (FACTORY_TEST_SEED unset) feeds it from one thread and passes; each of the race
+# gate's runs has its own seed, so its own number of threads, and with two or more the race
+# loses words.
+TEST_COUNTER = '''\
+import os
+import threading
+import time
+import unittest
+from unittest import mock
+
+from textkit import counter
+from textkit.counter import WordCounter
+
+
+class WordCounterTest(unittest.TestCase):
+    def test_threads_lose_no_words(self) -> None:
+        threads = 1 + int(os.environ.get("FACTORY_TEST_SEED", "0")) % 16
+        real = counter.word_count
+
+        def slow(text: str) -> int:  # a long text takes a while to count
+            time.sleep(0.01)
+            return real(text)
+
+        words = WordCounter()
+        start = threading.Barrier(threads)
+
+        def feed() -> None:
+            start.wait()
+            words.add("one two three")
+
+        with mock.patch.object(counter, "word_count", slow):
+            workers = [threading.Thread(target=feed) for _ in range(threads)]
+            for worker in workers:
+                worker.start()
+            for worker in workers:
+                worker.join()
+        self.assertEqual(words.total, 3 * threads)
+'''
+
 # Whichever slug task lands second conflicts with the first; back with main merged in, it
-# keeps both options.
+# keeps both options. A reviewer then asks the docstring to say what the question's answer
+# was; the next revision says it.
 SLUG_RESOLVED = _revise(("write_file", {"path": "textkit/slug.py", "content": SLUG_BOTH}),
                         summary="Resolved the conflict with main: slugify takes both "
                         "max_length and separator.")
+SLUG_DOC_OLD = "    separator.\"\"\"\n"
+SLUG_DOC_NEW = "    separator. max_length counts the whole slug, separators included.\"\"\"\n"
+SLUG_REVIEWED = _revise(("edit_file", {"path": "textkit/slug.py", "search": SLUG_DOC_OLD,
+                                       "replace": SLUG_DOC_NEW}),
+                        summary="The docstring says that max_length counts separators too.")
+SLUG_REVIEW_COMMENT = {"file": "textkit/slug.py", "line": 7,
+                       "message": "say in the docstring whether max_length counts the "
+                       "separators (the supervisor answered: the whole slug)"}
+
+REVIEWER_LATENCY_MS = 120
+# stats/counter's first model call: long enough that stats/sentences lands first.
+COUNTER_SLOW_MS = 7000
+
+
+def _reviews(tasks: list[str]) -> dict[str, list[dict[str, Any]]]:
+    """The two reviewers of every task, for its first review and each revision's: the first
+    reads a file and approves, the second approves; except on the slug task that lost the
+    conflict, whose resolution the second reviewer sends back once."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for key in tasks:
+        for suffix in ("", "@1", "@2"):
+            out[f"review:{key}/1{suffix}"] = [
+                _turn(2600, 60, ("list_files", {"path": "."}), latency_ms=REVIEWER_LATENCY_MS),
+                _turn(3100, 90, ("submit_review", {"vote": "approve"}),
+                      latency_ms=REVIEWER_LATENCY_MS)]
+            out[f"review:{key}/2{suffix}"] = [
+                _turn(3000, 80, ("submit_review", {"vote": "approve"}),
+                      latency_ms=REVIEWER_LATENCY_MS)]
+    for key in ("slug/max-length", "slug/separator"):  # only the conflict's loser has a @1
+        out[f"review:{key}/2@1"] = [_turn(3300, 140, ("submit_review", {
+            "vote": "request_changes", "comments": [SLUG_REVIEW_COMMENT]}),
+            latency_ms=REVIEWER_LATENCY_MS)]
+    return out
 
 
 def trajectory() -> dict[str, Any]:
@@ -419,6 +629,10 @@ def trajectory() -> dict[str, Any]:
                   "Count words made of any Unicode letters."),
             _task("fast-count", "Faster word_count", ["textkit/stats.py"],
                   "Make word_count faster without changing results."),
+            _task("counter", "A WordCounter threads share", ["textkit/counter.py",
+                  "tests/test_counter.py", "CHANGELOG.md"],
+                  "Add textkit.counter.WordCounter, fed from several threads, with a "
+                  "changelog line."),
         ),
         "plan:slug": _plan(
             _task("max-length", "slugify(max_length=...)", ["textkit/slug.py",
@@ -430,6 +644,8 @@ def trajectory() -> dict[str, Any]:
             _task("main", "python -m textkit", ["textkit/__main__.py", "tests/test_cli.py"],
                   "Add the argparse entry point and its tests."),
         ),
+        # It writes a changelog line too: inside the spec's Boundaries, outside its task's
+        # paths (the boundaries gate shows it).
         "stats/sentences": _work(
             "textkit/stats.py",
             ("edit_file", {"path": "textkit/stats.py",
@@ -438,6 +654,8 @@ def trajectory() -> dict[str, Any]:
                            "replace": "    return len(text.replace(\" \", \"\")) if ignore_spaces "
                            "else len(text)\n" + SENTENCES}),
             ("write_file", {"path": "tests/test_sentences.py", "content": TEST_SENTENCES}),
+            ("edit_file", {"path": "CHANGELOG.md", "search": CHANGELOG_HEAD,
+                           "replace": CHANGELOG_HEAD + CHANGELOG_SENTENCES}),
             summary="Added sentence_count with tests for empty text and a missing final stop.",
         ),
         "stats/unicode-words": _work(
@@ -456,6 +674,33 @@ def trajectory() -> dict[str, Any]:
         ) + _revise(("edit_file", {"path": "textkit/stats.py", "search": FAST_COUNT_NEW,
                                    "replace": FAST_COUNT_FIXED}),
                     summary="word_count counts word starts: hyphenated words stay one word."),
+        # The slowest agent (one long model call): by the time it is done, stats/sentences
+        # landed its changelog line where this one adds its own. git's union driver merges
+        # them; the overlap gate sends it back; with main merged in, it puts its line after
+        # the other (were sentences still on its way, its line would go, and it would still
+        # land). Then the race gate finds its race; the next revision adds a lock.
+        "stats/counter": _work(
+            "textkit/stats.py",
+            ("write_file", {"path": "textkit/counter.py", "content": COUNTER_RACY}),
+            ("write_file", {"path": "tests/test_counter.py", "content": TEST_COUNTER}),
+            ("edit_file", {"path": "CHANGELOG.md", "search": CHANGELOG_HEAD,
+                           "replace": CHANGELOG_HEAD + CHANGELOG_COUNTER}),
+            summary="Added WordCounter with a test that feeds it from threads.", pad=2,
+            slow_ms=COUNTER_SLOW_MS,
+        ) + _revise(("edit_file", {"path": "CHANGELOG.md", "search": CHANGELOG_COUNTER,
+                                   "replace": ""}),
+                    ("edit_file", {"path": "CHANGELOG.md",
+                                   "search": CHANGELOG_HEAD + CHANGELOG_SENTENCES,
+                                   "replace": CHANGELOG_HEAD + CHANGELOG_SENTENCES
+                                   + CHANGELOG_COUNTER}),
+                    summary="With main merged in, my changelog line follows sentence_count's.")
+        + _revise(("edit_file", {"path": "textkit/counter.py", "search": COUNTER_IMPORT_RACY,
+                                 "replace": COUNTER_IMPORT_LOCKED}),
+                  ("edit_file", {"path": "textkit/counter.py", "search": COUNTER_INIT_RACY,
+                                 "replace": COUNTER_INIT_LOCKED}),
+                  ("edit_file", {"path": "textkit/counter.py", "search": COUNTER_ADD_RACY,
+                                 "replace": COUNTER_ADD_LOCKED}),
+                  summary="add() counts outside a lock and adds under it: no word is lost."),
         "slug/max-length": _work(
             "textkit/slug.py",
             ("edit_file", {"path": "textkit/slug.py", "search": SLUG_OLD, "replace": SLUG_MAX}),
@@ -465,20 +710,29 @@ def trajectory() -> dict[str, Any]:
             ask={"question": "Should max_length count the whole slug, hyphens included, or "
                  "only its letters and digits?",
                  "options": ["the whole slug", "letters and digits only"]},
-        ) + SLUG_RESOLVED,
+        ) + SLUG_RESOLVED + SLUG_REVIEWED,
         "slug/separator": _work(
             "textkit/slug.py",
             ("edit_file", {"path": "textkit/slug.py", "search": SLUG_OLD, "replace": SLUG_SEP}),
             ("write_file", {"path": "tests/test_slug_separator.py", "content": TEST_SLUG_SEP}),
             summary="slugify takes a separator.", pad=4,
-        ) + SLUG_RESOLVED,
+        ) + SLUG_RESOLVED + SLUG_REVIEWED,
+        # Its first version pastes a line with an AWS key into a test (the policy gate's
+        # secrets rule refuses it) and leaves a TODO (the project's todo gate, which the
+        # queue reaches once the policy passes): two revisions.
         "cli/main": _work(
             "textkit/stats.py",
-            ("write_file", {"path": "textkit/__main__.py", "content": CLI_MAIN}),
-            ("write_file", {"path": "tests/test_cli.py", "content": TEST_CLI}),
+            ("write_file", {"path": "textkit/__main__.py", "content": CLI_MAIN_FIRST}),
+            ("write_file", {"path": "tests/test_cli.py", "content": TEST_CLI_COUNT}),
             summary="Added python -m textkit with slug and count commands.", pad=1,
-        ),
+        ) + _revise(("edit_file", {"path": "tests/test_cli.py", "search": CLI_COUNT_KEY,
+                                   "replace": CLI_COUNT_PLAIN}),
+                    summary="The count test uses plain words, not a line with a key in it.")
+        + _revise(("edit_file", {"path": "textkit/__main__.py", "search": CLI_TODO,
+                                 "replace": ""}),
+                  summary="Dropped the TODO: --version is not in the spec."),
     }
+    agents.update(_reviews([k for k in agents if not k.startswith("plan:")]))
     return {"format": "factory-replay/1", "priced_as": "gpt-4o-mini", "latency_ms": 350,
             "agents": agents}
 

@@ -15,13 +15,16 @@ from agents.store.audit import compare_projections, verify_chain
 from tests.conftest import git
 
 SLUG_PAIR = {"slug/max-length", "slug/separator"}  # conflict: the second resolves it
-LANDED = {"stats/sentences", "cli/main", "stats/fast-count", *SLUG_PAIR}
+LANDED = {"stats/sentences", "stats/counter", "cli/main", "stats/fast-count", *SLUG_PAIR}
 REJECTED = {"stats/unicode-words": "dependencies"}
+# Each gate of the demo's queue, and the verdict it gives some entry of the run.
+FIRED = {"boundaries": {"warn"}, "overlap": {"deny"}, "policy": {"deny", "warn"},
+         "dependencies": {"deny"}, "races": {"deny"}, "todo": {"deny"}, "review": {"deny"}}
 
 
 def check_outcome(landed: set[str], rejected: dict[str, str]) -> None:
-    """Assert the demo's outcome: the test breaker and the conflict's loser went back to
-    their agents and landed revised; the undeclared import was given up on."""
+    """Assert the demo's outcome: every entry a gate or the tests refused went back to its
+    agent and landed revised, but the undeclared import, which was given up on."""
     assert landed == LANDED, landed
     assert rejected == REJECTED, rejected
 
@@ -67,16 +70,52 @@ async def test_demo_run_lands_rejects_and_records(tmp_path: Path) -> None:
         "textkit/stats.py: imports regex, whose distribution regex the project does not "
         "declare")
     assert "after revision 1" in rejected["stats/unicode-words"].reason
-    # Refused entries went back to their agents with the gate's findings.
+    # Every gate found something on some entry, each where the demo's story puts it.
+    fired: dict[tuple[str, str], set[str]] = {}
+    for e in events:
+        if e.kind == "gate_result" and e.verdict not in ("", "pass"):  # type: ignore[union-attr]
+            fired.setdefault((e.gate, e.verdict), set()).add(  # type: ignore[union-attr]
+                f"{e.spec_id}/{e.task_id}")
+    assert {g: {v for gate, v in fired if gate == g} for g in FIRED} == FIRED, fired
+    assert fired[("boundaries", "warn")] == {"stats/sentences"}
+    assert fired[("overlap", "deny")] == {"stats/counter"}
+    assert fired[("policy", "deny")] == {"cli/main"}
+    assert fired[("policy", "warn")] == {"stats/fast-count", "stats/unicode-words"}
+    assert fired[("races", "deny")] == {"stats/counter"}
+    assert fired[("todo", "deny")] == {"cli/main"}
+    assert fired[("review", "deny")] <= SLUG_PAIR and len(fired[("review", "deny")]) == 1
+    # Refused entries went back to their agents with the gate's findings, in order.
+    returns: dict[str, list[str]] = {}
+    for e in events:
+        if e.kind == "branch_returned":
+            returns.setdefault(f"{e.spec_id}/{e.task_id}", []).append(e.gate)  # type: ignore[union-attr]
     returned = {f"{e.spec_id}/{e.task_id}": e for e in events if e.kind == "branch_returned"}
     loser, = set(returned) & SLUG_PAIR
-    assert {k: e.gate for k, e in returned.items()} == {  # type: ignore[union-attr]
-        "stats/unicode-words": "dependencies", "stats/fast-count": "tests",
-        loser: "conflicts"}
-    assert "test_hyphenated_is_one_word" in returned["stats/fast-count"].reason  # type: ignore[union-attr]
-    assert "textkit/slug.py" in returned[loser].reason  # type: ignore[union-attr]
-    revised = {f"{e.spec_id}/{e.task_id}": e for e in events if e.kind == "revision_started"}
+    assert returns == {
+        "stats/unicode-words": ["dependencies"], "stats/fast-count": ["tests"],
+        "stats/counter": ["overlap", "races"], "cli/main": ["policy", "todo"],
+        loser: ["conflicts", "review"]}
+    first = {e.gate: e for e in events if e.kind == "branch_returned"}  # type: ignore[union-attr]
+    assert "test_hyphenated_is_one_word" in first["tests"].reason  # type: ignore[union-attr]
+    assert "textkit/slug.py" in first["conflicts"].reason  # type: ignore[union-attr]
+    assert first["overlap"].reason.startswith("CHANGELOG.md:3: changes lines 3")  # type: ignore[union-attr]
+    assert "failed 1 of " in first["races"].reason  # type: ignore[union-attr]
+    assert "test_threads_lose_no_words" in first["races"].reason  # type: ignore[union-attr]
+    assert "tests/test_cli.py:23: adds what looks like a secret (AWS Access Key)" in \
+        first["policy"].reason  # type: ignore[union-attr]
+    assert "textkit/__main__.py:11: a TODO left in" in first["todo"].reason  # type: ignore[union-attr]
+    assert "reviewer 2 (replay/demo): say in the docstring" in first["review"].reason  # type: ignore[union-attr]
+    revised = {f"{e.spec_id}/{e.task_id}": e for e in events if e.kind == "revision_started"
+               and e.round == 1}  # type: ignore[union-attr]
     assert revised[loser].conflicts == ["textkit/slug.py"]  # type: ignore[union-attr]
+    # What the revisions made of it, on main: both changelog lines in order, a lock, no key,
+    # no TODO, the docstring the reviewer asked for.
+    changelog = git(root, "show", "main:CHANGELOG.md")
+    assert "## Unreleased\n" + demo.CHANGELOG_SENTENCES + demo.CHANGELOG_COUNTER in changelog
+    assert "with self._lock:" in git(root, "show", "main:textkit/counter.py")
+    assert demo.EXAMPLE_KEY not in git(root, "show", "main:tests/test_cli.py")
+    assert "TODO" not in git(root, "show", "main:textkit/__main__.py")
+    assert "separators included" in git(root, "show", "main:textkit/slug.py")
     # The queue tested entries together, re-ran the flaky test instead of blaming anyone.
     runs = [e for e in events if e.kind == "queue_test_started"]
     assert max(e.size for e in runs) >= 2  # type: ignore[union-attr]
@@ -120,7 +159,8 @@ async def test_a_task_whose_branch_cannot_be_created_fails_alone(tmp_path: Path)
         await factory.close()
     assert dict(summary.failed) == {
         "cli/main": "cannot create branch factory/cli/main: a branch of that name exists"}
-    assert set(summary.landed) - SLUG_PAIR == {"stats/sentences", "stats/fast-count"}
+    assert set(summary.landed) - SLUG_PAIR == {"stats/sentences", "stats/fast-count",
+                                               "stats/counter"}
 
 
 async def test_specs_run_in_dependency_order(tmp_path: Path) -> None:

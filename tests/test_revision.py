@@ -4,7 +4,8 @@ the gate's findings, main merged in by the engine when it moved, and it submits 
 
 On the demo project, run for real (git, the queue, the sandbox backend "none", the replay
 model): `stats/fast-count` breaks a test and fixes it when told; whichever slug task lands
-second conflicts and resolves it; `stats/unicode-words` cannot drop its import and gives up.
+second conflicts and resolves it; `stats/unicode-words` cannot drop its import and gives up;
+`stats/counter` and `cli/main` are refused by two gates in turn, and revised twice.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from agents import demo
 from agents import events as ev
 from agents.engine import Factory
 from tests.conftest import git
@@ -51,14 +53,19 @@ def finish(summary: str) -> dict[str, Any]:
 async def test_refused_entries_go_back_to_their_agents_and_land_revised(tmp_path: Path) -> None:
     root = build_demo(tmp_path)
     summary, events, conversations = await run_demo(root)
-    returned, revised = of(events, "branch_returned"), of(events, "revision_started")
+    returned = of(events, "branch_returned")
     loser, = set(returned) & SLUG_PAIR
-    assert set(returned) == {"stats/fast-count", "stats/unicode-words", loser}
-    assert {"stats/fast-count", loser} <= set(summary.landed)
+    assert set(returned) == {"stats/fast-count", "stats/unicode-words", "stats/counter",
+                             "cli/main", loser}
+    assert {"stats/fast-count", "stats/counter", "cli/main", loser} <= set(summary.landed)
+    # A second refusal by another gate: back again, within `[queue] resubmits` (2).
+    rounds = [(e.gate, e.round) for e in events if isinstance(e, ev.BranchReturned)
+              and e.task_id == "main"]
+    assert rounds == [("policy", 1), ("todo", 2)]
 
     # The same agent, its conversation continued: the findings follow its first finish.
     agents = {e.agent_id for e in events if e.kind == "agent_started"
-              and e.task_id == "fast-count"}
+              and e.task_id == "fast-count" and e.role != "reviewer"}  # type: ignore[union-attr]
     assert agents == {"stats.fast-count.1"}
     talk = conversations["stats.fast-count.1"]
     told = [m for m in talk if m["role"] == "user" and "merge queue refused" in m["content"]]
@@ -70,10 +77,16 @@ async def test_refused_entries_go_back_to_their_agents_and_land_revised(tmp_path
 
     # The conflict's loser got main merged in (git's merge, recorded as the revision's
     # parent), was told which file conflicts, and its resolution landed with both options.
-    assert revised[loser].conflicts == ["textkit/slug.py"]
-    head = of(events, "branch_committed")[loser].commit
+    # (Its second return, the review's, starts from the commit that resolved the conflict.)
+    conflict, reviewed = [e for e in events if isinstance(e, ev.BranchReturned)
+                          and f"{e.spec_id}/{e.task_id}" == loser]
+    resolving, = [e for e in events if isinstance(e, ev.RevisionStarted)
+                  and f"{e.spec_id}/{e.task_id}" == loser and e.round == 1]
+    assert (conflict.gate, reviewed.gate) == ("conflicts", "review")
+    assert resolving.conflicts == ["textkit/slug.py"]
+    head = reviewed.commit
     parents = git(root, "rev-list", "--parents", "-n", "1", head).split()[1:]
-    assert returned[loser].commit in parents and revised[loser].merged_main in parents
+    assert conflict.commit in parents and resolving.merged_main in parents
     slug = git(root, "show", "main:textkit/slug.py")
     assert "max_length" in slug and "separator" in slug
     merged_note = [m for m in conversations[returned[loser].agent_id]
@@ -91,8 +104,9 @@ async def test_a_conflict_left_unresolved_is_not_committed(tmp_path: Path) -> No
     root = build_demo(tmp_path)
     path = root / ".factory" / "replay" / "demo.json"
     first = {key: len(turns) for key, turns in json.loads(path.read_text())["agents"].items()}
+    revisions = len(demo.SLUG_RESOLVED) + len(demo.SLUG_REVIEWED)
     for key in SLUG_PAIR:  # the loser finishes at once: git's markers are still in the file
-        edit_trajectory(root, key, first[key] - 3, finish("resolved, I think"))
+        edit_trajectory(root, key, first[key] - revisions, finish("resolved, I think"))
     summary, events, _ = await run_demo(root)
     loser, = set(of(events, "branch_returned")) & SLUG_PAIR
     rejected = of(events, "branch_rejected")[loser]
@@ -105,11 +119,11 @@ async def test_a_conflict_left_unresolved_is_not_committed(tmp_path: Path) -> No
 async def test_no_resubmits_rejects_at_once(tmp_path: Path) -> None:
     root = build_demo(tmp_path)
     config = root / ".factory.toml"
-    config.write_text(config.read_text() + "\n[queue]\nresubmits = 0\n")
+    config.write_text(config.read_text().replace("[queue]\n", "[queue]\nresubmits = 0\n"))
     git(root, "commit", "-qam", "no resubmits")
     summary, events, _ = await run_demo(root)
     assert not of(events, "branch_returned")
     rejected = {key: reason.split(":")[0] for key, reason in summary.rejected}
     loser, = set(rejected) & SLUG_PAIR
     assert rejected == {"stats/unicode-words": "dependencies", "stats/fast-count": "tests",
-                        loser: "conflicts"}
+                        "stats/counter": "overlap", "cli/main": "policy", loser: "conflicts"}

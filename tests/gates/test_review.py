@@ -413,8 +413,11 @@ async def test_a_rejected_review_reaches_the_implementer_and_the_revision_lands(
 
     root = build_demo(tmp_path)
     config = root / ".factory.toml"
-    config.write_text(config.read_text() + '\n[queue]\ngates = ["boundaries", "dependencies", '
-                      '"review"]\n\n[gates.review]\nreviewers = 1\n')
+    # The demo's own gates and reviewers replaced: these three, one reviewer.
+    text = config.read_text()
+    gates = next(line for line in text.splitlines() if line.startswith("gates = "))
+    text = text.replace(gates, 'gates = ["boundaries", "dependencies", "review"]')
+    config.write_text(text.replace("reviewers = 2", "reviewers = 1"))
     git(root, "commit", "-qam", "review every entry")
     path = root / ".factory" / "replay" / "demo.json"
     doc = json.loads(path.read_text())
