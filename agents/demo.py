@@ -670,7 +670,7 @@ def trajectory() -> dict[str, Any]:
             "textkit/stats.py",
             ("edit_file", {"path": "textkit/stats.py", "search": FAST_COUNT_OLD,
                            "replace": FAST_COUNT_NEW}),
-            summary="word_count avoids building a list.", pad=1,
+            summary="word_count avoids building a list.", pad=3,
         ) + _revise(("edit_file", {"path": "textkit/stats.py", "search": FAST_COUNT_NEW,
                                    "replace": FAST_COUNT_FIXED}),
                     summary="word_count counts word starts: hyphenated words stay one word."),
