@@ -595,8 +595,9 @@ SLUG_REVIEW_COMMENT = {"file": "textkit/slug.py", "line": 7,
                        "separators (the supervisor answered: the whole slug)"}
 
 REVIEWER_LATENCY_MS = 120
-# stats/counter's first model call: long enough that stats/sentences lands first.
-COUNTER_SLOW_MS = 7000
+# stats/counter's first model call: long enough that stats/sentences lands first (with
+# about 6 s to spare on a loaded 2-core machine; 4 s was seen to be too little).
+COUNTER_SLOW_MS = 10000
 
 
 def _reviews(tasks: list[str]) -> dict[str, list[dict[str, Any]]]:

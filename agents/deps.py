@@ -407,7 +407,10 @@ def environment_names(repo: Path | None) -> tuple[dict[str, list[str]], str]:
             mapping = {k: list(v) for k, v in metadata.packages_distributions().items()}
         else:
             mapping = {}
-            for dist in metadata.distributions(path=paths):
+            # Each dist-info read directly: the finders behind distributions(path=...)
+            # keep caches (and other finders chain in) that once gave this folder nothing.
+            infos = sorted(Path(site).glob("*.dist-info")) + sorted(Path(site).glob("*.egg-info"))
+            for dist in (metadata.PathDistribution(info) for info in infos if info.is_dir()):
                 name = dist.metadata["Name"]
                 if name:
                     for top in _top_levels(dist):

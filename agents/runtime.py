@@ -251,7 +251,8 @@ class AgentRunner:
 
     async def _call_tool(self, name: str, arguments: str, step: int, call_id: str) \
             -> ToolOutcome:
-        if name not in self._offered and name != "ask":  # (ask unoffered: its own answer)
+        # (ask unoffered has its own answer; finish only ends the loop, harmless anywhere)
+        if name not in self._offered and name not in ("ask", "finish"):
             # The registry runs any tool it knows; a model (or a prompt injected into what
             # it reads) naming one it was not offered (the planner writing files) is refused.
             return ToolOutcome(f"unknown tool {name!r}: the tools you have are "

@@ -66,7 +66,7 @@ def test_run_status_and_audit(tmp_path: Path) -> None:
     assert "sandbox backend is 'none'" in run.stderr  # said loudly
     status = factory("status", "--json", cwd=root)
     data = json.loads(status.stdout)
-    assert sum(t["status"] == "landed" for t in data["tasks"]) == 5
+    assert sum(t["status"] == "landed" for t in data["tasks"]) == 6
     assert "Factory" not in status.stderr
     audit = factory("audit", "verify", cwd=root)
     assert audit.returncode == 0 and "hash chain intact" in audit.stdout

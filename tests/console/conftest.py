@@ -19,7 +19,7 @@ from agents.config import load_config
 from agents.engine import Factory
 from console.client import InProcessClient
 
-ENTRIES = 6
+ENTRIES = 7
 
 
 async def _run_until_awaiting(root: Path) -> None:

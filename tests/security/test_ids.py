@@ -306,7 +306,7 @@ def test_the_project_ids_satisfy_the_rule() -> None:
                     tasks = validate_plan(by_id[key.removeprefix("plan:")], call["arguments"])
                     assert all(is_id(t.id) for t in tasks)
                     planned += len(tasks)
-    assert planned == 6
+    assert planned == 7
 
 
 # -- the real CLI ----------------------------------------------------------------------------

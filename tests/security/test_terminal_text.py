@@ -767,6 +767,12 @@ def _hostile_run(root: Path) -> None:
     ]  # fmt: skip
     trajectory["latency_ms"] = 0
     replay.write_text(json.dumps(trajectory))
+    # Only the tests judge it here (the demo's own gates would refuse tests/test_evil.py,
+    # outside the spec's Boundaries, before its tests print anything).
+    config = root / ".factory.toml"
+    text = config.read_text()
+    assert re.search(r"(?m)^gates = \[.*\]$", text), "the demo names its gates"
+    config.write_text(re.sub(r"(?m)^gates = \[.*\]$", "gates = []", text))
 
 
 @pytest.mark.slow
