@@ -121,8 +121,12 @@ class AgentRunner:
             await asyncio.shield(self._finish("cancelled", "stopped", step))
             raise
 
-    async def _finish(self, status: AgentStatus, summary: str, step: int) -> AgentResult:
-        await self._emit(ev.AgentFinished(**self._ids, status=status, summary=summary))
+    async def _finish(self, status: AgentStatus, summary: str, step: int,
+                      after: asyncio.Future[int] | None = None) -> AgentResult:
+        """Record the end; `after` (the last step's record, still being written) commits
+        with it in one transaction rather than one before it."""
+        finished = self._emit(ev.AgentFinished(**self._ids, status=status, summary=summary))
+        await asyncio.gather(finished, *([after] if after is not None else []))
         return AgentResult(status, summary, step)
 
     async def _loop(self, messages: list[dict[str, Any]], step: int,
@@ -221,8 +225,7 @@ class AgentRunner:
                 last = self._emit(*batch)
                 changed = changed or outcome.changed
                 if outcome.finished:
-                    await last
-                    return await self._finish("finished", outcome.summary, step)
+                    return await self._finish("finished", outcome.summary, step, after=last)
                 recent.append(f"{name}\0{arguments}")
             previous = last
             idle = 0 if changed else idle + 1

@@ -456,6 +456,31 @@ async def test_small_batches_are_checkpointed_off_the_loop(
     assert verify_chain(path).ok
 
 
+async def test_the_wal_starts_over_while_steps_keep_committing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Steps commit on the loop while the thread's checkpoint copies the log, so the log is
+    # never wholly copied when a step begins; unless the checkpoint also restarts it, it
+    # grows by every commit for as long as the store is open.
+    monkeypatch.setattr(store_module, "INLINE_CHECKPOINT_COMMITS", 20)
+    monkeypatch.setattr(store_module, "WAL_SIZE_LIMIT", 64 << 10)
+    path = tmp_path / "f.db"
+    wal = path.with_name("f.db-wal")
+    store = await Store.open(path)
+    sizes = []
+    try:
+        await store.append(*_plan())
+        for i in range(600):
+            await store.append(ev.Notice(message="x" * 6000 + str(i)))
+            sizes.append(wal.stat().st_size)
+    finally:
+        await store.close()
+    assert verify_chain(path).ok and compare_projections(path) == []
+    # 600 steps wrote over 3.6 MB of notices. A log that never starts over only grows; one
+    # that does is cut back to the limit each time, again and again to the end.
+    assert min(sizes[-200:]) <= 256 << 10, sizes[::50]
+
+
 @pytest.mark.parametrize("max_parameters", [999, 32766], ids=["old-sqlite", "sqlite-3.32+"])
 async def test_many_projection_rows_in_one_batch(tmp_path: Path, max_parameters: int) -> None:
     path = tmp_path / "f.db"

@@ -61,7 +61,14 @@ INLINE_MAX_BYTES = 256 << 10
 # That connection never checkpoints (copying the WAL into the database fsyncs, which must not
 # hold the loop); after this many of its commits the database thread runs a passive one.
 INLINE_CHECKPOINT_COMMITS = 1000
+# A log that starts over is cut back to this size; it is overwritten, not regrown, below it.
+WAL_SIZE_LIMIT = WAL_CHECKPOINT_PAGES * 4096
+BUSY_TIMEOUT_MS = 10000
 _PACK = struct.Struct("<qd")
+# A batch continues the chain exactly where the last committed one ended; if an earlier
+# batch failed (or another writer got there first), this one must not commit on top of it.
+_MOVE_HEAD = "UPDATE chain_head SET last_id = ?, last_hash = ? WHERE one = 1 AND last_id = ?"
+_FIRST_HEAD = "INSERT OR IGNORE INTO chain_head (one, last_id, last_hash) VALUES (1, ?, ?)"
 _SCHEMA_TAG = struct.Struct("<I")
 
 _INSERT_EVENT = (
@@ -255,6 +262,7 @@ def _inline_connection(path: Path) -> sqlite3.Connection:
     conn.execute("PRAGMA busy_timeout = 0")
     conn.execute("PRAGMA synchronous = NORMAL")
     conn.execute("PRAGMA wal_autocheckpoint = 0")
+    conn.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}")
     return conn
 
 
@@ -273,7 +281,13 @@ def _fetch_all(conn: sqlite3.Connection, sql: str, args: tuple[Any, ...]) -> lis
 
 
 def _checkpoint(conn: sqlite3.Connection) -> None:
-    """Copy the WAL into the database without waiting for (or holding up) any writer."""
+    """Copy the WAL into the database without waiting for (or holding up) any writer.
+
+    Writes wait behind it on the thread (see `_submit`): SQLite starts the log over only for
+    a writer that begins with all of it copied, and steps committing on the loop meanwhile
+    kept the log from ever being all copied, so it grew by every commit for the life of the
+    store (hundreds of MB in a long run), each commit extending the file.
+    """
     conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
 
 
@@ -347,7 +361,7 @@ def _setup(
     conn: sqlite3.Connection, path: Path, readonly: bool
 ) -> tuple[projections.State, int, bytes, bool, dict[str, int], str]:
     """Everything opening needs from the database, in one trip to its thread."""
-    conn.execute("PRAGMA busy_timeout = 10000")
+    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
     if not readonly:
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = NORMAL")
@@ -359,6 +373,7 @@ def _setup(
         # Checkpoint (copy the WAL into the database, two fsyncs) every ~32 MiB of WAL
         # rather than SQLite's ~4 MiB, which with large batches was after nearly every one.
         conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_CHECKPOINT_PAGES}")
+        conn.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}")
         _migrate(conn, path)
         _check_event_schema(conn, path)
     state, last_id, last_hash = _load_state(conn)
@@ -535,8 +550,11 @@ class Store:
 
     def _submit(self, batch: _Batch) -> None:
         write = None
-        # Inline only behind nothing: batches commit in the order they were prepared.
-        if self._inline is not None and not self._queued and batch.small:
+        # Inline only behind nothing: batches commit in the order they were prepared, and
+        # none while a checkpoint runs, so that the next commit can start the log over.
+        checkpointing = self._checkpoint is not None and not self._checkpoint.done()
+        if self._inline is not None and not self._queued and batch.small \
+                and not checkpointing:
             write = self._write_inline(batch)
         if write is None:
             write = asyncio.ensure_future(
@@ -687,10 +705,11 @@ class Store:
         """One transaction, on the database thread or (a small batch) inline."""
         conn.execute("BEGIN IMMEDIATE")
         try:
-            # A batch continues the chain exactly where the last committed one ended; if an
-            # earlier batch failed, this one must not commit on top of the gap.
-            head = conn.execute("SELECT last_id FROM chain_head WHERE one = 1").fetchone()
-            if (head[0] if head else 0) != rows.first_id - 1:
+            # The head moves only from where the last batch left it, in one statement: a
+            # step's commit is a handful of them, each costing about what its row does.
+            moved = conn.execute(_MOVE_HEAD, (last_id, last_hash, rows.first_id - 1)).rowcount
+            if moved != 1 and not (rows.first_id == 1 and conn.execute(
+                    _FIRST_HEAD, (last_id, last_hash)).rowcount == 1):
                 raise StoreError(f"{self.path}: an earlier batch failed; not writing after it")
             if not rows.events:
                 pass
@@ -702,10 +721,6 @@ class Store:
                 conn.executemany(_INSERT_EVENT, rows.rows())
             for table, encoded in dirty.items():
                 _upsert(conn, table, encoded, self._upsert_rows[table])
-            conn.execute(
-                "INSERT OR REPLACE INTO chain_head (one, last_id, last_hash) VALUES (1, ?, ?)",
-                (last_id, last_hash),
-            )
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
