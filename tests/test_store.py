@@ -460,7 +460,7 @@ async def test_the_wal_starts_over_while_steps_keep_committing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Steps commit on the loop while the thread's checkpoint copies the log, so the log is
-    # never wholly copied when a step begins; unless the checkpoint also restarts it, it
+    # never wholly copied when a step begins; unless writes wait behind the checkpoint, it
     # grows by every commit for as long as the store is open.
     monkeypatch.setattr(store_module, "INLINE_CHECKPOINT_COMMITS", 20)
     monkeypatch.setattr(store_module, "WAL_SIZE_LIMIT", 64 << 10)

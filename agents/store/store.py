@@ -63,7 +63,6 @@ INLINE_MAX_BYTES = 256 << 10
 INLINE_CHECKPOINT_COMMITS = 1000
 # A log that starts over is cut back to this size; it is overwritten, not regrown, below it.
 WAL_SIZE_LIMIT = WAL_CHECKPOINT_PAGES * 4096
-BUSY_TIMEOUT_MS = 10000
 _PACK = struct.Struct("<qd")
 # A batch continues the chain exactly where the last committed one ended; if an earlier
 # batch failed (or another writer got there first), this one must not commit on top of it.
@@ -361,7 +360,7 @@ def _setup(
     conn: sqlite3.Connection, path: Path, readonly: bool
 ) -> tuple[projections.State, int, bytes, bool, dict[str, int], str]:
     """Everything opening needs from the database, in one trip to its thread."""
-    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    conn.execute("PRAGMA busy_timeout = 10000")
     if not readonly:
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = NORMAL")
