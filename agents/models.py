@@ -616,12 +616,19 @@ def check_models(config: FactoryConfig) -> list[str]:
 
 def model_uses(config: FactoryConfig) -> dict[str, list[str]]:
     """Each model the configuration names, once, with the keys that name it (roles first,
-    then fallbacks, in order): what `check_models` and `factory doctor` check."""
+    then the review gate's reviewers when the queue runs that gate, each followed by its
+    fallbacks, in order): what `check_models` and `factory doctor` check. A reviewer's model
+    that cannot work would otherwise surface only when the first entry reaches review, as
+    a reviewer that errors on every entry."""
     models = config.models
     where: dict[str, list[str]] = {}
-    for role in ROLES:
-        primary = getattr(models, role)
-        where.setdefault(primary, []).append(f"models.{role}")
+    named = [(f"models.{role}", getattr(models, role)) for role in ROLES]
+    if "review" in config.queue.gates:
+        named += [(f"gates.review.models[{i}]", model)
+                  for i, model in enumerate(config.gates.review.models)]
+    for key, primary in named:
+        if key not in where.setdefault(primary, []):
+            where[primary].append(key)
         for i, fallback in enumerate(models.fallbacks.get(primary, [])):
             key = f"models.fallbacks[{primary!r}][{i}]"
             if key not in where.setdefault(fallback, []):

@@ -447,6 +447,22 @@ def test_a_good_configuration_has_no_problems(tmp_path: Path, offline: None,
     assert check_models(config(tmp_path, text)) == []
 
 
+def test_the_review_gates_models_are_checked_when_the_queue_runs_it(
+        tmp_path: Path, offline: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "test-key")
+    reviewers = '[gates.review]\nmodels = ["openai/gpt-9", "replay/critic", "openai/gpt-9"]\n'
+    critic = tmp_path / ".factory" / "replay" / "critic.json"
+    on = OPENAI_CONFIG + '[queue]\ngates = ["boundaries", "review"]\n\n' + reviewers
+    assert check_models(config(tmp_path, on)) == [
+        "gates.review.models[0], gates.review.models[2] = 'openai/gpt-9': litellm does not "
+        "know this model (openai has no 'gpt-9' in litellm's model map); check the name, or "
+        "set [models] api_base to a server that serves it",
+        "gates.review.models[1] = 'replay/critic': its trajectory "
+        f"{critic} does not exist; record one there, or choose another model"]
+    # Not in [queue] gates: no reviewer runs, so nothing of theirs can stop a run.
+    assert check_models(config(tmp_path, OPENAI_CONFIG + reviewers)) == []
+
+
 # -- through the agent: its ending names the cause --------------------------------------------
 
 async def test_an_agent_ended_by_a_401_says_why(store: Store, server: ScriptedServer,
