@@ -250,14 +250,15 @@ class Factory:
             self.ws, self.backend, self.config.repo.test_command, sandbox_limits(self.config),
             self.root / ".factory" / "landing", self.store.append, sandbox_quota(self.config),
         )
-        lander.gates = build_gates(GateServices(
-            config=self.config, backend=self.backend, limits=sandbox_limits(self.config),
-            test_command=self.config.repo.test_command, emit=self.store.append,
-            quota=sandbox_quota(self.config), router=self.router, store=self.store))
         self.orchestrator = Orchestrator(
             config=self.config, store=self.store, workspace=self.ws, router=self.router,
             backend=self.backend, lander=lander, run_id=run_id, questions=self.questions,
         )
+        lander.gates = build_gates(GateServices(
+            config=self.config, backend=self.backend, limits=sandbox_limits(self.config),
+            test_command=self.config.repo.test_command, emit=self.store.append,
+            quota=sandbox_quota(self.config), router=self.router, store=self.store,
+            budget=self.orchestrator.budget_for))
         status = RunStatus.FAILED
         try:
             watcher = Watch(self.orchestrator, self.config.specs_path, self.root).run \

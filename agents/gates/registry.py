@@ -16,6 +16,7 @@ from agents import events as ev
 from agents.config import FactoryConfig
 from agents.errors import FactoryError
 from agents.gates.base import Gate
+from agents.runtime import Budget
 from agents.sandbox.base import Limits, SandboxBackend
 from agents.sandbox.quota import Quota
 
@@ -35,8 +36,11 @@ COMMAND = "agents.gates.command:CommandGate"
 
 @dataclass
 class GateServices:
-    """What gates may use. `router` and `store` are for the reviewers (agents that call
-    models and record their turns); gates that do not need them ignore them."""
+    """What gates may use. `router`, `store` and `budget` are for the reviewers (agents that
+    call models and record their turns); gates that do not need them ignore them. `budget`
+    gives a reviewer (spec id, agent id) its share of the run's budget: the ledger every agent
+    of the run reserves from, so that reviews are stopped by a spent budget as the agents are,
+    and what they spend counts against the agents' room."""
 
     config: FactoryConfig
     backend: SandboxBackend
@@ -46,6 +50,7 @@ class GateServices:
     quota: Quota | None = None
     router: Any = None
     store: Any = None
+    budget: Callable[[str, str], Budget] | None = None
 
 
 def known_gates(config: FactoryConfig) -> list[str]:

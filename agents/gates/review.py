@@ -322,13 +322,15 @@ class ReviewGate:
         collector = ReviewCollector()
         await self._recover(agent_id, collector)
         if collector.review is None:
+            budget = self.services.budget
             runner = _ReviewerRunner(
                 store=self.services.store, router=self._router(model),
                 tools=read_only_context(given.tree), agent_id=agent_id,
                 spec_id=given.spec_id, task_id=given.task_id, role=ROLE,
                 key=self._key(given, index), opening=opening,
                 limits=self._limits(), tool_names=list(READ_ONLY_TOOLS),
-                custom_tools={"submit_review": collector}, extra_specs=[SUBMIT_REVIEW_SPEC])
+                custom_tools={"submit_review": collector}, extra_specs=[SUBMIT_REVIEW_SPEC],
+                budget=budget(given.spec_id, agent_id) if budget is not None else None)
             timeout = float(self.settings.timeout_seconds)
             try:
                 result = await asyncio.wait_for(runner.run(), timeout)

@@ -8,6 +8,7 @@ its own model (the round-robin spread over `[gates.review] models`) and so its o
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import threading
@@ -19,7 +20,8 @@ from typing import Any
 import pytest
 
 from agents import events as ev
-from agents.config import parse_config
+from agents.budget import AgentBudget, BudgetLedger
+from agents.config import BudgetLimit, BudgetsConfig, parse_config
 from agents.decide import Return
 from agents.errors import FactoryError
 from agents.gates.base import Finding, GateInput, GateVerdict, Verdict, changes_between
@@ -304,6 +306,48 @@ async def test_nobody_voted_is_a_deny(tmp_path: Path, store: Store,
     assert verdict.verdict == Verdict.DENY
     assert verdict.summary == "review: 0 of 0 approved (majority needed; 3 abstained)"
     assert {f.rule for f in verdict.findings} == {"review.abstained"}
+
+
+def run_budget(store: Store, tokens: int, spent: int = 0) -> BudgetLedger:
+    """The run's ledger, as the orchestrator keeps it, with `spent` tokens already used."""
+    ledger = BudgetLedger(store, "run1", BudgetsConfig(run=BudgetLimit(tokens=tokens)))
+    if spent:
+        ledger.settle("calc", "calc.other.1", (0.0, 0.0), spent, 0.0)
+    return ledger
+
+
+async def test_a_spent_budget_stops_the_reviewers_before_they_call(
+        tmp_path: Path, store: Store, routed: RoutedServer) -> None:
+    for model in MODELS:
+        routed.route(model, approve())
+    ledger = run_budget(store, tokens=5000, spent=5000)
+    gate = ReviewGate(dataclasses.replace(
+        services(tmp_path, store, routed),
+        budget=lambda spec, agent: AgentBudget(ledger, spec, agent)))
+    verdict = await gate.check(await given_for(tmp_path))
+    assert routed.requests == []  # not one call was paid for
+    assert verdict.verdict == Verdict.DENY  # a reviewer that cannot run counts as reject
+    assert {f.rule for f in verdict.findings} == {"review.error"}
+    assert all("run tokens budget: 5000 used of 5000" in f.message for f in verdict.findings)
+    agents = store.rows("agents")
+    assert [a["status"] for a in agents] == ["budget"] * 3
+
+
+async def test_what_the_reviewers_spend_counts_in_the_runs_budget(
+        tmp_path: Path, store: Store, routed: RoutedServer) -> None:
+    routed.route(MODELS[0], approve())
+    routed.route(MODELS[1], call("read_file", {"path": "calc/ops.py"}), approve())
+    routed.route(MODELS[2], approve())
+    ledger = run_budget(store, tokens=100_000)
+    gate = ReviewGate(dataclasses.replace(
+        services(tmp_path, store, routed),
+        budget=lambda spec, agent: AgentBudget(ledger, spec, agent)))
+    verdict = await gate.check(await given_for(tmp_path))
+    assert verdict.verdict == Verdict.PASS
+    # Four calls of 100 + 20 tokens each (the server's usage): the agents' room shrank by it.
+    assert len(routed.requests) == 4
+    run = ledger.scopes[("run", "run1")]
+    assert (run.tokens, run.reserved_tokens) == (480, 0)
 
 
 async def test_a_request_for_changes_must_say_what(tmp_path: Path, store: Store,
