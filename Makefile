@@ -36,6 +36,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python tests/bench/bench_store.py
 	$(BIN)/python tests/bench/bench_swarm.py
+	$(BIN)/python tests/bench/bench_step_parts.py
 	$(BIN)/python tests/bench/bench_sandbox.py
 	$(BIN)/python tests/bench/bench_console.py
 	$(BIN)/python tests/bench/bench_decide.py
