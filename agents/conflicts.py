@@ -28,7 +28,7 @@ from typing import Any
 from agents import events as ev
 from agents.errors import FactoryError
 from agents.gitcmd import GIT_ENV
-from agents.overlap import same_lines
+from agents.overlap import same_line_hunks, same_lines
 
 Emit = Callable[[ev.Event], Awaitable[object]]
 Pair = tuple[str, str]
@@ -282,7 +282,10 @@ class ConflictForecaster:
 
     async def hunks(self, a_head: str, b_head: str) -> dict[str, str]:
         """The conflicted files of a pair as the merge leaves them, conflict markers included,
-        for the console to show. Empty when the pair merges cleanly.
+        for the console to show. A pair git merges cleanly but whose branches change the same
+        lines (`refresh` records it as a conflict too) gets, per such file, both branches'
+        changes to it between the same markers (`same_line_hunks`). Empty when the pair
+        merges cleanly and changes no line in common.
 
         The merge is redone rather than kept from `refresh`: keeping every merged tree would
         defeat the scratch store's clean-up, and one pair costs two processes.
@@ -293,7 +296,7 @@ class ConflictForecaster:
             code, out, err = await self._git(*_MERGE_TREE, a_head, b_head,
                                              scratch=scratch, objects=objects)
             if code == 0:
-                return {}
+                return await same_line_hunks(self.root, a_head, b_head)
             fields = [f for f in out.decode("utf-8", "surrogateescape").split("\0") if f]
             # An unknown commit also exits with 1, but prints no tree.
             if code != 1 or not fields:

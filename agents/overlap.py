@@ -114,3 +114,38 @@ async def same_lines(root: Path, a: str, b: str, files: Iterable[str] | None = N
         if both:
             found[path] = both
     return found
+
+
+# Lines of each side's diff shown for one file of a same-lines pair, at most.
+SAME_LINE_HUNK_LINES = 400
+
+
+async def same_line_hunks(root: Path, a: str, b: str) -> dict[str, str]:
+    """file -> what each commit changes in it, for the files where both change the same base
+    lines although git merges them cleanly (both made the same edit, or a `merge=union`
+    attribute): a's changes and b's between conflict markers, so that a reader sees the two
+    edits of those lines side by side as for a conflict. Empty when none."""
+    found = await same_lines(root, a, b)
+    if not found:
+        return {}
+    base = (await git("merge-base", a, b, cwd=root)).strip()
+    out: dict[str, str] = {}
+    for path, spans in sorted(found.items()):
+        where = ", ".join(f"{start}" if end - start <= 1 else f"{start}-{end - 1}"
+                          for start, end in spans)
+        noun = "line" if len(spans) == 1 and spans[0][1] - spans[0][0] <= 1 else "lines"
+        sides = []
+        for head in (a, b):
+            diff = await git_bytes("diff", "--no-ext-diff", "--no-textconv", "--no-color",
+                                   "--no-renames", "-U1", base, head, "--", f":(literal){path}",
+                                   cwd=root)
+            text = diff.decode("utf-8", "replace")
+            lines = text[text.find("\n@@") + 1:].splitlines() if "\n@@" in text else []
+            if len(lines) > SAME_LINE_HUNK_LINES:
+                cut = len(lines) - SAME_LINE_HUNK_LINES
+                lines = [*lines[:SAME_LINE_HUNK_LINES], f"... ({cut} more lines)"]
+            sides.append("\n".join(lines))
+        out[path] = (f"<<<<<<< {a[:12]}: both change {noun} {where} of the merge base "
+                     "(git merges them without a conflict)\n"
+                     f"{sides[0]}\n=======\n{sides[1]}\n>>>>>>> {b[:12]}\n")
+    return out

@@ -179,6 +179,26 @@ async def test_hunks_show_the_conflict_markers(
         await forecaster.hunks(a.head, "1" * 40)
 
 
+async def test_a_clean_merge_of_the_same_lines_shows_both_changes(
+    repo: Path, store: Store, forecaster: ConflictForecaster
+) -> None:
+    # Both make the same edit of line 0 (git merges that cleanly) and each its own elsewhere.
+    same = edit_line(0, "from both")["shared.py"]
+    a = make_branch(repo, "a", {"shared.py": same, "other.py": "x = 2\n"})
+    b = make_branch(repo, "b", {"shared.py": same.replace("line 30", "from b")})
+    [checked] = await forecaster.refresh({"a": a, "b": b})
+    assert checked.same_lines and checked.files == ["shared.py"]
+    hunks = await forecaster.hunks(a.head, b.head)
+    assert list(hunks) == ["shared.py"]
+    marker, *rest = hunks["shared.py"].splitlines()
+    assert marker == (f"<<<<<<< {a.head[:12]}: both change line 1 of the merge base (git "
+                      "merges them without a conflict)")
+    ours, theirs = "\n".join(rest).split("\n=======\n")
+    assert "-line 0\n+from both" in ours and "line 30" not in ours
+    assert "-line 0\n+from both" in theirs and "-line 30\n+from b" in theirs
+    assert theirs.endswith(f">>>>>>> {b.head[:12]}")
+
+
 async def test_merges_leave_the_main_object_store_alone(
     repo: Path, forecaster: ConflictForecaster, tmp_path: Path
 ) -> None:
