@@ -105,6 +105,11 @@ async def same_lines(root: Path, a: str, b: str, files: Iterable[str] | None = N
     base = (await git("merge-base", a, b, cwd=root, check=False)).strip()
     if not base:
         return {}
+    return await _same_lines_since(root, base, a, b, files)
+
+
+async def _same_lines_since(root: Path, base: str, a: str, b: str,
+                            files: Iterable[str] | None = None) -> Ranges:
     paths = list(files) if files is not None else []
     ours = await ranges(root, base, a, paths)
     theirs = await ranges(root, base, b, paths or list(ours))
@@ -125,15 +130,13 @@ async def same_line_hunks(root: Path, a: str, b: str) -> dict[str, str]:
     lines although git merges them cleanly (both made the same edit, or a `merge=union`
     attribute): a's changes and b's between conflict markers, so that a reader sees the two
     edits of those lines side by side as for a conflict. Empty when none."""
-    found = await same_lines(root, a, b)
-    if not found:
-        return {}
-    base = (await git("merge-base", a, b, cwd=root)).strip()
+    base = (await git("merge-base", a, b, cwd=root, check=False)).strip()
+    found = await _same_lines_since(root, base, a, b) if base else {}
     out: dict[str, str] = {}
     for path, spans in sorted(found.items()):
-        where = ", ".join(f"{start}" if end - start <= 1 else f"{start}-{end - 1}"
-                          for start, end in spans)
-        noun = "line" if len(spans) == 1 and spans[0][1] - spans[0][0] <= 1 else "lines"
+        labels = [f"{start}" if end - start <= 1 else f"{start}-{end - 1}"
+                  for start, end in spans]
+        where = ("line " if labels == [str(spans[0][0])] else "lines ") + ", ".join(labels)
         sides = []
         for head in (a, b):
             diff = await git_bytes("diff", "--no-ext-diff", "--no-textconv", "--no-color",
@@ -145,7 +148,7 @@ async def same_line_hunks(root: Path, a: str, b: str) -> dict[str, str]:
                 cut = len(lines) - SAME_LINE_HUNK_LINES
                 lines = [*lines[:SAME_LINE_HUNK_LINES], f"... ({cut} more lines)"]
             sides.append("\n".join(lines))
-        out[path] = (f"<<<<<<< {a[:12]}: both change {noun} {where} of the merge base "
+        out[path] = (f"<<<<<<< {a[:12]}: both change {where} of the merge base "
                      "(git merges them without a conflict)\n"
                      f"{sides[0]}\n=======\n{sides[1]}\n>>>>>>> {b[:12]}\n")
     return out
